@@ -1,0 +1,88 @@
+"""Helpers that make real video files with ffmpeg for the media tests (imported by test modules, not a conftest)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+VCODEC_ARGS = {
+    "h264": ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"],
+    "h264_lossless": ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv444p"],
+    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"],
+    "mjpeg": ["-c:v", "mjpeg", "-q:v", "3"],
+}
+ACODEC_ARGS = {
+    "aac": ["-c:a", "aac", "-b:a", "96k"],
+    "opus": ["-c:a", "libopus", "-b:a", "48k"],
+    "pcm": ["-c:a", "pcm_s16le"],
+    "flac": ["-c:a", "flac"],
+}
+
+
+def click_track(duration: float, sr: int, click_s: float, *, tone_hz: float = 440.0) -> np.ndarray:
+    """(N,) float32: a quiet sine with a loud 5 ms click at ``click_s``."""
+    t = np.arange(int(round(duration * sr))) / sr
+    y = 0.05 * np.sin(2 * np.pi * tone_hz * t)
+    i = int(round(click_s * sr))
+    y[i : i + int(0.005 * sr)] = 0.8
+    return y.astype(np.float32)
+
+
+def make_testsrc(
+    path: Path,
+    *,
+    fps: float = 30,
+    duration: float = 2.0,
+    size: tuple[int, int] = (120, 160),
+    vcodec: str = "h264",
+    acodec: str | None = "aac",
+    click_s: float = 1.0,
+) -> Path:
+    """Write ffmpeg's lavfi testsrc (moving pattern) with an optional click track. size is (H, W)."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi"]
+    cmd += ["-i", f"testsrc=size={size[1]}x{size[0]}:rate={fps}:duration={duration}"]
+    if acodec is not None:
+        wav = path.with_suffix(".src.wav")
+        sf.write(wav, click_track(duration, 44100, click_s), 44100)
+        cmd += ["-i", str(wav)]
+    cmd += VCODEC_ARGS[vcodec]
+    cmd += ACODEC_ARGS[acodec] if acodec else ["-an"]
+    subprocess.run(cmd + [str(path)], check=True)
+    return path
+
+
+def encode_frames(
+    path: Path,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    vcodec: str = "h264",
+    audio: np.ndarray | None = None,
+    sr: int = 16000,
+    acodec: str = "aac",
+    vf: str | None = None,
+    vfr: bool = False,
+) -> Path:
+    """Encode (T, H, W, 3) uint8 RGB frames (and optional mono audio) into a video file."""
+    t, h, w, _ = frames.shape
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}"]
+    cmd += ["-r", str(fps), "-i", "-"]
+    if audio is not None:
+        wav = path.with_suffix(".src.wav")
+        sf.write(wav, audio, sr)
+        cmd += ["-i", str(wav)]
+    if vf:
+        cmd += ["-vf", vf]
+    if vfr:
+        cmd += ["-fps_mode", "vfr"]
+    cmd += VCODEC_ARGS[vcodec]
+    cmd += ACODEC_ARGS[acodec] if audio is not None else ["-an"]
+    subprocess.run(cmd + [str(path)], input=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), check=True)
+    return path
