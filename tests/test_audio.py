@@ -1,0 +1,372 @@
+"""vssflow.audio: file I/O errors and atomic writes, the paper's log-mel against an independent numpy reference,
+the mel codec round trip and statistics, the AutoencoderKL codec and HiFi-GAN from tiny local directories, and
+Griffin-Lim reconstruction of a sine."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vssflow.audio import (
+    AutoencoderKLCodec,
+    GriffinLimConfig,
+    GriffinLimVocoder,
+    HiFiGanVocoder,
+    MelCodec,
+    MelConfig,
+    MelSpectrogram,
+    load_codec,
+    load_vocoder,
+    log_mel,
+    mel_filterbank,
+    read_audio,
+    write_audio,
+)
+from vssflow.errors import (
+    AssetError,
+    ClipTooLongError,
+    EmptyFileError,
+    FeatureShapeError,
+    InputError,
+    MissingFileError,
+    SampleRateError,
+)
+
+SR = 16_000
+torch.set_num_threads(1)
+
+
+def sine(freq: float, seconds: float, sr: int = SR, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---- independent numpy reference (librosa's formulas, written out) ------------------------------------------------
+def hz_to_mel_slaney(f):
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, 15.0 + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+
+def mel_to_hz_slaney(m):
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, logstep = 200.0 / 3, np.log(6.4) / 27.0
+    return np.where(m >= 15.0, 1000.0 * np.exp(logstep * (m - 15.0)), f_sp * m)
+
+
+def numpy_slaney_fbank(sr=SR, n_fft=1024, n_mels=64, fmin=0.0, fmax=8000.0) -> np.ndarray:
+    """librosa.filters.mel(htk=False, norm='slaney') re-implemented; returns (F, M)."""
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_f = mel_to_hz_slaney(np.linspace(hz_to_mel_slaney(fmin), hz_to_mel_slaney(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    weights = np.zeros((n_mels, len(fft_freqs)))
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.T
+
+
+def numpy_log_mel(wav: np.ndarray, n_fft=1024, hop=160) -> np.ndarray:
+    padded = np.pad(wav.astype(np.float64), (n_fft // 2, n_fft // 2), mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    n_frames = len(wav) // hop
+    frames = np.stack([padded[i * hop : i * hop + n_fft] * window for i in range(n_frames)])
+    magnitude = np.abs(np.fft.rfft(frames, axis=1))  # (T, F)
+    return np.log(np.maximum(magnitude @ numpy_slaney_fbank(), 1e-5))
+
+
+def mel_centres_hz(n_mels=64) -> np.ndarray:
+    return mel_to_hz_slaney(np.linspace(hz_to_mel_slaney(0.0), hz_to_mel_slaney(8000.0), n_mels + 2))[1:-1]
+
+
+# ---- mel -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seconds,frames", [(1.0, 100), (2.5, 250)])
+def test_mel_frames_match_duration(seconds, frames):
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, int(seconds * SR)).astype(np.float32)
+    mel = log_mel(wav)
+    assert isinstance(mel, np.ndarray) and mel.shape == (frames, 64) and mel.dtype == np.float32
+    batched = MelSpectrogram()(torch.from_numpy(np.stack([wav, wav[::-1].copy()])))
+    assert batched.shape == (2, frames, 64)
+    np.testing.assert_allclose(batched[0].numpy(), mel, rtol=0, atol=1e-5)
+
+
+def test_filterbank_equals_librosa_slaney_formula():
+    ours = mel_filterbank().numpy()
+    ref = numpy_slaney_fbank()
+    assert ours.shape == (513, 64)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-7)
+    # Slaney normalisation: every triangle has unit area over Hz (checked where a filter spans many FFT bins)
+    area = ours.sum(axis=0) * (SR / 1024)
+    np.testing.assert_allclose(area[32:], 1.0, rtol=0.02)
+    # the Slaney mel scale is linear below 1 kHz (1000 Hz = 15 mel); the 0-8 kHz grid of 66 points has this spacing
+    assert hz_to_mel_slaney(1000.0) == pytest.approx(15.0)
+
+
+def test_log_mel_equals_numpy_reference():
+    rng = np.random.default_rng(1)
+    wav = (0.2 * rng.standard_normal(SR // 2) + sine(700, 0.5)).astype(np.float32)
+    ours = log_mel(wav)
+    ref = numpy_log_mel(wav)
+    assert ours.shape == ref.shape == (50, 64)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("freq", [1000.0, 3000.0])
+def test_mel_of_sine_peaks_in_its_bin(freq):
+    mel = log_mel(sine(freq, 1.0)).mean(axis=0)  # (64,)
+    expected = int(np.argmin(np.abs(mel_centres_hz() - freq)))
+    assert abs(int(np.argmax(mel)) - expected) <= 1
+    # and silence sits at the log floor
+    assert np.allclose(log_mel(np.zeros(SR, np.float32)), np.log(1e-5))
+
+
+def test_peak_normalisation_option():
+    wav = sine(440, 0.5)
+    quiet = 0.1 * wav
+    default = MelSpectrogram()
+    expected = np.maximum(default(wav) + np.log(0.1), np.log(1e-5))  # loudness kept (down to the log floor)
+    np.testing.assert_allclose(default(quiet), expected, atol=1e-3)  # float32 FFT noise near the floor
+    norm = MelSpectrogram(MelConfig(peak_normalize=0.5))
+    np.testing.assert_allclose(norm(quiet), norm(wav), atol=1e-2)
+    loud = default(wav).mean(0).argmax()  # peak 0.3 scaled to 0.5
+    np.testing.assert_allclose(norm(wav)[:, loud], default(wav)[:, loud] + np.log(0.5 / 0.3), atol=1e-3)
+
+
+def test_mel_short_inputs():
+    assert log_mel(np.zeros(100, np.float32)).shape == (0, 64)
+    assert log_mel(sine(440, 300 / SR)).shape == (1, 64)
+
+
+# ---- codec ---------------------------------------------------------------------------------------------------------
+def random_mels(rng, lengths):
+    return [(rng.standard_normal((n, 64)) * rng.uniform(0.5, 3, 64) + rng.uniform(-11, 2, 64)) for n in lengths]
+
+
+def test_mel_codec_round_trip_exact():
+    rng = np.random.default_rng(2)
+    codec = MelCodec().fit(random_mels(rng, [40, 57, 101]))
+    mel = torch.from_numpy(random_mels(rng, [42])[0]).float()[None]  # (1, 42, 64): not a multiple of 4
+    latent = codec.encode(mel)
+    assert latent.shape == (1, 11, 256)
+    back = codec.decode(latent)
+    assert back.shape == (1, 44, 64)
+    torch.testing.assert_close(back[:, :42], mel, rtol=0, atol=1e-5)
+    assert torch.allclose(back[:, 42:], torch.full((1, 2, 64), float(np.log(1e-5))), atol=1e-5)  # silence pad
+    # channel layout: channel g*64 + m of latent frame n is mel bin m of frame 4n + g
+    raw = latent * codec.std + codec.mean
+    assert torch.allclose(raw[0, 3, 2 * 64 + 5], mel[0, 14, 5], atol=1e-5)
+
+
+def test_mel_codec_statistics_match_numpy_and_normalise():
+    rng = np.random.default_rng(3)
+    mels = random_mels(rng, [40, 57, 101, 3])  # trailing partial groups (57 -> 56, 101 -> 100, 3 -> 0) are skipped
+    codec = MelCodec().fit(iter(mels))
+    groups = np.concatenate([m[: len(m) - len(m) % 4].reshape(-1, 256) for m in mels])  # (N, 256)
+    assert codec.count == groups.shape[0] == 10 + 14 + 25
+    np.testing.assert_allclose(codec.mean.numpy(), groups.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(codec.std.numpy(), groups.std(0), rtol=1e-5)
+    z = codec.encode(torch.from_numpy(groups.reshape(1, -1, 64)).float())
+    assert abs(z.mean().item()) < 1e-4 and abs(z.std().item() - 1) < 0.02
+
+
+def test_mel_codec_save_load(tmp_path):
+    rng = np.random.default_rng(4)
+    codec = MelCodec().fit(random_mels(rng, [80, 80]))
+    codec.save(tmp_path / "codec")
+    assert not [p for p in os.listdir(tmp_path / "codec") if p.endswith(".tmp")]
+    loaded = load_codec(tmp_path / "codec")
+    assert isinstance(loaded, MelCodec) and loaded.count == codec.count == 40 and loaded.fitted
+    assert torch.equal(loaded.mean, codec.mean) and torch.equal(loaded.std, codec.std)
+    mel = torch.from_numpy(random_mels(rng, [16])[0]).float()[None]
+    assert torch.equal(loaded.encode(mel), codec.encode(mel))
+
+
+def test_codec_shape_errors(tmp_path):
+    with pytest.raises(FeatureShapeError, match=r"\(B, T_mel, 64\)"):
+        MelCodec().encode(torch.zeros(1, 8, 80))
+    with pytest.raises(FeatureShapeError):
+        MelCodec().decode(torch.zeros(1, 8, 128))
+    with pytest.raises(AssetError):
+        load_codec(tmp_path)  # no codec.json
+
+
+# ---- AutoencoderKL codec -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=8,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=1.0,
+    )
+    directory = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(str(directory))
+    return directory
+
+
+def test_autoencoder_kl_codec_shapes_and_layout(tiny_vae_dir, tmp_path):
+    codec = load_codec(tiny_vae_dir)  # a plain diffusers directory is recognised
+    assert isinstance(codec, AutoencoderKLCodec) and codec.latent_dim == 128 and codec.latent_hz == 25
+    mel = torch.randn(2, 40, 64) - 5
+    latent = codec.encode(mel)
+    assert latent.shape == (2, 10, 128)
+    assert torch.equal(latent, codec.encode(mel))  # posterior mean: deterministic
+    ref = codec.vae.encode(mel[:, None]).latent_dist.mean  # (B, 8, 10, 16)
+    assert torch.allclose(latent[1, 3, 5 * 16 + 7], ref[1, 5, 3, 7])  # channel = c * 16 + f
+    decoded = codec.decode(latent)
+    assert decoded.shape == (2, 40, 64) and torch.isfinite(decoded).all()
+    assert codec.encode(torch.randn(1, 42, 64)).shape == (1, 11, 128)  # padded to a multiple of 4
+
+    sampling = AutoencoderKLCodec.from_vae_dir(tiny_vae_dir, sample=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(sampling.encode(mel), latent)
+
+    codec.save(tmp_path / "codec")  # self-contained copy
+    again = load_codec(tmp_path / "codec")
+    assert isinstance(again, AutoencoderKLCodec) and torch.allclose(again.encode(mel), latent)
+    assert all(not p.requires_grad for p in again.vae.parameters())
+
+
+# ---- vocoders ------------------------------------------------------------------------------------------------------
+def tiny_hifigan_dir(directory, **overrides):
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    kwargs = dict(
+        model_in_dim=64,
+        sampling_rate=16000,
+        upsample_initial_channel=32,
+        upsample_rates=[5, 4, 2, 2, 2],
+        upsample_kernel_sizes=[16, 16, 8, 4, 4],  # AudioLDM's kernels (output is 32 samples longer than T*160)
+        resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3]],
+        normalize_before=False,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    SpeechT5HifiGan(SpeechT5HifiGanConfig(**kwargs)).save_pretrained(str(directory))
+    return directory
+
+
+def test_hifigan_vocoder_from_local_dir(tmp_path):
+    vocoder = load_vocoder(tiny_hifigan_dir(tmp_path / "voc"))
+    assert isinstance(vocoder, HiFiGanVocoder)
+    mel = torch.randn(2, 30, 64) - 4
+    wav = vocoder(mel)
+    assert wav.shape == (2, 30 * 160) and torch.isfinite(wav).all()
+    with torch.no_grad():
+        direct = vocoder.model(mel)  # natural-log mel fed unchanged, as AudioLDM does
+    assert torch.allclose(wav, direct[:, : 30 * 160])
+    assert vocoder(mel[0].numpy()).shape == (30 * 160,)
+    with pytest.raises(AssetError, match="upsamples by 256"):
+        load_vocoder(tiny_hifigan_dir(tmp_path / "bad", upsample_rates=[4, 4, 4, 4], upsample_kernel_sizes=[8] * 4))
+
+
+def test_griffin_lim_reconstructs_sine_frequency():
+    wav = sine(1000.0, 1.0)
+    mel = torch.from_numpy(log_mel(wav))[None]  # (1, 100, 64)
+    vocoder = load_vocoder(None)
+    assert isinstance(vocoder, GriffinLimVocoder)
+    out = vocoder(mel)
+    assert out.shape == (1, 16000)
+    assert torch.equal(out, vocoder(mel))  # deterministic
+    spectrum = np.abs(np.fft.rfft(out[0, 1600:-1600].numpy() * np.hanning(12800)))
+    peak_hz = np.argmax(spectrum) * SR / 12800
+    assert abs(peak_hz - 1000.0) < 40
+    rms_ratio = float(out[0, 1600:-1600].pow(2).mean().sqrt()) / float(np.sqrt(np.mean(wav**2)))
+    assert 0.2 < rms_ratio < 5  # loudness roughly kept (the codec does not peak-normalise)
+    assert GriffinLimVocoder(GriffinLimConfig(n_iter=4))(mel).shape == (1, 16000)
+    with pytest.raises(AssetError):
+        load_vocoder("/nonexistent/vocoder")
+
+
+# ---- I/O -----------------------------------------------------------------------------------------------------------
+def assert_one_line(err: Exception, name: str):
+    message = str(err)
+    assert "\n" not in message and name in message, message
+
+
+def test_write_read_round_trip_and_atomic(tmp_path):
+    wav = sine(440, 0.5)
+    path = write_audio(tmp_path / "out.wav", wav)
+    write_audio(path, 0.5 * wav)  # overwrite in place
+    assert sorted(os.listdir(tmp_path)) == ["out.wav"]  # no temp file left
+    info = sf.info(str(path))
+    assert (info.samplerate, info.subtype, info.channels) == (SR, "PCM_16", 1)
+    back = read_audio(path)
+    assert back.dtype == np.float32 and back.shape == wav.shape
+    np.testing.assert_allclose(back, 0.5 * wav, atol=1.5 / 32768)
+
+
+def test_write_failure_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_audio(tmp_path / "x.wav", sine(440, 0.1))
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="NaN"):
+        write_audio(tmp_path / "nan.wav", np.array([0.0, np.nan], np.float32))
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_resamples_and_downmixes(tmp_path):
+    left = sine(440, 0.5, sr=8000)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)  # (N, 2)
+    sf.write(str(tmp_path / "s.wav"), stereo, 8000, subtype="FLOAT")
+    wav = read_audio(tmp_path / "s.wav")
+    assert wav.shape == (8000,) and wav.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
+    assert abs(np.argmax(spectrum) * SR / len(wav) - 440) < 5
+    assert abs(np.abs(wav[1000:-1000]).max() - 0.15) < 0.01  # mean of the two channels
+    both = read_audio(tmp_path / "s.wav", mono=False, sample_rate=8000)
+    assert both.shape == (2, 4000)
+
+
+def test_read_errors_are_ours_and_one_line(tmp_path):
+    with pytest.raises(MissingFileError) as err:
+        read_audio(tmp_path / "missing.wav")
+    assert_one_line(err.value, "missing.wav")
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(EmptyFileError) as err:
+        read_audio(tmp_path / "empty.wav")
+    assert_one_line(err.value, "empty.wav")
+
+    sf.write(str(tmp_path / "zero.wav"), np.zeros(0, np.float32), SR)  # a valid header with no samples
+    with pytest.raises(EmptyFileError) as err:
+        read_audio(tmp_path / "zero.wav")
+    assert_one_line(err.value, "zero.wav")
+
+    sf.write(str(tmp_path / "r44.wav"), sine(440, 0.2, sr=44100), 44100)
+    with pytest.raises(SampleRateError) as err:
+        read_audio(tmp_path / "r44.wav", require_rate=True)
+    assert_one_line(err.value, "r44.wav")
+    assert "44100" in str(err.value) and "16000" in str(err.value)
+    assert read_audio(tmp_path / "r44.wav").shape == (3200,)  # resampled when not required
+
+    sf.write(str(tmp_path / "long.wav"), np.zeros(SR * 3, np.float32), SR)
+    with pytest.raises(ClipTooLongError) as err:
+        read_audio(tmp_path / "long.wav", max_seconds=2.5)
+    assert_one_line(err.value, "long.wav")
+    assert "2.5 s" in str(err.value) and err.value.reason == "clip_too_long"
+
+    (tmp_path / "notes.wav").write_bytes(b"this is not audio at all\n" * 50)
+    with pytest.raises(InputError) as err:
+        read_audio(tmp_path / "notes.wav")
+    assert_one_line(err.value, "notes.wav")

@@ -1,0 +1,243 @@
+"""Latent codecs: log-mel (B, T_mel, 64) at 100 Hz <-> latent (B, N, C) at 25 Hz, the grid the DiT works on.
+
+``LatentCodec`` is the interface; ``MelCodec`` (default) groups four mel frames into one 256-channel latent frame
+and normalises each channel with mean/std statistics fitted on data; ``vssflow.audio.vae.AutoencoderKLCodec`` wraps
+an AudioLDM-style mel VAE. A codec saves itself into a directory (``codec.json`` + weights/statistics) and
+``load_codec(dir)`` rebuilds it from there.
+
+Shape letters: B batch, T mel frames (100 Hz), M = 64 mel bins, N latent frames (25 Hz), C latent channels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+
+from vssflow.audio.mel import LOG_FLOOR
+from vssflow.constants import LATENT_HZ, MEL_PER_LATENT, N_MELS
+from vssflow.errors import AssetError, FeatureShapeError
+
+__all__ = ["CODEC_JSON", "LatentCodec", "MelCodec", "load_codec", "pad_mel"]
+
+CODEC_JSON = "codec.json"
+MEL_SILENCE = math.log(LOG_FLOOR)  # pad value: digital silence in log-mel
+
+
+def pad_mel(mel: torch.Tensor, multiple: int, value: float = MEL_SILENCE) -> torch.Tensor:
+    """Pads (B, T, M) along T with ``value`` (silence) up to a multiple of ``multiple``."""
+    extra = (-mel.shape[1]) % multiple
+    if extra == 0:
+        return mel
+    return torch.nn.functional.pad(mel, (0, 0, 0, extra), value=value)  # (B, T + extra, M)
+
+
+def _check_mel(mel: torch.Tensor, n_mels: int) -> None:
+    if mel.dim() != 3 or mel.shape[-1] != n_mels:
+        raise FeatureShapeError(f"mel must have shape (B, T_mel, {n_mels}), got {tuple(mel.shape)}", source="mel")
+
+
+class LatentCodec(ABC):
+    """Maps log-mel (B, T_mel, 64) to a latent sequence (B, N, C) at ``latent_hz`` and back.
+
+    ``encode`` pads T_mel up to a multiple of ``mel_per_latent`` (with silence), so N = ceil(T_mel / 4);
+    ``decode`` returns N * mel_per_latent frames (callers trim to the clip length).
+    """
+
+    kind: str = ""  # name in codec.json
+    latent_dim: int
+    latent_hz: int = LATENT_HZ
+    mel_per_latent: int = MEL_PER_LATENT
+    n_mels: int = N_MELS
+
+    @abstractmethod
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, T_mel, M) log-mel -> (B, N, C) latent."""
+
+    @abstractmethod
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) latent -> (B, N * mel_per_latent, M) log-mel."""
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Writes ``codec.json`` (+ weights/statistics) into ``directory``; returns it."""
+
+    @abstractmethod
+    def to(self, device: str | torch.device) -> LatentCodec:
+        """Moves tensors/weights to ``device``; returns self."""
+
+    def latent_frames(self, mel_frames: int) -> int:
+        """N for a mel of ``mel_frames`` frames (ceil division)."""
+        return -(-int(mel_frames) // self.mel_per_latent)
+
+    def _write_json(self, directory: Path, payload: dict) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        body = {"kind": self.kind, "latent_dim": self.latent_dim, "latent_hz": self.latent_hz, **payload}
+        tmp = directory / f".{CODEC_JSON}.tmp"
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, directory / CODEC_JSON)
+
+
+class MelCodec(LatentCodec):
+    """Default codec: four mel frames grouped into one latent frame (25 Hz x 256 channels), then normalised.
+
+    Channel c of latent frame n is mel bin c % 64 of mel frame 4n + c // 64; it is normalised with that channel's
+    mean and standard deviation, fitted on data with :meth:`fit`. Decoding inverts both steps exactly (up to
+    float32 rounding). Unfitted, the statistics are the identity (mean 0, std 1).
+    """
+
+    kind = "mel"
+
+    def __init__(
+        self,
+        *,
+        n_mels: int = N_MELS,
+        mel_per_latent: int = MEL_PER_LATENT,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        count: int = 0,
+        min_std: float = 1e-3,
+    ):
+        self.n_mels = n_mels
+        self.mel_per_latent = mel_per_latent
+        self.latent_dim = n_mels * mel_per_latent
+        self.min_std = float(min_std)
+        self.count = int(count)  # number of latent frames the statistics were fitted on
+        self.mean = torch.zeros(self.latent_dim) if mean is None else mean.detach().float().reshape(-1).clone()
+        self.std = torch.ones(self.latent_dim) if std is None else std.detach().float().reshape(-1).clone()
+        if self.mean.shape != (self.latent_dim,) or self.std.shape != (self.latent_dim,):
+            raise AssetError(f"MelCodec statistics must have {self.latent_dim} channels, got {tuple(self.mean.shape)}")
+
+    @property
+    def fitted(self) -> bool:
+        return self.count > 0
+
+    # -- statistics -------------------------------------------------------------------------------------------
+    def fit(self, mels: Iterable[np.ndarray | torch.Tensor]) -> MelCodec:
+        """Fits per-channel mean/std from (T, M) log-mels in one streaming pass (Chan/Welford merge, float64).
+
+        Only whole groups of ``mel_per_latent`` frames are used (a clip's trailing remainder is skipped, so the
+        silence padding of ``encode`` never biases the statistics). Returns self.
+        """
+        count, mean, m2 = 0, np.zeros(self.latent_dim), np.zeros(self.latent_dim)
+        for mel in mels:
+            arr = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
+            if arr.ndim != 2 or arr.shape[1] != self.n_mels:
+                raise FeatureShapeError(f"mel must have shape (T_mel, {self.n_mels}), got {arr.shape}", source="mel")
+            usable = arr.shape[0] - arr.shape[0] % self.mel_per_latent
+            if usable == 0:
+                continue
+            x = rearrange(arr[:usable].astype(np.float64), "(n g) m -> n (g m)", g=self.mel_per_latent)  # (N, C)
+            n_b, mean_b = x.shape[0], x.mean(axis=0)
+            m2_b = ((x - mean_b) ** 2).sum(axis=0)
+            total = count + n_b
+            delta = mean_b - mean
+            mean = mean + delta * (n_b / total)
+            m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+            count = total
+        if count == 0:
+            raise FeatureShapeError("MelCodec.fit got no mel with at least 4 frames; give it real clips", source="mel")
+        std = np.sqrt(m2 / count)
+        self.mean = torch.from_numpy(mean).float()
+        self.std = torch.from_numpy(np.maximum(std, self.min_std)).float()
+        self.count = count
+        return self
+
+    # -- codec ------------------------------------------------------------------------------------------------
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, T_mel, M) -> (B, ceil(T_mel / 4), 4 * M) normalised latent."""
+        _check_mel(mel, self.n_mels)
+        mel = pad_mel(mel.float(), self.mel_per_latent)  # (B, 4N, M)
+        z = rearrange(mel, "b (n g) m -> b n (g m)", g=self.mel_per_latent)  # (B, N, C)
+        return (z - self.mean.to(z.device)) / self.std.to(z.device)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, N, 4 * M) -> (B, 4N, M) log-mel."""
+        if latent.dim() != 3 or latent.shape[-1] != self.latent_dim:
+            raise FeatureShapeError(
+                f"latent must have shape (B, N, {self.latent_dim}), got {tuple(latent.shape)}", source="latent"
+            )
+        z = latent.float() * self.std.to(latent.device) + self.mean.to(latent.device)  # (B, N, C)
+        return rearrange(z, "b n (g m) -> b (n g) m", g=self.mel_per_latent)  # (B, 4N, M)
+
+    def to(self, device: str | torch.device) -> MelCodec:
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / ".mel_codec_stats.safetensors.tmp"
+        save_file({"mean": self.mean.cpu().contiguous(), "std": self.std.cpu().contiguous()}, str(tmp))
+        os.replace(tmp, directory / "mel_codec_stats.safetensors")
+        self._write_json(
+            directory,
+            {
+                "n_mels": self.n_mels,
+                "mel_per_latent": self.mel_per_latent,
+                "count": self.count,
+                "min_std": self.min_std,
+                "stats": "mel_codec_stats.safetensors",
+            },
+        )
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> MelCodec:
+        directory = Path(directory)
+        meta = _read_json(directory)
+        stats_path = directory / meta.get("stats", "mel_codec_stats.safetensors")
+        if not stats_path.is_file():
+            raise AssetError(f"{stats_path}: MelCodec statistics missing; re-save the model or refit the codec")
+        stats = load_file(str(stats_path))
+        return cls(
+            n_mels=int(meta["n_mels"]),
+            mel_per_latent=int(meta["mel_per_latent"]),
+            mean=stats["mean"],
+            std=stats["std"],
+            count=int(meta.get("count", 0)),
+            min_std=float(meta.get("min_std", 1e-3)),
+        )
+
+
+def _read_json(directory: Path) -> dict:
+    path = directory / CODEC_JSON
+    if not path.is_file():
+        raise AssetError(f"{path}: no codec description found; pass a directory written by codec.save()")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise AssetError(f"{path}: codec.json is not valid JSON ({err.msg}); re-save the codec") from err
+
+
+def load_codec(directory: str | os.PathLike, **options) -> LatentCodec:
+    """Rebuilds a codec saved with ``codec.save(directory)``.
+
+    ``directory`` may also be a plain diffusers ``AutoencoderKL`` directory (config.json + weights, e.g. the
+    ``vae/`` folder of an AudioLDM checkpoint); ``options`` then go to :class:`AutoencoderKLCodec`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AssetError(f"{directory}: codec directory not found; check the path")
+    if not (directory / CODEC_JSON).is_file() and (directory / "config.json").is_file():
+        from vssflow.audio.vae import AutoencoderKLCodec
+
+        return AutoencoderKLCodec.from_vae_dir(directory, **options)
+    meta = _read_json(directory)
+    kind = meta.get("kind")
+    if kind == MelCodec.kind:
+        return MelCodec.load(directory)
+    if kind == "autoencoder_kl":
+        from vssflow.audio.vae import AutoencoderKLCodec
+
+        return AutoencoderKLCodec.load(directory, **options)
+    raise AssetError(f"{directory / CODEC_JSON}: unknown codec kind {kind!r}; expected 'mel' or 'autoencoder_kl'")

@@ -1,0 +1,157 @@
+"""Waveform from log-mel: Griffin-Lim (default, no weights) or a HiFi-GAN (``transformers.SpeechT5HifiGan``).
+
+Both take natural-log mel (B, T, 64) at 100 Hz, exactly what :class:`vssflow.audio.mel.MelSpectrogram` produces,
+and return (B, T * 160) samples at 16 kHz. AudioLDM's HiFi-GAN (the ``vocoder/`` folder of an AudioLDM checkpoint,
+``model_in_dim=64, upsampling 5*4*2*2*2 = 160, normalize_before=false``) is fed this natural-log mel directly, as
+AudioLDM's pipeline does; if a checkpoint sets ``normalize_before`` the model applies its own stored mean/scale.
+AudioLDM vocoders were trained on peak-0.5 audio (see ``MelConfig.peak_normalize``).
+
+Shape letters: B batch, T mel frames, M = 64 mel bins, F = n_fft // 2 + 1 STFT bins.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from vssflow.audio.mel import MelConfig, mel_filterbank
+from vssflow.errors import AssetError, FeatureShapeError
+
+__all__ = ["GriffinLimConfig", "GriffinLimVocoder", "HiFiGanVocoder", "Vocoder", "load_vocoder"]
+
+
+class Vocoder(ABC):
+    """log-mel (B, T, M) or (T, M) -> waveform (B, T * hop) or (T * hop,), float32 at ``sample_rate``."""
+
+    sample_rate: int
+    hop_length: int
+    n_mels: int
+
+    @abstractmethod
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, T, M) -> (B, T * hop)."""
+
+    def to(self, device: str | torch.device) -> Vocoder:
+        return self
+
+    def __call__(self, mel: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        is_numpy = isinstance(mel, np.ndarray)
+        x = torch.from_numpy(np.asarray(mel, dtype=np.float32)) if is_numpy else mel.float()
+        single = x.dim() == 2
+        if single:
+            x = x[None]
+        if x.dim() != 3 or x.shape[-1] != self.n_mels:
+            raise FeatureShapeError(f"mel must have shape (B, T, {self.n_mels}), got {tuple(x.shape)}", source="mel")
+        with torch.no_grad():
+            wav = self.vocode(x) if x.shape[1] > 0 else x.new_zeros(x.shape[0], 0)  # (B, T * hop)
+        wav = wav[0] if single else wav
+        return wav.cpu().numpy() if is_numpy else wav
+
+
+@dataclass(frozen=True)
+class GriffinLimConfig:
+    """Griffin-Lim settings. ``n_iter`` trades quality for speed (generation cost includes this decode)."""
+
+    n_iter: int = 32
+    momentum: float = 0.99
+    mel: MelConfig = MelConfig()
+
+
+class GriffinLimVocoder(Vocoder):
+    """exp(log-mel) -> linear magnitude by the filterbank's pseudo-inverse (clamped at 0) -> Griffin-Lim phase.
+
+    Deterministic (zero-phase initialisation), needs no weights. The pseudo-inverse is a (M, F) matrix computed once,
+    so the mel inversion is one matmul; the cost is ``n_iter`` STFT/iSTFT pairs.
+    """
+
+    def __init__(self, config: GriffinLimConfig = GriffinLimConfig()):
+        self.config = config
+        mel = config.mel
+        self.sample_rate, self.hop_length, self.n_mels = mel.sample_rate, mel.hop_length, mel.n_mels
+        self.window = torch.hann_window(mel.win_length, periodic=True)
+        self.inverse_fbank = torch.linalg.pinv(mel_filterbank(mel).double()).float()  # (M, F)
+
+    def to(self, device: str | torch.device) -> GriffinLimVocoder:
+        self.window, self.inverse_fbank = self.window.to(device), self.inverse_fbank.to(device)
+        return self
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.mel
+        mel = mel.to(self.inverse_fbank.device)
+        magnitude = torch.clamp(torch.exp(mel) @ self.inverse_fbank, min=0.0)  # (B, T, F)
+        # the mel has N // hop frames (the last centre frame was trimmed); repeat the last one back so that
+        # centre-framed Griffin-Lim yields exactly T * hop samples
+        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1).transpose(1, 2)  # (B, F, T + 1)
+        length = mel.shape[1] * cfg.hop_length
+        return AF.griffinlim(
+            magnitude,
+            window=self.window,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            power=1.0,
+            n_iter=self.config.n_iter,
+            momentum=self.config.momentum,
+            length=length,
+            rand_init=False,
+        )  # (B, T * hop)
+
+
+class HiFiGanVocoder(Vocoder):
+    """Frozen ``transformers.SpeechT5HifiGan`` loaded from a local directory (e.g. AudioLDM's ``vocoder/``)."""
+
+    def __init__(self, model, *, mel: MelConfig = MelConfig()):
+        cfg = model.config
+        upsample = int(np.prod(cfg.upsample_rates))
+        if cfg.model_in_dim != mel.n_mels:
+            raise AssetError(f"HiFi-GAN takes {cfg.model_in_dim} mel bins but vssflow uses {mel.n_mels}")
+        if upsample != mel.hop_length or int(cfg.sampling_rate) != mel.sample_rate:
+            raise AssetError(
+                f"HiFi-GAN upsamples by {upsample} at {cfg.sampling_rate} Hz; vssflow needs "
+                f"{mel.hop_length} at {mel.sample_rate} Hz (an AudioLDM 16 kHz vocoder)"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.sample_rate, self.hop_length, self.n_mels = mel.sample_rate, mel.hop_length, mel.n_mels
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, mel: MelConfig = MelConfig()) -> HiFiGanVocoder:
+        directory = Path(directory)
+        if not (directory / "config.json").is_file():
+            raise AssetError(f"{directory}: no HiFi-GAN config.json here; pass the vocoder folder of the checkpoint")
+        from transformers import SpeechT5HifiGan
+
+        try:
+            model = SpeechT5HifiGan.from_pretrained(str(directory), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise AssetError(f"{directory}: cannot load SpeechT5HifiGan ({str(err).splitlines()[0]})") from err
+        return cls(model.float(), mel=mel)
+
+    def to(self, device: str | torch.device) -> HiFiGanVocoder:
+        self.model.to(device)
+        return self
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        wav = self.model(mel.to(self.model.device))  # (B, T * 160 + k), AudioLDM's kernels add 32 samples
+        length = mel.shape[1] * self.hop_length
+        if wav.shape[-1] < length:
+            wav = torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
+        return wav[:, :length]  # (B, T * 160), trimmed as AudioLDM trims to the original length
+
+
+def load_vocoder(spec: str | os.PathLike | None = None, **options) -> Vocoder:
+    """``None`` or ``"griffinlim"`` -> :class:`GriffinLimVocoder`; a directory -> :class:`HiFiGanVocoder`.
+
+    ``options`` go to the chosen class (``config=GriffinLimConfig(...)`` or ``mel=MelConfig(...)``).
+    """
+    if spec is None or str(spec).lower() in ("griffinlim", "griffin-lim", "griffin_lim"):
+        return GriffinLimVocoder(**options)
+    path = Path(spec)
+    if not path.is_dir():
+        raise AssetError(f"{spec}: vocoder must be 'griffinlim' or a SpeechT5HifiGan directory; check the path")
+    return HiFiGanVocoder.from_pretrained(path, **options)
