@@ -19,6 +19,7 @@ from vssflow.audio import (
     MelCodec,
     MelConfig,
     MelSpectrogram,
+    audio_duration,
     load_codec,
     load_vocoder,
     log_mel,
@@ -306,6 +307,7 @@ def test_write_read_round_trip_and_atomic(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.wav"]  # no temp file left
     info = sf.info(str(path))
     assert (info.samplerate, info.subtype, info.channels) == (SR, "PCM_16", 1)
+    assert audio_duration(path) == pytest.approx(0.5)
     back = read_audio(path)
     assert back.dtype == np.float32 and back.shape == wav.shape
     np.testing.assert_allclose(back, 0.5 * wav, atol=1.5 / 32768)
