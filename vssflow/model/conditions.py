@@ -1,0 +1,208 @@
+"""Condition encoders: ConditionBatch -> Conditions (in-context channels + cross-attention tokens), once per generation.
+
+Shape legend:
+    B batch    N latent frames (25 Hz)   S semantic frames (10 fps)   P phonemes   M cross-attention tokens
+    Dc cross_dim   Dl lip_dim   Dp phoneme_dim   Cc in-context condition channels (context_dim - latent_dim)
+
+Each condition group (sem, lip, phonemes, speaker) has a learned "absent" value used when a clip lacks the
+condition (presence mask) or when it is dropped for classifier-free guidance (drop mask). Nothing here is random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from vssflow.constants import LATENT_HZ, SEM_FPS
+from vssflow.model.batch import ConditionBatch, ConditionDrop
+from vssflow.model.config import ModelConfig
+
+
+@dataclass
+class Conditions:
+    """Encoded conditions, reused by every solver step.
+
+    Attributes:
+        context: (B, N, Cc) condition channels concatenated with the noisy latent, or None if nothing is in context.
+        cross: (B, M, Dc) cross-attention tokens (the speaker token first).
+        cross_mask: (B, M) bool, True on real tokens.
+        frame_mask: (B, N) bool, True on the latent frames of each clip.
+    """
+
+    context: torch.Tensor | None
+    cross: torch.Tensor
+    cross_mask: torch.Tensor
+    frame_mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.frame_mask.shape[0])
+
+    @staticmethod
+    def cat(items: list[Conditions]) -> Conditions:
+        """Concatenate along the batch (e.g. conditional + unconditional for one CFG forward); pads cross tokens."""
+        m = max(c.cross.shape[1] for c in items)
+
+        def pad(x: torch.Tensor, value: float | bool) -> torch.Tensor:
+            extra = m - x.shape[1]
+            if not extra:
+                return x
+            fill = x.new_full((x.shape[0], extra, *x.shape[2:]), value)
+            return torch.cat([x, fill], dim=1)
+
+        return Conditions(
+            context=None if items[0].context is None else torch.cat([c.context for c in items]),
+            cross=torch.cat([pad(c.cross, 0.0) for c in items]),
+            cross_mask=torch.cat([pad(c.cross_mask, False) for c in items]),
+            frame_mask=torch.cat([c.frame_mask for c in items]),
+        )
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """Two-layer SiLU MLP without biases (the paper's condition projections)."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden, bias=False), nn.SiLU(), nn.Linear(d_hidden, d_out, bias=False))
+
+
+class LipCNN(nn.Module):
+    """Small trainable encoder of 32x32 uint8 mouth crops, one frame at a time: (K, 32, 32) -> (K, lip_dim)."""
+
+    def __init__(self, lip_dim: int, channels: tuple[int, int, int] = (16, 32, 32)):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.SiLU(),  # (K, c1, 16, 16)
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),  # (K, c2, 8, 8)
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.SiLU(),  # (K, c3, 4, 4)
+        )  # fmt: skip
+        self.proj = nn.Linear(c3 * 16, lip_dim)  # keep the 4x4 layout: mouth shape matters, not just its energy
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops.to(self.proj.weight.dtype).unsqueeze(1) / 127.5 - 1.0  # (K, 1, 32, 32) in [-1, 1]
+        return self.proj(rearrange(self.convs(x), "k c h w -> k (c h w)"))
+
+
+def spread_phonemes(phonemes: torch.Tensor, lengths: torch.Tensor, n_frames: torch.Tensor, n: int) -> torch.Tensor:
+    """Spread each clip's phonemes uniformly over its latent frames (paper: repeat, then nearest-interpolate).
+
+    Args:
+        phonemes: (B, P) long ids, 0-padded.
+        lengths: (B,) number of real phonemes per clip.
+        n_frames: (B,) latent frames per clip.
+        n: padded number of frames N.
+
+    Returns:
+        (B, N) long: frame j < n_frames of clip b carries phoneme floor(j * L_b / n_frames_b); frames beyond the clip
+        carry 0 ("none").
+    """
+    j = torch.arange(n, device=phonemes.device)[None]  # (1, N)
+    idx = (j * lengths[:, None]) // n_frames.clamp(min=1)[:, None]  # (B, N)
+    idx = idx.clamp(max=(lengths - 1).clamp(min=0)[:, None])
+    ids = torch.gather(phonemes, 1, idx)  # (B, N)
+    return torch.where(j < n_frames[:, None], ids, torch.zeros_like(ids))
+
+
+def sem_to_grid(sem: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """Nearest-in-time resampling of 10 fps frames (B, S, D) to the 25 Hz latent grid -> (B, N, D)."""
+    j = torch.arange(n, device=sem.device)[None]  # (1, N)
+    idx = ((j * SEM_FPS) // LATENT_HZ).clamp(max=(lengths - 1).clamp(min=0)[:, None])  # (B, N)
+    return torch.gather(sem, 1, repeat(idx, "b n -> b n d", d=sem.shape[-1]))
+
+
+class ConditionEncoder(nn.Module):
+    """Encodes every condition group and routes it to in-context channels or cross-attention tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.sem_proj = mlp(cfg.sem_dim, cfg.width, cfg.cross_dim)
+        self.speaker_proj = mlp(cfg.speaker_dim, cfg.width, cfg.cross_dim)
+        if cfg.lip_input == "crops":
+            self.lip_encoder: nn.Module = LipCNN(cfg.lip_dim)
+        else:
+            self.lip_encoder = mlp(cfg.lip_feature_dim, 2 * cfg.lip_dim, cfg.lip_dim)
+        self.phoneme_emb = nn.Embedding(cfg.phoneme_vocab, cfg.phoneme_dim)
+        if cfg.lip_placement == "cross":
+            self.lip_to_cross = nn.Linear(cfg.lip_dim, cfg.cross_dim)
+        if cfg.phoneme_placement == "cross":
+            self.phoneme_to_cross = nn.Linear(cfg.phoneme_dim, cfg.cross_dim)
+        # learned "absent" values, one per group, in the space where the group is consumed
+        self.absent_sem = nn.Parameter(torch.randn(cfg.cross_dim) * 0.02)
+        self.absent_speaker = nn.Parameter(torch.randn(cfg.cross_dim) * 0.02)
+        self.absent_lip = nn.Parameter(torch.randn(cfg.lip_dim) * 0.02)
+        self.absent_phonemes = nn.Parameter(torch.randn(cfg.phoneme_dim) * 0.02)
+
+    def forward(self, cond: ConditionBatch, drop: ConditionDrop | None = None) -> Conditions:
+        cfg = self.cfg
+        b, n = cond.batch_size, cond.n_latent
+        dev, dtype = cond.n_frames.device, self.absent_sem.dtype
+        drop = drop if drop is not None else ConditionDrop.none(b, dev)
+        keep = {g: cond.present(g).to(dev) & ~getattr(drop, g).to(dev) for g in ("sem", "lip", "phonemes", "speaker")}
+        frame_mask = cond.frame_mask
+        context: list[torch.Tensor] = []
+        cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tokens (B, m, Dc), mask (B, m))
+
+        # speaker: always one cross-attention token
+        spk = self.absent_speaker.expand(b, 1, -1)
+        if cond.speaker is not None:
+            spk = torch.where(keep["speaker"][:, None, None], self.speaker_proj(cond.speaker.to(dtype))[:, None], spk)
+        cross.append((spk, torch.ones(b, 1, dtype=torch.bool, device=dev)))
+
+        # lip: (B, N, Dl) stream on the latent grid
+        lip = self.absent_lip.expand(b, n, -1)
+        if cond.lip is not None and keep["lip"].any():
+            rows = keep["lip"].nonzero().squeeze(1)
+            frames = cond.lip[rows]  # (K, N, ...)
+            enc = self.lip_encoder(rearrange(frames, "k n ... -> (k n) ...")).to(dtype)  # (K*N, Dl)
+            lip = lip.clone()
+            lip[rows] = rearrange(enc, "(k n) d -> k n d", n=n)
+        if cfg.lip_placement == "context":
+            context.append(lip)
+        else:
+            cross.append((self.lip_to_cross(lip), frame_mask))
+
+        # phonemes: spread over the clip for context; the raw sequence as tokens for cross-attention
+        if cfg.phoneme_placement == "context":
+            ph = self.absent_phonemes.expand(b, n, -1)
+            if cond.phonemes is not None:
+                ids = spread_phonemes(cond.phonemes, cond.phoneme_lengths, cond.n_frames, n)  # (B, N)
+                ph = torch.where(keep["phonemes"][:, None, None], self.phoneme_emb(ids).to(dtype), ph)
+            context.append(ph)
+        else:
+            tokens = self.absent_phonemes.expand(b, 1, -1)
+            lengths = torch.ones(b, dtype=torch.long, device=dev)
+            if cond.phonemes is not None:
+                tokens, lengths = self.phoneme_emb(cond.phonemes).to(dtype), cond.phoneme_lengths
+            absent = self.phoneme_to_cross(self.absent_phonemes)  # (Dc,)
+            cross.append(self._with_absent(self.phoneme_to_cross(tokens), lengths, keep["phonemes"], absent))
+
+        # semantics: 10 fps frames -> MLP -> tokens, or resampled to the latent grid for context
+        sem = self.absent_sem.expand(b, 1, -1)
+        sem_len = torch.ones(b, dtype=torch.long, device=dev)
+        if cond.sem is not None:
+            sem, sem_len = self.sem_proj(cond.sem.to(dtype)), cond.sem_lengths  # (B, S, Dc)
+        sem, sem_mask = self._with_absent(sem, sem_len, keep["sem"], self.absent_sem)
+        if cfg.sem_placement == "cross":
+            cross.append((sem, sem_mask))
+        else:
+            context.append(sem_to_grid(sem, torch.where(keep["sem"], sem_len, 1), n))  # (B, N, Dc)
+
+        return Conditions(
+            context=torch.cat(context, dim=-1) if context else None,  # (B, N, Cc)
+            cross=torch.cat([t for t, _ in cross], dim=1),  # (B, M, Dc)
+            cross_mask=torch.cat([m for _, m in cross], dim=1),  # (B, M)
+            frame_mask=frame_mask,
+        )
+
+    @staticmethod
+    def _with_absent(
+        tokens: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor, absent: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token sequence (B, m, Dc) + lengths -> (tokens, mask) where absent samples hold one absent token."""
+        m = tokens.shape[1]
+        pos = torch.arange(m, device=tokens.device)[None]  # (1, m)
+        mask = torch.where(keep[:, None], pos < lengths[:, None], pos == 0)  # (B, m)
+        tokens = torch.where(keep[:, None, None], tokens, absent.expand_as(tokens))
+        return tokens, mask

@@ -1,0 +1,159 @@
+"""The DiT configuration: one frozen dataclass whose defaults are the tiny CPU preset, plus named presets.
+
+Placement of each condition (the paper's ablation, Table "cross-attn vs self-attn"):
+
+* ``"cross"``: the condition becomes cross-attention tokens (keys/values, width ``cross_dim``);
+* ``"context"``: the condition is resampled to the 25 Hz latent grid and concatenated with the noisy latent along
+  channels before the input projection ("in-context", mixed by self-attention).
+
+The speaker embedding is always one cross-attention token. The paper's final model puts semantics in cross-attention
+and lip + phonemes in context (the defaults here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from vssflow.constants import LIP_SIZE, MAX_SECONDS, MEL_PER_LATENT, N_MELS, SPEAKER_DIM, latent_frames
+
+PLACEMENTS = ("cross", "context")
+TIME_CONDITIONING = ("token", "adaln")
+LIP_INPUTS = ("crops", "features")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and switches of the VSSFlow DiT. Defaults build the tiny preset (trains in minutes on 2 CPU cores).
+
+    Attributes:
+        depth: number of DiT blocks.
+        width: hidden size of the latent token stream.
+        heads: attention heads (self and cross); head size = width // heads.
+        cross_dim: width of the cross-attention tokens (semantic frames, speaker, and any condition placed there).
+        cross_kv_heads: key/value heads of cross-attention (grouped-query attention); None = ``heads``.
+        ff_mult: SwiGLU inner size = ff_mult * width.
+        latent_dim: channels of the audio latent (codec: 4 mel frames x 64 bins = 256).
+        sem_dim: semantic frame embedding size (MobileNetV2 pooled = 1280, CLIP ViT-B/16 = 768).
+        speaker_dim: speaker embedding size.
+        lip_input: "crops" = (T, 32, 32) uint8 mouth crops encoded by a small trainable CNN inside the model;
+            "features" = (T, lip_feature_dim) float features of a frozen encoder, projected by an MLP.
+        lip_feature_dim: size of frozen lip features (only used when lip_input == "features").
+        lip_dim: width of the encoded lip stream.
+        phoneme_vocab: size of the phoneme id vocabulary (id 0 = none / padding).
+        phoneme_dim: phoneme embedding size.
+        sem_placement, phoneme_placement, lip_placement: "cross" or "context" (see module docstring).
+        time_conditioning: "token" (a prepended time token, as the paper's Stable-Audio backbone) or "adaln"
+            (adaLN-Zero, as DiT).
+        rope: fraction of each head's dims that get rotary position embedding (paper: 0.5 = 32 of 64).
+        time_freq_dim: size of the sinusoidal timestep features before the time MLP.
+        max_seconds: longest clip the model sees at once (longer audio is generated in windows).
+    """
+
+    depth: int = 4
+    width: int = 128
+    heads: int = 4
+    cross_dim: int = 128
+    cross_kv_heads: int | None = None
+    ff_mult: float = 4.0
+    latent_dim: int = MEL_PER_LATENT * N_MELS
+    sem_dim: int = 1280
+    speaker_dim: int = SPEAKER_DIM
+    lip_input: str = "crops"
+    lip_feature_dim: int = 1024
+    lip_dim: int = 32
+    phoneme_vocab: int = 256
+    phoneme_dim: int = 32
+    sem_placement: str = "cross"
+    phoneme_placement: str = "context"
+    lip_placement: str = "context"
+    time_conditioning: str = "token"
+    rope: float = 0.5
+    time_freq_dim: int = 256
+    max_seconds: float = MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        for name in ("sem_placement", "phoneme_placement", "lip_placement"):
+            if getattr(self, name) not in PLACEMENTS:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {PLACEMENTS}")
+        if self.time_conditioning not in TIME_CONDITIONING:
+            raise ValueError(
+                f"ModelConfig.time_conditioning={self.time_conditioning!r}; expected one of {TIME_CONDITIONING}"
+            )
+        if self.lip_input not in LIP_INPUTS:
+            raise ValueError(f"ModelConfig.lip_input={self.lip_input!r}; expected one of {LIP_INPUTS}")
+        if self.width % self.heads:
+            raise ValueError(f"ModelConfig: width {self.width} is not divisible by heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"ModelConfig: heads {self.heads} is not divisible by cross_kv_heads {self.kv_heads}")
+        if not 0.0 <= self.rope <= 1.0:
+            raise ValueError(f"ModelConfig.rope={self.rope}; expected a fraction in [0, 1]")
+        if self.depth < 1 or self.max_seconds <= 0:
+            raise ValueError("ModelConfig: depth must be >= 1 and max_seconds > 0")
+
+    # ---- derived sizes -------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of cross-attention."""
+        return self.cross_kv_heads or self.heads
+
+    @property
+    def rope_dim(self) -> int:
+        """Rotary dims per head (even)."""
+        return 2 * int(self.head_dim * self.rope // 2)
+
+    @property
+    def ff_inner(self) -> int:
+        return int(math.ceil(self.ff_mult * self.width))
+
+    @property
+    def max_frames(self) -> int:
+        """Latent frames of the longest clip (250 for 10 s)."""
+        return latent_frames(self.max_seconds)
+
+    @property
+    def lip_frame_shape(self) -> tuple[int, ...]:
+        """Shape of one lip frame: (32, 32) crops or (lip_feature_dim,) features."""
+        return (LIP_SIZE, LIP_SIZE) if self.lip_input == "crops" else (self.lip_feature_dim,)
+
+    @property
+    def context_dim(self) -> int:
+        """In-context input channels: noisy latent + every condition placed in context."""
+        return (
+            self.latent_dim
+            + (self.lip_dim if self.lip_placement == "context" else 0)
+            + (self.phoneme_dim if self.phoneme_placement == "context" else 0)
+            + (self.cross_dim if self.sem_placement == "context" else 0)
+        )
+
+    # ---- (de)serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild from ``to_dict()`` output (config.json); an unknown key is an error, a missing one a default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ---- presets ---------------------------------------------------------------------------------------------------
+TINY = ModelConfig()
+SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64)
+# The paper's backbone size (10 blocks, 24 heads x 64, GQA cross-attention with 12 kv heads of width 768, SwiGLU 4x);
+# the condition front-ends follow our features (MobileNetV2 semantics, mouth crops), not the paper's frozen encoders.
+PAPER = ModelConfig(depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024)
+
+PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "small": SMALL, "paper": PAPER}
