@@ -1,0 +1,488 @@
+"""Speaker embedding of a reference voice: (N,) 16 kHz waveform -> (256,) L2-normalised vector.
+
+Two implementations of :class:`SpeakerEncoder`:
+
+* :class:`ResemblyzerEncoder` (default): the GE2E speaker encoder of Resemblyzer (Wan et al. 2018), with the
+  weights file ``resemblyzer/pretrained.pt`` that ships in the ``Resemblyzer`` pip package (sha256 checked). The
+  package's own modules need librosa and webrtcvad, so it is never imported: this file re-implements its
+  ``preprocess_wav`` + ``embed_utterance`` in torch (40-band power mel, 25 ms / 10 ms; 3-layer LSTM 256 ->
+  Linear 256 + ReLU -> L2; 1.6 s partial utterances at 1.3 per second, min coverage 0.75, averaged, renormalised).
+* :class:`TrainableSpeakerEncoder`: a small log-mel -> conv -> LSTM -> stats-pooling -> 256 encoder that the project
+  trains itself (:func:`train_speaker_encoder`, a cosine-softmax speaker classifier on (wav, speaker id) pairs),
+  saved as ``config.json`` + ``model.safetensors``.
+
+:func:`load_speaker_encoder` picks one: ``"resemblyzer"`` or a directory written by ``TrainableSpeakerEncoder.save``.
+Shape letters: B batch, N samples, T mel frames, F mel bands (40), D embedding (256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from einops import rearrange
+from scipy.ndimage import binary_dilation
+from torch import nn
+
+from vssflow.constants import SAMPLE_RATE, SPEAKER_DIM
+from vssflow.errors import AssetError, ReferenceVoiceError
+
+__all__ = [
+    "SpeakerEncoder",
+    "ResemblyzerEncoder",
+    "TrainableSpeakerConfig",
+    "TrainableSpeakerEncoder",
+    "train_speaker_encoder",
+    "load_speaker_encoder",
+    "check_reference_voice",
+    "resemblyzer_weights_path",
+    "RESEMBLYZER_SHA256",
+    "MIN_REFERENCE_SECONDS",
+]
+
+MIN_REFERENCE_SECONDS = 1.0
+RESEMBLYZER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"  # Resemblyzer 0.1.4
+_INT16_MAX = 2**15 - 1
+
+
+def check_reference_voice(wav: np.ndarray | torch.Tensor, *, source: str | None = None) -> np.ndarray:
+    """Validate a reference voice and return it as (N,) float32 at 16 kHz.
+
+    Raises:
+        ReferenceVoiceError: not 1-D, non-finite, shorter than 1 s, or silent.
+    """
+    wav = np.asarray(wav.detach().cpu() if isinstance(wav, torch.Tensor) else wav, dtype=np.float32)
+    if wav.ndim == 2 and 1 in wav.shape:
+        wav = wav.reshape(-1)
+    if wav.ndim != 1:
+        raise ReferenceVoiceError(
+            f"reference voice must be a mono waveform (N,), got shape {wav.shape}; mix it down to one channel",
+            source=source,
+        )
+    seconds = len(wav) / SAMPLE_RATE
+    if seconds < MIN_REFERENCE_SECONDS:
+        raise ReferenceVoiceError(
+            f"reference voice is {seconds:.2f} s long, at least {MIN_REFERENCE_SECONDS:g} s of speech is needed; "
+            "give a longer recording of the speaker",
+            source=source,
+        )
+    if not np.isfinite(wav).all():
+        raise ReferenceVoiceError("reference voice has NaN or infinite samples; re-export it as PCM WAV", source=source)
+    if float(np.abs(wav).max()) < 1e-4:
+        raise ReferenceVoiceError(
+            "reference voice is silent; give a recording in which the speaker talks", source=source
+        )
+    return wav
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SpeakerEncoder(ABC):
+    """Reference voice -> speaker embedding. Subclasses set ``name``, ``version`` and implement ``_embed``."""
+
+    name: str = "speaker"
+    version: str = "0"
+    dim: int = SPEAKER_DIM
+
+    def embed(self, wav: np.ndarray | torch.Tensor, *, source: str | None = None) -> np.ndarray:
+        """Embed one reference voice.
+
+        Args:
+            wav: (N,) float waveform at 16 kHz, at least 1 s long.
+            source: what the voice belongs to (file, clip id), for error messages.
+
+        Returns:
+            (D,) float32 with unit L2 norm.
+
+        Raises:
+            ReferenceVoiceError: too short, silent, non-finite or not mono.
+        """
+        wav = check_reference_voice(wav, source=source)
+        with torch.inference_mode():
+            e = self._embed(torch.from_numpy(wav)).float()
+        e = F.normalize(e, dim=-1).numpy().astype(np.float32)
+        assert e.shape == (self.dim,)
+        return e
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Read an audio file (any rate, resampled to 16 kHz mono) and embed it; see :meth:`embed`."""
+        from vssflow.audio.io import read_audio
+
+        return self.embed(read_audio(path), source=str(path))
+
+    @abstractmethod
+    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 -> (D,)."""
+
+
+# ---------------------------------------------------------------- Resemblyzer (GE2E)
+
+
+class _ResemblyzerMel(nn.Module):
+    """Resemblyzer's ``audio.wav_to_mel_spectrogram``: librosa power mel (Slaney), n_fft 400, hop 160, 40 bands."""
+
+    def __init__(self):
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE,
+            n_fft=400,
+            hop_length=160,
+            n_mels=40,
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+            norm="slaney",
+            mel_scale="slaney",
+        )
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.mel(wav), "... f t -> ... t f")  # (T, F)
+
+
+class GE2ENet(nn.Module):
+    """Resemblyzer's ``VoiceEncoder`` network: (B, T, 40) power mel -> (B, 256) L2-normalised."""
+
+    def __init__(self, n_mels: int = 40, hidden: int = 256, layers: int = 3, dim: int = 256):
+        super().__init__()
+        self.lstm = nn.LSTM(n_mels, hidden, layers, batch_first=True)
+        self.linear = nn.Linear(hidden, dim)
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(mels)  # hidden: (layers, B, H)
+        return F.normalize(F.relu(self.linear(hidden[-1])), dim=-1)  # (B, D)
+
+
+def resemblyzer_weights_path() -> Path:
+    """Path of ``pretrained.pt`` inside the installed Resemblyzer package (found without importing it)."""
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            "the Resemblyzer package is not installed; pip install --no-deps Resemblyzer==0.1.4 "
+            "(or pass a directory with a trained speaker encoder)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+
+
+def _partial_slices(n_samples: int, rate: float, min_coverage: float, n_frames_partial: int = 160) -> list[slice]:
+    """Resemblyzer's ``compute_partial_slices``: mel-frame slices of the 1.6 s partial utterances."""
+    hop = 160
+    n_frames = int(np.ceil((n_samples + 1) / hop))
+    frame_step = int(np.round((SAMPLE_RATE / rate) / hop))
+    slices = [
+        slice(i, i + n_frames_partial)
+        for i in range(0, max(1, n_frames - n_frames_partial + frame_step + 1), frame_step)
+    ]
+    last = slices[-1]
+    coverage = (n_samples - last.start * hop) / (n_frames_partial * hop)
+    if coverage < min_coverage and len(slices) > 1:
+        slices = slices[:-1]
+    return slices
+
+
+def _normalize_volume(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """Resemblyzer's ``normalize_volume(increase_only=True)``: raise quiet audio to ``target_dbfs`` RMS."""
+    rms = np.sqrt(np.mean((wav.astype(np.float64) * _INT16_MAX) ** 2))
+    change = target_dbfs - 20 * np.log10(max(rms, 1e-9) / _INT16_MAX)
+    return wav if change < 0 else (wav * 10 ** (change / 20)).astype(np.float32)
+
+
+def _voice_flags_webrtc(pcm: bytes, n_windows: int, window: int) -> np.ndarray | None:
+    try:  # the C extension alone: the webrtcvad.py wrapper needs pkg_resources
+        import _webrtcvad
+    except ImportError:
+        return None
+    vad = _webrtcvad.create()
+    _webrtcvad.init(vad)
+    _webrtcvad.set_mode(vad, 3)
+    flags = [
+        _webrtcvad.process(vad, SAMPLE_RATE, pcm[i * window * 2 : (i + 1) * window * 2], window)
+        for i in range(n_windows)
+    ]
+    return np.array(flags, dtype=bool)
+
+
+def _trim_long_silences(wav: np.ndarray) -> tuple[np.ndarray, str]:
+    """Resemblyzer's ``trim_long_silences``: drop silences longer than ~0.2 s (webrtcvad mode 3, 30 ms windows).
+
+    Without the webrtcvad C extension an energy detector stands in (frames above -40 dB of the loudest frame).
+    """
+    window = 30 * SAMPLE_RATE // 1000
+    wav = wav[: len(wav) - len(wav) % window]
+    n = len(wav) // window
+    pcm = np.round(wav * _INT16_MAX).clip(-_INT16_MAX - 1, _INT16_MAX).astype("<i2").tobytes()
+    flags = _voice_flags_webrtc(pcm, n, window)
+    vad = "webrtcvad"
+    if flags is None:
+        energy = 10 * np.log10(np.mean(wav.reshape(n, window).astype(np.float64) ** 2, axis=1) + 1e-12)
+        flags, vad = energy > energy.max() - 40.0, "energy"
+    width = 8  # moving average over 8 windows, as Resemblyzer
+    padded = np.concatenate([np.zeros((width - 1) // 2), flags.astype(float), np.zeros(width // 2)])
+    smooth = np.convolve(padded, np.ones(width) / width, mode="valid")
+    mask = binary_dilation(np.round(smooth).astype(bool), np.ones(7))
+    return wav[np.repeat(mask, window)], vad
+
+
+class ResemblyzerEncoder(SpeakerEncoder):
+    """Resemblyzer's pretrained GE2E encoder, re-implemented in torch (see the module docstring).
+
+    Args:
+        weights: path of ``pretrained.pt``; default the one in the installed Resemblyzer package.
+        check_sha256: refuse a weights file whose sha256 is not :data:`RESEMBLYZER_SHA256`.
+        preprocess: apply Resemblyzer's ``preprocess_wav`` (volume to -30 dBFS, long silences trimmed).
+        rate, min_coverage: partial-utterance settings of ``embed_utterance``.
+    """
+
+    name = "resemblyzer-ge2e"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        check_sha256: bool = True,
+        preprocess: bool = True,
+        rate: float = 1.3,
+        min_coverage: float = 0.75,
+    ):
+        path = Path(weights) if weights is not None else resemblyzer_weights_path()
+        if not path.is_file():
+            raise AssetError(
+                f"{path}: Resemblyzer weights file is missing; reinstall with pip install --no-deps --force-reinstall "
+                "Resemblyzer==0.1.4"
+            )
+        self.sha256 = _sha256(path)
+        if check_sha256 and self.sha256 != RESEMBLYZER_SHA256:
+            raise AssetError(
+                f"{path}: sha256 {self.sha256[:12]}... is not Resemblyzer 0.1.4's {RESEMBLYZER_SHA256[:12]}...; "
+                "reinstall with pip install --no-deps --force-reinstall Resemblyzer==0.1.4"
+            )
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in checkpoint["model_state"].items() if k.startswith(("lstm.", "linear."))}
+            self.net = GE2ENet()
+            self.net.load_state_dict(state, strict=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is an asset problem
+            raise AssetError(f"{path}: cannot load Resemblyzer weights ({e}); reinstall Resemblyzer==0.1.4") from e
+        self.net.eval()
+        self.mel = _ResemblyzerMel()
+        self.preprocess = preprocess
+        self.rate = rate
+        self.min_coverage = min_coverage
+        self.vad = "none"
+        if preprocess:
+            self.vad = "webrtcvad" if importlib.util.find_spec("_webrtcvad") is not None else "energy"
+        self.version = f"resemblyzer-0.1.4+sha256:{self.sha256[:12]};vad={self.vad}"
+
+    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
+        x = wav.numpy()
+        if self.preprocess:
+            x = _normalize_volume(x)
+            trimmed, _ = _trim_long_silences(x)
+            x = trimmed if len(trimmed) >= SAMPLE_RATE // 2 else x  # all "silence": keep the recording as it is
+        slices = _partial_slices(len(x), self.rate, self.min_coverage)
+        needed = slices[-1].stop * 160
+        if needed >= len(x):
+            x = np.pad(x, (0, needed - len(x)))
+        mel = self.mel(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))  # (T, F)
+        mels = torch.stack([mel[s] for s in slices])  # (B, 160, F)
+        partials = self.net(mels)  # (B, D)
+        return F.normalize(partials.mean(0), dim=-1)  # (D,)
+
+
+# ---------------------------------------------------------------- trainable fallback
+
+
+@dataclass(frozen=True)
+class TrainableSpeakerConfig:
+    """Size and training settings of :class:`TrainableSpeakerEncoder` (defaults: tiny, trains on CPU)."""
+
+    n_mels: int = 40
+    channels: int = 64
+    hidden: int = 64
+    dim: int = SPEAKER_DIM
+    crop_seconds: float = 1.6  # training crops
+    batch_size: int = 16
+    lr: float = 2e-3
+    scale: float = 10.0  # cosine-softmax temperature
+    margin: float = 0.1  # additive margin on the true class
+
+
+class _TrainableNet(nn.Module):
+    """(B, N) wav -> (B, D): log-mel (utterance mean removed) -> 2 conv -> LSTM -> mean+std pooling -> Linear."""
+
+    def __init__(self, cfg: TrainableSpeakerConfig):
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=cfg.n_mels, norm="slaney", mel_scale="slaney"
+        )
+        self.convs = nn.Sequential(
+            nn.Conv1d(cfg.n_mels, cfg.channels, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(cfg.channels, cfg.channels, 5, padding=4, dilation=2),
+            nn.ReLU(),
+        )
+        self.lstm = nn.LSTM(cfg.channels, cfg.hidden, batch_first=True)
+        self.proj = nn.Linear(2 * cfg.hidden, cfg.dim)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = torch.log(self.mel(wav) + 1e-6)  # (B, F, T)
+        x = x - x.mean(dim=-1, keepdim=True)  # cepstral mean normalisation: robust to loudness and channel
+        x = self.convs(x)  # (B, C, T)
+        x, _ = self.lstm(rearrange(x, "b c t -> b t c"))  # (B, T, H)
+        stats = torch.cat([x.mean(1), x.std(1)], dim=-1)  # (B, 2H)
+        return F.normalize(self.proj(stats), dim=-1)  # (B, D)
+
+
+class TrainableSpeakerEncoder(SpeakerEncoder):
+    """A small speaker encoder trained by the project (:func:`train_speaker_encoder`); save/load a directory."""
+
+    name = "trainable-speaker"
+
+    def __init__(self, config: TrainableSpeakerConfig = TrainableSpeakerConfig(), *, seed: int = 0):
+        self.config = config
+        self.dim = config.dim
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+            torch.manual_seed(seed)
+            self.net = _TrainableNet(config)
+        self.net.eval()
+        self.steps_trained = 0
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        digest = hashlib.sha256()
+        for k, v in sorted(self.net.state_dict().items()):
+            digest.update(k.encode())
+            digest.update(v.detach().cpu().numpy().tobytes())
+        return f"trainable-1+{digest.hexdigest()[:12]}"
+
+    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        return self.net(_normalize_peak(wav)[None])[0]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / ".model.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+        meta = {"kind": self.name, "config": asdict(self.config), "steps_trained": self.steps_trained}
+        tmp = d / ".config.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, d / "config.json")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> TrainableSpeakerEncoder:
+        """Load an encoder written by :meth:`save`."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "config.json").read_text())
+            state = load_file(str(d / "model.safetensors"))
+        except (OSError, ValueError) as e:
+            raise AssetError(
+                f"{d}: not a trained speaker encoder directory ({e}); use 'resemblyzer' or a directory written by "
+                "TrainableSpeakerEncoder.save"
+            ) from e
+        enc = cls(TrainableSpeakerConfig(**meta["config"]))
+        enc.net.load_state_dict(state, strict=True)
+        enc.steps_trained = int(meta.get("steps_trained", 0))
+        return enc
+
+
+def _normalize_peak(wav: torch.Tensor) -> torch.Tensor:
+    return wav / wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-4) * 0.5
+
+
+def train_speaker_encoder(
+    wavs: Sequence[np.ndarray],
+    speaker_ids: Sequence[str | int],
+    *,
+    steps: int,
+    config: TrainableSpeakerConfig = TrainableSpeakerConfig(),
+    encoder: TrainableSpeakerEncoder | None = None,
+    seed: int = 0,
+) -> tuple[TrainableSpeakerEncoder, list[float]]:
+    """Train a :class:`TrainableSpeakerEncoder` as an additive-margin cosine-softmax speaker classifier.
+
+    Args:
+        wavs: (N_i,) float32 16 kHz utterances (each at least 1 s).
+        speaker_ids: one label per utterance; at least two distinct speakers.
+        steps: optimiser steps; each draws ``config.batch_size`` random crops of ``config.crop_seconds``.
+        encoder: continue training this encoder (default: a new one from ``config``).
+        seed: seeds the crops, the batches and a new encoder's initialisation.
+
+    Returns:
+        The trained encoder and the loss of every step.
+    """
+    if len(wavs) != len(speaker_ids) or len(set(speaker_ids)) < 2:
+        raise ValueError("train_speaker_encoder needs one speaker id per wav and at least two speakers")
+    wavs = [check_reference_voice(w, source=f"utterance {i}") for i, w in enumerate(wavs)]
+    labels = {s: i for i, s in enumerate(sorted(set(speaker_ids), key=str))}
+    y_all = torch.tensor([labels[s] for s in speaker_ids])
+    enc = encoder or TrainableSpeakerEncoder(config, seed=seed)
+    cfg = enc.config
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Parameter(torch.randn(len(labels), cfg.dim, generator=gen) * 0.1)
+    opt = torch.optim.AdamW([*enc.net.parameters(), head], lr=cfg.lr, weight_decay=1e-4)
+    crop = int(cfg.crop_seconds * SAMPLE_RATE)
+    losses = []
+    enc.net.train()
+    for _ in range(steps):
+        idx = torch.randint(len(wavs), (cfg.batch_size,), generator=gen)
+        batch = []
+        for i in idx.tolist():
+            w = torch.from_numpy(wavs[i])
+            if len(w) < crop:
+                w = F.pad(w, (0, crop - len(w)))
+            start = int(torch.randint(len(w) - crop + 1, (1,), generator=gen))
+            batch.append(w[start : start + crop])
+        x = _normalize_peak(torch.stack(batch))  # (B, N)
+        emb = enc.net(x)  # (B, D)
+        cos = emb @ F.normalize(head, dim=-1).T  # (B, S)
+        y = y_all[idx]
+        logits = cfg.scale * (cos - cfg.margin * F.one_hot(y, len(labels)))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(enc.net.parameters(), 5.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        enc.steps_trained += 1
+    enc.net.eval()
+    assert all(math.isfinite(v) for v in losses)
+    return enc, losses
+
+
+def load_speaker_encoder(spec: str | os.PathLike = "resemblyzer") -> SpeakerEncoder:
+    """``"resemblyzer"`` (default) -> :class:`ResemblyzerEncoder`; a directory -> :class:`TrainableSpeakerEncoder`."""
+    if str(spec) == "resemblyzer":
+        return ResemblyzerEncoder()
+    path = Path(spec)
+    if path.is_dir():
+        return TrainableSpeakerEncoder.load(path)
+    if path.suffix == ".pt" and path.is_file():
+        return ResemblyzerEncoder(path)
+    raise AssetError(
+        f"{spec}: unknown speaker encoder; use 'resemblyzer' or a directory written by TrainableSpeakerEncoder.save"
+    )
