@@ -1,0 +1,253 @@
+"""Every MLflow call of vssflow lives here (STYLE.md rule 13): tracking store, runs, logging, model registry.
+
+* Tracking URI: from the config; default ``sqlite:///<run_dir>/mlflow.db`` (embedded, nothing to start) with the
+  artifacts next to it in ``<run_dir>/mlartifacts``. Any server URI (``http://...``, ``postgresql://...``) works.
+  ``mlflow ui --backend-store-uri sqlite:///<run_dir>/mlflow.db`` shows the runs.
+* Training logs from rank 0 only: params (the full resolved config, flattened, and the data version), per-step
+  metrics, audio samples (.wav) and spectrogram images (.png) of fixed validation clips, system metrics.
+* The final model is logged as an MLflow **pyfunc** model wrapping the ``save_pretrained`` directory and registered
+  under a name; Serve (or anyone) loads it back from ``models:/<name>/<version>`` with
+  :func:`load_registered_generator` (or ``mlflow.pyfunc.load_model(uri).unwrap_python_model().generator``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import soundfile as sf
+from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "vssflow"
+MODEL_ARTIFACT = "model_dir"
+
+
+def default_tracking_uri(run_dir: str | os.PathLike) -> str:
+    """The embedded default store: a SQLite file in ``run_dir``."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    # Keep the artifacts beside a local SQLite store (MLflow's default would be ./mlruns of the current directory).
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment id of ``name`` in the store at ``tracking_uri`` (created when missing)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(tracking_uri))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params are flat key/value strings)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def create_run(
+    tracking_uri: str,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a run (not left active in this process), log ``params`` (flattened); returns its id."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(
+        get_or_create_experiment(tracking_uri, experiment), run_name=run_name, tags=dict(tags or {})
+    )
+    flat = {k: str(v)[:6000] for k, v in flatten(params or {}).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]])
+    return run.info.run_id
+
+
+class RunLogger:
+    """An MLflow run of one training job (use on rank 0 only).
+
+    Args:
+        tracking_uri: MLflow store.
+        experiment: experiment name (created when missing).
+        run_name: shown in the UI.
+        run_id: continue this run (``--resume``) instead of starting a new one.
+        system_metrics: sample CPU / memory / disk / network every few seconds into the run (``system/*``).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        system_metrics: bool = True,
+        tags: Mapping[str, str] | None = None,
+    ):
+        self.tracking_uri = tracking_uri
+        experiment_id = get_or_create_experiment(tracking_uri, experiment)
+        self.client = MlflowClient(tracking_uri)
+        if system_metrics:
+            mlflow.set_system_metrics_sampling_interval(2)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        self.run = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=None if run_id else run_name,
+            log_system_metrics=system_metrics,
+            tags=dict(tags or {}),
+        )
+        self.run_id = self.run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log a nested config; keys already logged with the same value (a resumed run) are skipped."""
+        logged = self.client.get_run(self.run_id).data.params
+        flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+        new = {k: v for k, v in flat.items() if k not in logged}
+        if new:
+            mlflow.log_params(new, run_id=self.run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+
+    def log_audio(self, wav: np.ndarray, sample_rate: int, name: str, *, step: int) -> None:
+        """Write ``wav`` (N,) as ``samples/step_<step>/<name>.wav``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.wav"
+            sf.write(path, np.asarray(wav, np.float32), sample_rate, subtype="PCM_16")
+            self.client.log_artifact(self.run_id, str(path), artifact_path=f"samples/step_{step:06d}")
+
+    def log_spectrogram(self, mels: Mapping[str, np.ndarray], name: str, *, step: int) -> None:
+        """One PNG with a row per (T_mel, 64) log-mel in ``mels`` (e.g. generated vs target)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(len(mels), 1, figsize=(8, 2.2 * len(mels)), squeeze=False)
+        for ax, (title, mel) in zip(axes[:, 0], mels.items(), strict=True):
+            ax.imshow(np.asarray(mel).T, origin="lower", aspect="auto", cmap="magma")
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel("mel bin")
+        axes[-1, 0].set_xlabel("frame (10 ms)")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.png"
+            path.write_bytes(buf.getvalue())
+            self.client.log_artifact(self.run_id, str(path), artifact_path=f"samples/step_{step:06d}")
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        mlflow.end_run(status=status)
+
+
+# ---- the model flavour ------------------------------------------------------------------------------------------
+
+
+class VssflowModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a ``save_pretrained`` directory: ``load_context`` rebuilds the :class:`Generator`.
+
+    ``predict`` takes a list of ``ClipFeatures`` (or one) and returns the generated waveforms, so the model also
+    works through the generic pyfunc interface; Serve uses ``unwrap_python_model().generator`` directly.
+    """
+
+    def load_context(self, context) -> None:
+        from vssflow.generator import Generator
+
+        self.model_dir = context.artifacts[MODEL_ARTIFACT]
+        self.generator = Generator.from_pretrained(self.model_dir)
+
+    def predict(self, context, model_input, params: dict | None = None):
+        clips = model_input if isinstance(model_input, list) else [model_input]
+        return [self.generator.generate(c, **(params or {})) for c in clips]
+
+
+def log_and_register_model(
+    model_dir: str | os.PathLike,
+    *,
+    run_id: str,
+    tracking_uri: str,
+    registered_name: str = "vssflow",
+) -> str:
+    """Log ``model_dir`` as a pyfunc model in ``run_id`` and register it; returns the ``models:/name/version`` URI."""
+    mlflow.set_tracking_uri(tracking_uri)
+    active = mlflow.active_run()
+    ctx = mlflow.start_run(run_id=run_id) if active is None or active.info.run_id != run_id else None
+    try:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=VssflowModel(),
+            artifacts={MODEL_ARTIFACT: str(Path(model_dir).resolve())},
+            pip_requirements=["vssflow", "torch", "numpy", "safetensors"],
+            registered_model_name=registered_name,
+        )
+    finally:
+        if ctx is not None:
+            mlflow.end_run()
+    version = info.registered_model_version
+    return f"models:/{registered_name}/{version}"
+
+
+def download_registered_model_dir(model_uri: str, *, tracking_uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """Local path of the ``save_pretrained`` directory of a registered model (``models:/name/version``)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    root = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None if dst is None else str(dst))
+    hits = [p for p in Path(root).rglob("config.json") if MODEL_ARTIFACT in p.parts]
+    if not hits:
+        raise FileNotFoundError(f"{model_uri}: no {MODEL_ARTIFACT}/config.json in the registered model")
+    return hits[0].parent
+
+
+def load_registered_generator(model_uri: str, *, tracking_uri: str):
+    """The :class:`vssflow.generator.Generator` of a registered model (what Serve calls)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().generator
+
+
+def run_metrics(run_id: str, *, tracking_uri: str) -> dict[str, list[tuple[int, float]]]:
+    """All metric histories of a run: name -> [(step, value), ...] (used by tests and reports)."""
+    client = MlflowClient(tracking_uri)
+    names = client.get_run(run_id).data.metrics.keys()
+    return {n: [(m.step, m.value) for m in client.get_metric_history(run_id, n)] for n in names}
+
+
+def run_artifacts(run_id: str, *, tracking_uri: str, path: str | None = None) -> list[str]:
+    """Artifact paths of a run, recursively."""
+    client = MlflowClient(tracking_uri)
+    out, todo = [], [path]
+    while todo:
+        for f in client.list_artifacts(run_id, todo.pop()):
+            (todo.append(f.path) if f.is_dir else out.append(f.path))
+    return out

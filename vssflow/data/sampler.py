@@ -1,0 +1,146 @@
+"""Batches for joint training: single-task, duration-bucketed, with a configurable task mix and synthetic mixtures.
+
+The sampler turns one pass over a stream of clips (one worker's share of the shards for one epoch) into batches:
+
+* **single task per batch** ("v2s", "tts", or "joint"), so condition presence is uniform within a batch;
+* **bucketed by duration**: rows are held in a buffer, and a batch takes ``batch_size`` neighbours in duration
+  order, so little padding is computed;
+* **task mix**: the next batch's task is drawn with probabilities proportional to ``task_weights`` among the tasks
+  the buffer can serve; "joint" batches are built by :func:`~vssflow.data.mixing.mix_clips` from a V2S clip and a
+  TTS clip each (real joint rows, if the shards have any, form "joint" batches of their own);
+* **no clip is used twice in one epoch**, and the order is a pure function of (stream order, seed, epoch, rank):
+  replaying the first ``k`` batches reproduces the sampler's state exactly, which is how a run resumes mid-epoch.
+
+Pure Python/numpy: no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vssflow.data.mixing import mix_clips
+from vssflow.types import ClipFeatures
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How batches are formed.
+
+    Attributes:
+        batch_size: clips per batch (per worker, per micro-step).
+        v2s_weight, tts_weight, joint_weight: relative frequency of V2S, VisualTTS and joint (sound + speech)
+            batches; 0 disables a task. Joint batches need V2S and TTS clips in the stream.
+        buffer_size: rows held for bucketing and task choice (larger = better buckets and mix, more memory).
+        seed: base seed of the per-epoch, per-rank random streams.
+    """
+
+    batch_size: int = 4
+    v2s_weight: float = 1.0
+    tts_weight: float = 1.0
+    joint_weight: float = 0.5
+    buffer_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"SamplerConfig.batch_size={self.batch_size}; expected >= 1")
+        w = (self.v2s_weight, self.tts_weight, self.joint_weight)
+        if min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"SamplerConfig task weights {w}: expected non-negative with a positive sum")
+        if self.buffer_size < 2 * self.batch_size:
+            raise ValueError(f"SamplerConfig.buffer_size={self.buffer_size}; expected >= 2 * batch_size")
+
+
+@dataclass
+class Batch:
+    """One batch: its task, the clips (mixtures for "joint"), and the ids of the source rows it consumed."""
+
+    task: str
+    clips: list[ClipFeatures]
+    source_ids: list[str] = field(default_factory=list)
+
+
+def _clip_id(c: ClipFeatures) -> str:
+    return str(c.meta.get("clip_id", id(c)))
+
+
+class BucketSampler:
+    """Single-task, duration-bucketed batches from one epoch's stream of clips (see the module docstring).
+
+    Args:
+        config: the sampler settings.
+        epoch: epoch number (seeds the random stream together with ``config.seed`` and ``rank``).
+        rank: worker rank.
+    """
+
+    def __init__(self, config: SamplerConfig, *, epoch: int = 0, rank: int = 0):
+        self.config = config
+        self.rng = np.random.default_rng([config.seed, epoch, rank])
+        self.pools: dict[str, list[ClipFeatures]] = {"v2s": [], "tts": [], "joint": []}
+
+    def _buffered(self) -> int:
+        return sum(len(p) for p in self.pools.values())
+
+    def _feasible(self) -> dict[str, float]:
+        c, bs = self.config, self.config.batch_size
+        out = {}
+        if c.v2s_weight > 0 and len(self.pools["v2s"]) >= bs:
+            out["v2s"] = c.v2s_weight
+        if c.tts_weight > 0 and len(self.pools["tts"]) >= bs:
+            out["tts"] = c.tts_weight
+        if c.joint_weight > 0 and (
+            len(self.pools["joint"]) >= bs or (len(self.pools["v2s"]) >= bs and len(self.pools["tts"]) >= bs)
+        ):
+            out["joint"] = c.joint_weight
+        return out
+
+    def _take_bucket(self, pool: list[ClipFeatures]) -> list[ClipFeatures]:
+        """Remove and return ``batch_size`` clips of similar duration around a random anchor."""
+        bs = self.config.batch_size
+        order = sorted(range(len(pool)), key=lambda i: (pool[i].duration_s, _clip_id(pool[i])))
+        start = int(self.rng.integers(0, len(order) - bs + 1))
+        chosen = sorted(order[start : start + bs])
+        taken = [pool[i] for i in chosen]
+        for i in reversed(chosen):
+            del pool[i]
+        return taken
+
+    def _next_batch(self) -> Batch | None:
+        feasible = self._feasible()
+        if not feasible:
+            return None
+        tasks = sorted(feasible)
+        p = np.array([feasible[t] for t in tasks], dtype=np.float64)
+        task = tasks[int(self.rng.choice(len(tasks), p=p / p.sum()))]
+        bs = self.config.batch_size
+        if task == "joint" and len(self.pools["joint"]) < bs:
+            sounds, speeches = self._take_bucket(self.pools["v2s"]), self._take_bucket(self.pools["tts"])
+            speeches = [speeches[i] for i in self.rng.permutation(bs)]
+            clips = [mix_clips(s, sp, rng=self.rng) for s, sp in zip(sounds, speeches, strict=True)]
+            return Batch("joint", clips, [_clip_id(c) for c in sounds + speeches])
+        clips = self._take_bucket(self.pools[task])
+        return Batch(task, clips, [_clip_id(c) for c in clips])
+
+    def batches(self, clips: Iterable[ClipFeatures]) -> Iterator[Batch]:
+        """Yield batches until the stream is exhausted and no task can form a full batch (the rest is dropped)."""
+        stream = iter(clips)
+        exhausted = False
+        while True:
+            while not exhausted and self._buffered() < self.config.buffer_size:
+                clip = next(stream, None)
+                if clip is None:
+                    exhausted = True
+                else:
+                    self.pools["joint" if clip.task == "joint" else clip.task].append(clip)
+            batch = self._next_batch()
+            if batch is None:
+                if exhausted:
+                    return
+                # The buffer is full of one task that no weight asks for: drop its oldest row to make room.
+                largest = max(self.pools, key=lambda t: len(self.pools[t]))
+                self.pools[largest].pop(0)
+                continue
+            yield batch
