@@ -1,0 +1,126 @@
+"""The pure training step: padding invariance, dropout = absence, per-task metrics, overfitting one batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from vssflow.errors import FeatureShapeError
+from vssflow.model import TINY, VSSFlowDiT, collate
+from vssflow.training import NO_DROPOUT, FlowConfig, TrainBatch, make_train_batch, sample_drop, training_step
+from vssflow.types import ClipFeatures
+
+torch.set_num_threads(1)
+
+CFG = TINY.replace(depth=2, width=64, heads=2, cross_dim=32, latent_dim=16, sem_dim=12, speaker_dim=8, lip_dim=8)
+
+
+def make_clip(duration: float, seed: int, task: str = "tts", cfg=CFG, **absent) -> ClipFeatures:
+    rng = np.random.default_rng(seed)
+    feats = dict(
+        sem=rng.standard_normal((int(round(duration * 10)), cfg.sem_dim)).astype(np.float32),
+        lip=rng.integers(0, 256, (int(round(duration * 25)), 32, 32), dtype=np.uint8),
+        phonemes=rng.integers(1, 60, size=6),
+        speaker=rng.standard_normal(cfg.speaker_dim).astype(np.float32),
+    )
+    feats.update(absent)
+    return ClipFeatures(duration_s=duration, task=task, **feats)
+
+
+def latent(duration: float, seed: int, cfg=CFG) -> np.ndarray:
+    shape = (int(round(duration * 25)), cfg.latent_dim)
+    return np.random.default_rng(100 + seed).standard_normal(shape).astype(np.float32)
+
+
+def model_with_output(seed: int = 0) -> VSSFlowDiT:
+    torch.manual_seed(seed)
+    model = VSSFlowDiT(CFG)
+    with torch.no_grad():
+        model.final.linear.weight.normal_(std=0.05)  # zero-initialised otherwise: v = 0 hides any bug
+    return model
+
+
+def grads(model: VSSFlowDiT) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_padded_frames_do_not_change_the_loss_or_gradients():
+    clips = [make_clip(0.8, 0), make_clip(0.48, 1, task="v2s", lip=None, phonemes=None)]
+    lats = [latent(0.8, 0), latent(0.48, 1)]
+    tight = make_train_batch(lats, clips, CFG)
+    padded_cond = collate(clips, CFG, n_frames=35)
+    x1 = torch.zeros(2, 35, CFG.latent_dim)
+    x1[:, :20] = tight.x1
+    x1[1, 12:] = 5.0  # garbage beyond the second clip must not count
+    x1[0, 20:] = -3.0
+    padded = TrainBatch(x1=x1, cond=padded_cond)
+    model = model_with_output()
+    results = []
+    for batch in (tight, padded):
+        model.zero_grad()
+        loss, metrics = training_step(model, batch, FlowConfig(), torch.Generator().manual_seed(11))
+        loss.backward()
+        results.append((loss.detach(), metrics, grads(model)))
+    (l1, m1, g1), (l2, m2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    assert m1.keys() == m2.keys() and abs(m1["loss/v2s"] - m2["loss/v2s"]) < 1e-5 * (1 + m1["loss/v2s"])
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_metrics_per_task_average_to_the_loss():
+    clips = [make_clip(0.4, 0, task="tts"), make_clip(0.8, 1, task="v2s"), make_clip(0.6, 2, task="joint")]
+    batch = make_train_batch([latent(c.duration_s, i) for i, c in enumerate(clips)], clips, CFG)
+    loss, metrics = training_step(model_with_output(), batch, NO_DROPOUT, torch.Generator().manual_seed(0))
+    frames = batch.frame_mask.sum(1).tolist()
+    weighted = sum(metrics[f"loss/{t}"] * n for t, n in zip(("tts", "v2s", "joint"), frames, strict=True))
+    assert abs(weighted / sum(frames) - metrics["loss"]) < 1e-5 and metrics["loss"] == pytest.approx(loss.item())
+    assert 0 < metrics["t_mean"] < 1
+
+
+def test_dropout_masks_are_seeded_and_full_dropout_equals_absent_conditions():
+    d1 = sample_drop(64, FlowConfig(), torch.Generator().manual_seed(5))
+    d2 = sample_drop(64, FlowConfig(), torch.Generator().manual_seed(5))
+    assert all(torch.equal(getattr(d1, g), getattr(d2, g)) for g in ("sem", "lip", "phonemes", "speaker"))
+    assert not sample_drop(64, NO_DROPOUT, torch.Generator()).sem.any()
+    everything = FlowConfig(p_uncond=1.0)
+    assert sample_drop(8, everything, torch.Generator()).lip.all()
+    # Dropping every condition trains the same thing as clips without conditions (the learned absent values).
+    full = [make_clip(0.6, 0)]
+    bare = [ClipFeatures(duration_s=0.6, task="tts")]
+    model = model_with_output()
+    a, _ = training_step(
+        model, make_train_batch([latent(0.6, 0)], full, CFG), everything, torch.Generator().manual_seed(1)
+    )
+    b, _ = training_step(
+        model, make_train_batch([latent(0.6, 0)], bare, CFG), everything, torch.Generator().manual_seed(1)
+    )
+    c, _ = training_step(
+        model, make_train_batch([latent(0.6, 0)], full, CFG), NO_DROPOUT, torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_latent_of_the_wrong_shape_is_refused():
+    with pytest.raises(FeatureShapeError, match=r"latent: expected \(20, 16\)"):
+        make_train_batch([np.zeros((20, 64), np.float32)], [make_clip(0.8, 0)], CFG)
+    with pytest.raises(FeatureShapeError, match="got \\(40, 16\\)"):
+        make_train_batch([np.zeros((40, 16), np.float32)], [make_clip(0.8, 0)], CFG)
+
+
+def test_tiny_model_overfits_one_batch():
+    # The real TINY preset. One batch = fixed latents, conditions, noise and times (the generator is re-seeded).
+    clips = [make_clip(1.0, 0, cfg=TINY), make_clip(0.8, 1, "v2s", TINY, lip=None, phonemes=None, speaker=None)]
+    batch = make_train_batch([latent(1.0, 0, TINY), latent(0.8, 1, TINY)], clips, TINY)
+    torch.manual_seed(0)
+    model = VSSFlowDiT(TINY)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(120):
+        loss, _ = training_step(model, batch, NO_DROPOUT, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert min(losses[-10:]) < losses[0] / 10, (losses[0], losses[-10:])
