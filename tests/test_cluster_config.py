@@ -1,0 +1,443 @@
+"""cluster/: every manifest parses, validates OFFLINE against the Kubernetes and KubeRay schemas, and agrees with the
+others (image tags, versions, resource names, URIs, CLI flags).
+
+Schemas:
+* core Kubernetes kinds: the strict JSON schemas shipped by the ``kubernetes-validate`` package (no network);
+* KubeRay kinds: ``cluster/schemas/kuberay-v1-subset.schema.yaml`` (hand-written, closed objects, pod templates checked
+  against the Kubernetes PodTemplateSpec) and, when the official CRD files are present
+  (``$VSSFLOW_KUBERAY_CRDS`` or ``../shared/schemas/kuberay/``), those too, strictly.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+K8S_VERSION = "1.32.0"  # the Kubernetes API version the manifests are checked against (KubeRay 1.x supports it)
+OVERLAYS = [None, "kind"]
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="needs the kubernetes-validate package (Kubernetes JSON schemas, offline)"
+)
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_render():
+    spec = importlib.util.spec_from_file_location("vssflow_cluster_render", CLUSTER / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+def _docs(overlay: str | None) -> list[dict]:
+    return [d for docs in render.render(overlay).values() for d in docs]
+
+
+def _k8s_definitions() -> dict:
+    root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    return json.loads((root / f"v{K8S_VERSION}-local-strict" / "_definitions.json").read_text())
+
+
+def _subset_validator(kind: str) -> jsonschema.Draft202012Validator:
+    from referencing import Registry, Resource
+
+    subset = yaml.safe_load((CLUSTER / "schemas" / "kuberay-v1-subset.schema.yaml").read_text())
+    registry = Registry().with_resources(
+        [
+            (subset["$id"], Resource.from_contents(subset)),
+            ("https://kubernetes.io/api/_definitions.json", Resource.from_contents(_k8s_definitions())),
+        ]
+    )
+    return jsonschema.Draft202012Validator({"$ref": f"{subset['$id']}#/$defs/{kind}"}, registry=registry)
+
+
+def _crd_dir() -> Path | None:
+    candidates = [
+        os.environ.get("VSSFLOW_KUBERAY_CRDS"),
+        REPO.parent / "shared" / "schemas" / "kuberay",
+        CLUSTER / "schemas" / "kuberay",
+    ]
+    for c in candidates:
+        if c and all((Path(c) / f).is_file() for f in CRD_FILES.values()):
+            return Path(c)
+    return None
+
+
+def _strict(node):
+    """An OpenAPI v3 CRD schema as a closed JSON schema: unknown fields are errors (kubectl --validate=strict)."""
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    open_ = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in out and not open_:
+        out["additionalProperties"] = False
+    return out
+
+
+def _crd_schema(kind: str) -> dict:
+    crd = yaml.load((_crd_dir() / CRD_FILES[kind]).read_text(), Loader=_YamlLoader)
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+def _walk(node, path=()):
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, (*path, i))
+
+
+def _pod_templates(doc: dict) -> list[dict]:
+    """Every pod template in a manifest (Deployments, StatefulSets, Jobs, RayCluster groups)."""
+    return [n["template"] for _, n in _walk(doc) if isinstance(n.get("template"), dict) and "spec" in n["template"]]
+
+
+def _containers(doc: dict) -> list[dict]:
+    return [c for t in _pod_templates(doc) for c in t["spec"].get("containers", [])]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _pin(name: str) -> str:
+    project = _pyproject()["project"]
+    deps = project["dependencies"] + [d for ds in project["optional-dependencies"].values() for d in ds]
+    for dep in deps:
+        m = re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==([^;\s]+)", dep.strip())
+        if m:
+            return m.group(2)
+    raise AssertionError(f"pyproject.toml has no == pin for {name}")
+
+
+def _dockerfile_args(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=\"?([^\"\n]*)\"?$", path.read_text(), flags=re.M))
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_committed_rendered_manifests_are_up_to_date(overlay):
+    rendered = render.render(overlay)
+    out_dir = CLUSTER / "k8s" / "rendered" / (overlay or "default")
+    on_disk = sorted(p.name for p in out_dir.glob("*.yaml"))
+    assert on_disk == sorted(rendered), f"run: python cluster/render.py {'--overlay ' + overlay if overlay else ''}"
+    for name, docs in rendered.items():
+        committed = [d for d in yaml.safe_load_all((out_dir / name).read_text()) if d]
+        assert committed == docs, f"{out_dir / name} is stale: python cluster/render.py {overlay or ''}"
+
+
+def test_renderer_types_overrides_and_errors(tmp_path):
+    values = render.load_values(sets=["cluster.gpu_workers.max_replicas=16", "serve.generator.min_replicas=3"])
+    assert values["cluster"]["gpu_workers"]["max_replicas"] == 16
+    docs = [d for docs in render.render(sets=["cluster.gpu_workers.max_replicas=16"]).values() for d in docs]
+    (rc,) = [d for d in docs if d["kind"] == "RayCluster"]
+    gpu = [g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == values["cluster"]["gpu_workers"]["group"]]
+    assert gpu[0]["maxReplicas"] == 16 and isinstance(gpu[0]["maxReplicas"], int)
+    assert values["image"]["tag"] == f"{values['versions']['vssflow']}-ray{values['versions']['ray']}-py311"
+    with pytest.raises(render.RenderError, match="no value at 'nope.x'"):
+        render._substitute({"a": "${nope.x}"}, values)
+    with pytest.raises(render.RenderError, match="no overlay"):
+        render.load_values("does-not-exist")
+    with pytest.raises(render.RenderError, match="cycle"):
+        bad = tmp_path / "values.yaml"
+        bad.write_text("a: ${b}\nb: ${a}\n")
+        render.load_values(values_file=bad)
+    written = render.write(render.render("kind"), tmp_path / "out")
+    assert {p.name for p in written} == {p.name for p in render.template_files()}
+    assert render.main(["--overlay", "kind", "--out", str(tmp_path / "cli")]) == 0
+
+
+# ---- schemas -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_kinds_validate_against_the_kubernetes_schema(overlay):
+    core = [d for d in _docs(overlay) if not d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "Deployment"}
+    for doc in core:
+        # raises SchemaNotFoundError for an unknown kind/apiVersion, ValidationError for a bad field
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kuberay_kinds_validate_against_the_kuberay_subset_schema(overlay):
+    docs = [d for d in _docs(overlay) if d["apiVersion"].startswith("ray.io/")]
+    assert sorted(d["kind"] for d in docs) == ["RayCluster", "RayJob", "RayJob", "RayJob", "RayService"]
+    for doc in docs:
+        _subset_validator(doc["kind"]).validate(doc)
+
+
+def test_validators_reject_broken_manifests():
+    docs = _docs(None)
+    rc = copy.deepcopy(next(d for d in docs if d["kind"] == "RayCluster"))
+    broken = []
+    b = copy.deepcopy(rc)
+    b["spec"]["workerGroupSpec"] = b["spec"].pop("workerGroupSpecs")  # misspelt field
+    broken.append(b)
+    b = copy.deepcopy(rc)
+    b["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "8"  # wrong type
+    broken.append(b)
+    b = copy.deepcopy(rc)
+    b["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3  # inside the pod template
+    broken.append(b)
+    b = copy.deepcopy(rc)
+    b["spec"]["autoscalerOptions"]["upscalingMode"] = "Fast"  # not in the enum
+    broken.append(b)
+    for doc in broken:
+        assert list(_subset_validator("RayCluster").iter_errors(doc)), doc["spec"].keys()
+    job = copy.deepcopy(next(d for d in docs if d["kind"] == "RayJob"))
+    job["spec"]["rayClusterSpec"] = rc["spec"]  # both clusterSelector and its own cluster
+    assert list(_subset_validator("RayJob").iter_errors(job))
+    dep = copy.deepcopy(next(d for d in docs if d["kind"] == "Deployment"))
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(jsonschema.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    svc = copy.deepcopy(next(d for d in docs if d["kind"] == "Service"))
+    svc["spec"]["selektor"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        kubernetes_validate.validate(svc, K8S_VERSION, strict=True)
+
+
+def _check_subset_within(sub: dict, full: dict, defs: dict, path: str) -> None:
+    if "$ref" in sub:
+        if not sub["$ref"].startswith("#/$defs/"):
+            return  # a Kubernetes definition, checked by kubernetes-validate
+        sub = defs[sub["$ref"].split("/")[-1]]
+    if "type" in sub and "type" in full:
+        assert sub["type"] == full["type"], f"{path}: {sub['type']} here, {full['type']} in the CRD"
+    for key, child in sub.get("properties", {}).items():
+        assert key in full.get("properties", {}), f"{path}.{key} is not a field of the official CRD"
+        _check_subset_within(child, full["properties"][key], defs, f"{path}.{key}")
+    if "items" in sub:
+        _check_subset_within(sub["items"], full["items"], defs, f"{path}[]")
+    if isinstance(sub.get("additionalProperties"), dict):
+        assert full.get("additionalProperties", {}).get("type") == sub["additionalProperties"]["type"], path
+
+
+@pytest.mark.skipif(
+    _crd_dir() is None,
+    reason="official KubeRay CRD files not present: set VSSFLOW_KUBERAY_CRDS to a directory with "
+    "ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml (kuberay helm-chart/kuberay-operator/crds)",
+)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kuberay_kinds_validate_against_the_official_crds(overlay):
+    subset = yaml.safe_load((CLUSTER / "schemas" / "kuberay-v1-subset.schema.yaml").read_text())
+    for kind in CRD_FILES:
+        full = _crd_schema(kind)
+        _check_subset_within(
+            subset["$defs"][kind]["properties"]["spec"], full["properties"]["spec"], subset["$defs"], f"{kind}.spec"
+        )
+        validator = jsonschema.Draft7Validator(_strict(full))
+        for doc in (d for d in _docs(overlay) if d["kind"] == kind):
+            errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+            assert not errors, f"{kind}/{doc['metadata']['name']}: {errors[:5]}"
+        bad = copy.deepcopy(next(d for d in _docs(overlay) if d["kind"] == kind))
+        bad["spec"]["notAField"] = True
+        assert list(validator.iter_errors(bad)), "the strict CRD schema must reject unknown fields"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_config_is_a_valid_ray_serve_config(overlay):
+    from ray.serve.schema import ServeDeploySchema
+
+    values = render.load_values(overlay)
+    (svc,) = [d for d in _docs(overlay) if d["kind"] == "RayService"]
+    config = ServeDeploySchema.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"]))
+    (app,) = config.applications
+    assert app.import_path == values["serve"]["import_path"]
+    deployments = {d.name: d for d in app.deployments}
+    gen, feat = deployments["Generator"], deployments["FeatureExtractor"]
+    assert gen.autoscaling_config["max_replicas"] == values["serve"]["generator"]["max_replicas"]
+    assert gen.ray_actor_options.num_gpus == values["serve"]["generator"]["gpus_per_replica"]
+    assert feat.autoscaling_config["min_replicas"] == values["serve"]["features"]["min_replicas"]
+    assert config.http_options.port == values["serve"]["http_port"]
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert values["serve"]["http_port"] in [p["containerPort"] for p in head["ports"]]
+
+
+# ---- agreement across files ----------------------------------------------------------------------------------------
+def test_versions_agree_with_pyproject_and_dockerfiles():
+    values = render.load_values()
+    versions = values["versions"]
+    assert versions["vssflow"] == _pyproject()["project"]["version"]
+    assert versions["ray"] == _pin("ray")
+    assert versions["mlflow"] == _pin("mlflow")
+    assert _pyproject()["project"]["requires-python"].startswith(">=3.11") and versions["python"] == "py311"
+
+    args = _dockerfile_args(CLUSTER / "docker" / "Dockerfile")
+    assert args["RAY_VERSION"] == versions["ray"] and args["PYTHON_TAG"] == versions["python"]
+    assert args["VARIANT"] in ("cpu", "gpu")
+    text = (CLUSTER / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{VARIANT\}$", text, flags=re.M)
+    assert 'pip install ".[pipelines,assets]"' in text and "requirements/nodeps.txt" in text
+    assert "scripts/install_system.sh" in text and "requirements/apt.txt" in text
+    for copied in re.findall(r"^COPY (?:--chown=\S+ )?(\S+)", text, flags=re.M):
+        assert (REPO / copied).exists(), f"the Dockerfile copies {copied}, which does not exist"
+
+    mlflow_args = _dockerfile_args(CLUSTER / "docker" / "mlflow.Dockerfile")
+    assert mlflow_args["MLFLOW_VERSION"] == versions["mlflow"]
+    assert values["mlflow"]["image"].endswith(f":{versions['mlflow']}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_and_ray_versions_agree_across_manifests(overlay):
+    values = render.load_values(overlay)
+    repo, tag = values["image"]["repository"], values["image"]["tag"]
+    ray_images = {f"{repo}:{tag}-cpu", f"{repo}:{tag}-gpu"}
+    mlflow = values["mlflow"]
+    others = {mlflow["image"], mlflow["postgres"]["image"], mlflow["minio"]["image"], mlflow["minio"]["mc_image"]}
+    for doc in _docs(overlay):
+        for c in _containers(doc):
+            allowed = ray_images if doc["apiVersion"].startswith("ray.io/") else others
+            assert c["image"] in allowed, f"{doc['kind']}/{doc['metadata']['name']}: {c['image']}"
+        if doc["kind"] in ("RayCluster",):
+            assert doc["spec"]["rayVersion"] == values["versions"]["ray"]
+        if doc["kind"] == "RayService":
+            assert doc["spec"]["rayClusterConfig"]["rayVersion"] == values["versions"]["ray"]
+    (rc,) = [d for d in _docs(overlay) if d["kind"] == "RayCluster"]
+    groups = {g["groupName"]: g for g in rc["spec"]["workerGroupSpecs"]}
+    gpu = groups[values["cluster"]["gpu_workers"]["group"]]["template"]["spec"]["containers"][0]
+    assert gpu["image"].endswith("-gpu") and rc["spec"]["enableInTreeAutoscaling"] is True
+    for g in groups.values():
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
+
+
+def test_compose_and_launcher_agree_with_values():
+    values = render.load_values()
+    mlflow = values["mlflow"]
+    compose = yaml.safe_load((CLUSTER / "mlflow" / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert services["postgres"]["image"] == mlflow["postgres"]["image"]
+    assert services["minio"]["image"] == mlflow["minio"]["image"]
+    assert services["minio-buckets"]["image"] == mlflow["minio"]["mc_image"]
+    assert services["minio-buckets"]["environment"]["BUCKETS"] == mlflow["minio"]["buckets"]
+    assert services["mlflow"]["image"].endswith(f":{values['versions']['mlflow']}")
+    build = services["mlflow"]["build"]
+    assert (CLUSTER / "mlflow" / build["context"] / build["dockerfile"]).is_file()
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    command = " ".join(services["mlflow"]["command"])
+    assert f"--artifacts-destination={mlflow['artifacts_destination']}" in command
+    assert f"/{mlflow['postgres']['database']}" in command and "--serve-artifacts" in command
+
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    launcher = yaml.safe_load((CLUSTER / "launcher" / "aws.yaml").read_text())
+    validate_config(fillout_defaults(copy.deepcopy(launcher)))  # Ray's own cluster-config JSON schema
+    repo, tag = values["image"]["repository"], values["image"]["tag"]
+    assert launcher["docker"]["image"] == f"{repo}:{tag}-cpu"
+    assert launcher["available_node_types"]["gpu_workers"]["docker"]["worker_image"] == f"{repo}:{tag}-gpu"
+    assert launcher["available_node_types"][launcher["head_node_type"]]["resources"] == {"CPU": 0}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_names_references_and_uris_resolve(overlay):
+    values = render.load_values(overlay)
+    docs = _docs(overlay)
+    ns = values["namespace"]
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"]), d["metadata"]["name"]
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == ns, d["metadata"]["name"]
+    assert set(by_kind["Namespace"]) == {ns}
+
+    secrets = {n: set(s.get("stringData", {})) | set(s.get("data", {})) for n, s in by_kind["Secret"].items()}
+    for _, node in _walk(docs):
+        if "secretKeyRef" in node:
+            ref = node["secretKeyRef"]
+            assert ref["key"] in secrets.get(ref["name"], ()), f"secret key {ref} is not defined"
+        if "secretRef" in node:
+            assert node["secretRef"]["name"] in secrets
+        if "configMapRef" in node:
+            assert node["configMapRef"]["name"] in by_kind["ConfigMap"]
+
+    pod_labels = [t["metadata"].get("labels", {}) for d in docs for t in _pod_templates(d)]
+    services = by_kind["Service"]
+    for name, svc in services.items():
+        sel = svc["spec"]["selector"]
+        assert any(sel.items() <= labels.items() for labels in pod_labels), f"Service {name} selects no pods"
+    for sts in by_kind["StatefulSet"].values():
+        assert sts["spec"]["serviceName"] in services
+        assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+    def service_port(url: str) -> None:
+        u = urlparse(url)
+        host = u.hostname.split(".")
+        assert host[1:] == [ns, "svc", "cluster", "local"], url
+        ports = [p["port"] for p in services[host[0]]["spec"]["ports"]]
+        assert u.port in ports, f"{url}: Service {host[0]} exposes {ports}"
+
+    service_port(values["mlflow"]["tracking_uri"])
+    service_port(values["storage"]["s3_endpoint"])
+    mlflow_args = " ".join(by_kind["Deployment"]["mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    service_port(re.search(r"--backend-store-uri=(\S+)", mlflow_args).group(1).replace("$(POSTGRES_PASSWORD)", "pw"))
+
+    config = by_kind["ConfigMap"]["vssflow-config"]["data"]
+    assert config["MLFLOW_TRACKING_URI"] == values["mlflow"]["tracking_uri"]
+    assert config["VSSFLOW_STORAGE_PATH"] == values["storage"]["checkpoints_uri"]
+    buckets = set(values["mlflow"]["minio"]["buckets"].split())
+    uris = [v for k, v in values["storage"].items() if k.endswith("_uri")] + [values["mlflow"]["artifacts_destination"]]
+    for uri in uris:
+        if uri.startswith("s3://"):
+            assert urlparse(uri).netloc in buckets, f"{uri}: bucket not created by the minio-buckets Job"
+
+    for job in by_kind["RayJob"].values():
+        assert job["spec"]["clusterSelector"]["ray.io/cluster"] in by_kind["RayCluster"]
+        assert values["storage"]["shards_uri"] in job["spec"]["entrypoint"]
+
+
+def _entrypoints() -> list[tuple[str, str]]:
+    return [(d["metadata"]["name"], d["spec"]["entrypoint"]) for d in _docs(None) if d["kind"] == "RayJob"]
+
+
+@pytest.mark.parametrize(("job", "entrypoint"), _entrypoints(), ids=[n for n, _ in _entrypoints()])
+def test_job_entrypoints_parse_with_the_vssflow_cli(job, entrypoint):
+    from vssflow import cli
+
+    argv = shlex.split(entrypoint)
+    assert argv[0] == "vssflow" and argv[1] in cli.COMMANDS, entrypoint
+    module = cli.COMMANDS[argv[1]][0]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            pytest.skip(f"{module} is not in this checkout yet, so `vssflow {argv[1]}` flags cannot be checked")
+        raise
+    try:
+        args = cli.build_parser(argv[1]).parse_args(argv[1:])
+    except SystemExit as e:
+        raise AssertionError(f"RayJob {job}: `{entrypoint}` is rejected by the vssflow CLI") from e
+    assert args.command == argv[1]
