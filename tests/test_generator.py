@@ -1,0 +1,134 @@
+"""Generator: one generate() for every front end; self-describing checkpoints; long clips in windows."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vssflow import Generator
+from vssflow.audio.codec import MelCodec
+from vssflow.errors import AssetError, FeatureShapeError, InputError, MissingFileError
+from vssflow.generator import slice_features, window_starts
+from vssflow.model import ModelConfig
+from vssflow.types import ClipFeatures
+
+CFG = ModelConfig(depth=2, width=64, heads=4, cross_dim=64, sem_dim=32, lip_dim=16, max_seconds=4.0)
+
+
+def _clip(duration=2.0, task="v2s", seed=0):
+    rng = np.random.default_rng(seed)
+    n10, n25 = int(round(duration * 10)), int(round(duration * 25))
+    if task == "v2s":
+        return ClipFeatures(duration_s=duration, task=task, sem=rng.standard_normal((n10, 32)).astype(np.float32))
+    spk = rng.standard_normal(256).astype(np.float32)
+    return ClipFeatures(
+        duration_s=duration,
+        task=task,
+        sem=rng.standard_normal((n10, 32)).astype(np.float32),
+        lip=rng.integers(0, 255, (n25, 32, 32), dtype=np.uint8),
+        phonemes=rng.integers(2, 60, 12),
+        speaker=spk / np.linalg.norm(spk),
+    )
+
+
+@pytest.fixture(scope="module")
+def gen():
+    torch.manual_seed(0)
+    g = Generator(CFG)
+    # Non-zero output weights so that conditions and noise reach the audio (a fresh DiT outputs zero velocity).
+    for p in g.model.parameters():
+        if p.abs().sum() == 0 and p.ndim > 1:
+            torch.nn.init.normal_(p, std=0.02)
+    return g
+
+
+def test_output_length_is_the_clip_duration(gen):
+    for d in (0.5, 1.3, 2.0):
+        wav = gen.generate(_clip(d), steps=2, seed=0)
+        assert wav.dtype == np.float32 and wav.shape == (int(round(d * 16000)),)
+        assert np.isfinite(wav).all()
+
+
+def test_same_seed_same_audio_bit_for_bit_and_other_seed_differs(gen):
+    a = gen.generate(_clip(task="tts"), steps=3, seed=7)
+    b = gen.generate(_clip(task="tts"), steps=3, seed=7)
+    c = gen.generate(_clip(task="tts"), steps=3, seed=8)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_batched_generation_equals_one_by_one(gen):
+    clips = [_clip(2.0, "v2s", 1), _clip(1.2, "tts", 2)]
+    x1, n_frames, nfe = gen.sample_latents(clips, [3, 4], steps=3, cfg=3.0)
+    assert nfe == 3 and n_frames.tolist() == [50, 30]
+    for i, (clip, s) in enumerate(zip(clips, [3, 4], strict=True)):
+        xi, ni, _ = gen.sample_latents([clip], [s], steps=3, cfg=3.0)
+        n = int(ni[0])
+        torch.testing.assert_close(x1[i, :n], xi[0, :n], atol=1e-5, rtol=1e-5)
+    assert len(gen.generate(clips, steps=3, seed=[3, 4])) == 2
+
+
+def test_save_load_round_trip_gives_identical_audio(gen, tmp_path):
+    gen.codec = MelCodec().fit([np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)])
+    gen.step = 12
+    ema = {k: v + 0.01 for k, v in gen.model.state_dict().items()}
+    out = gen.save_pretrained(tmp_path / "model", ema_state=ema, data_version="abc")
+    assert sorted(p.name for p in out.iterdir()) == ["codec", "config.json", "ema.safetensors", "model.safetensors"]
+    raw = Generator.from_pretrained(out, use_ema=False)
+    clip = _clip(task="tts")
+    np.testing.assert_array_equal(raw.generate(clip, steps=3, seed=5), gen.generate(clip, steps=3, seed=5))
+    assert raw.step == 12 and raw.info["data_version"] == "abc"
+    ema_gen = Generator.from_pretrained(out)  # EMA by default
+    assert ema_gen.info["weights"] == "ema.safetensors"
+    assert not np.array_equal(ema_gen.generate(clip, steps=3, seed=5), raw.generate(clip, steps=3, seed=5))
+    # saving again replaces the directory atomically: no temporary siblings left behind
+    gen.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_long_clip_is_generated_in_crossfaded_windows(gen):
+    clip = _clip(9.3, "v2s", 3)
+    assert window_starts(9.3, 4.0, 1.0) == [0.0, 3.0, 5.3]
+    wav = gen.generate(clip, steps=2, seed=0)
+    assert wav.shape == (int(round(9.3 * 16000)),) and np.isfinite(wav).all()
+    part = slice_features(_clip(4.0, "tts"), 1.0, 3.0)
+    assert part.duration_s == 2.0 and part.sem.shape[0] == 20 and part.lip.shape[0] == 50
+    assert 5 <= len(part.phonemes) <= 7  # 12 phonemes spread over 4 s: about half of them
+
+
+def test_bad_options_and_features_give_one_line_errors(gen):
+    with pytest.raises(InputError, match="steps"):
+        gen.generate(_clip(), steps=0)
+    with pytest.raises(InputError, match="cfg"):
+        gen.generate(_clip(), cfg=float("nan"))
+    with pytest.raises(InputError, match="method"):
+        gen.generate(_clip(), method="rk4")
+    bad = _clip()
+    bad.sem = bad.sem[:, :16]
+    with pytest.raises(FeatureShapeError) as e:
+        gen.generate(bad, steps=1)
+    assert "sem" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loading_errors_name_the_directory(tmp_path):
+    with pytest.raises(MissingFileError, match="nowhere"):
+        Generator.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(AssetError, match="format"):
+        Generator.from_pretrained(tmp_path / "m")
+
+
+def test_info_command(gen, tmp_path):
+    gen.save_pretrained(tmp_path / "m")
+    out = subprocess.run(
+        [sys.executable, "-m", "vssflow.cli", "info", str(tmp_path / "m")], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"{gen.model.num_params():,}" in out and "sem=cross" in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "vssflow.cli", "info", str(tmp_path / "zzz")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "zzz" in bad.stderr

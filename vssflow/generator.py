@@ -1,0 +1,396 @@
+"""The one ``generate()`` every front end calls (CLI, Serve, batch jobs, evaluation), and self-describing checkpoints.
+
+A model directory holds everything needed to rebuild the generator with nothing else:
+
+    config.json            format version, ModelConfig, training step, sampling defaults, extractor names
+    model.safetensors      DiT weights
+    ema.safetensors        EMA of the weights (optional; used for generation by default when present)
+    codec/                 the latent codec (MelCodec statistics, or an AutoencoderKL copy)
+
+Shape legend: B batch, N latent frames (25 Hz), C latent channels, T_mel mel frames (100 fps), L samples (16 kHz).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vssflow import __version__, flow
+from vssflow.audio.codec import LatentCodec, MelCodec, load_codec
+from vssflow.audio.vocoder import Vocoder, load_vocoder
+from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, latent_frames
+from vssflow.errors import AssetError, InputError, MissingFileError
+from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
+from vssflow.types import ClipFeatures
+
+FORMAT = "vssflow-generator"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Defaults for :meth:`Generator.generate` (overridable per call).
+
+    Attributes:
+        steps: solver steps (Euler / midpoint) or the first step 1/steps (dopri5).
+        cfg_scale: classifier-free guidance scale (paper: 3; 1 = no guidance, one network call per step).
+        method: "euler", "midpoint" or "dopri5".
+        window_overlap_s: overlap of consecutive windows when a clip is longer than the model window.
+    """
+
+    steps: int = 16
+    cfg_scale: float = 3.0
+    method: str = "euler"
+    window_overlap_s: float = 1.0
+
+
+class Generator:
+    """VSSFlow generator: DiT + latent codec + vocoder.
+
+    Args:
+        model_config: the DiT configuration (see :data:`vssflow.model.PRESETS`).
+        codec: latent codec; default an unfitted :class:`MelCodec` (fit its statistics before training).
+        vocoder: mel -> waveform; default Griffin-Lim.
+        device: "cpu" or "cuda".
+        dtype: compute dtype of the DiT (torch.bfloat16 on GPU; float32 on CPU).
+        sampling: default sampling options.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig | None = None,
+        *,
+        codec: LatentCodec | None = None,
+        vocoder: Vocoder | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sampling: SamplingConfig = SamplingConfig(),
+        model: VSSFlowDiT | None = None,
+    ):
+        self.config = model_config or (model.cfg if model is not None else ModelConfig())
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = (model or VSSFlowDiT(self.config)).to(self.device, dtype).eval()
+        self.codec = (codec or MelCodec()).to(self.device)
+        if self.codec.latent_dim != self.config.latent_dim:
+            raise AssetError(
+                f"codec has {self.codec.latent_dim} latent channels but the model expects {self.config.latent_dim}; "
+                "build the model with latent_dim=codec.latent_dim"
+            )
+        self.vocoder = (vocoder or load_vocoder(None)).to(self.device)
+        self.sampling = sampling
+        self.step = 0
+        self.info: dict[str, Any] = {}
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        features: ClipFeatures | Sequence[ClipFeatures],
+        *,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | Sequence[int] = 0,
+        method: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Generate the soundtrack of one clip (or a batch of clips).
+
+        Args:
+            features: conditions of the clip(s); ``duration_s`` sets the output length. Clips longer than the model
+                window are generated in overlapping windows and crossfaded.
+            steps, cfg, method: sampling options (defaults from ``self.sampling``); cfg is the guidance scale.
+            seed: one seed, or one per clip. A clip's audio depends only on its features, options and seed, not on
+                the other clips of the batch.
+            progress: called as ``progress(done, total)`` after each solver step.
+
+        Returns:
+            float32 waveform (L,) at 16 kHz with L = round(duration_s * 16000), or a list of them for a batch.
+        """
+        single = isinstance(features, ClipFeatures)
+        clips = [features] if single else list(features)
+        if not clips:
+            return []
+        seeds = [int(seed)] * len(clips) if isinstance(seed, int | np.integer) else [int(s) for s in seed]
+        if len(seeds) != len(clips):
+            raise InputError(f"seed: got {len(seeds)} seeds for {len(clips)} clips; give one seed or one per clip")
+        steps, cfg, method = self._options(steps, cfg, method)
+        wavs: list[np.ndarray | None] = [None] * len(clips)
+        short = [i for i, c in enumerate(clips) if latent_frames(c.duration_s) <= self.config.max_frames]
+        if short:
+            out = self._generate_batch(
+                [clips[i] for i in short], [seeds[i] for i in short], steps, cfg, method, progress
+            )
+            for i, w in zip(short, out, strict=True):
+                wavs[i] = w
+        for i, c in enumerate(clips):
+            if wavs[i] is None:
+                wavs[i] = self._generate_long(c, seeds[i], steps, cfg, method, progress)
+        return wavs[0] if single else wavs
+
+    def _options(self, steps: int | None, cfg: float | None, method: str | None) -> tuple[int, float, str]:
+        steps = self.sampling.steps if steps is None else int(steps)
+        cfg = self.sampling.cfg_scale if cfg is None else float(cfg)
+        method = method or self.sampling.method
+        if steps < 1 or steps > 1000:
+            raise InputError(f"steps: expected 1..1000 solver steps, got {steps}")
+        if not (math.isfinite(cfg) and 0.0 <= cfg <= 20.0):
+            raise InputError(f"cfg: expected a guidance scale in [0, 20], got {cfg}")
+        if method not in flow.METHODS:
+            raise InputError(f"method: expected one of {flow.METHODS}, got {method!r}")
+        return steps, cfg, method
+
+    def sample_latents(
+        self,
+        clips: Sequence[ClipFeatures],
+        seeds: Sequence[int],
+        *,
+        steps: int,
+        cfg: float,
+        method: str = "euler",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Integrate the flow for a batch of clips that fit the model window.
+
+        Returns:
+            (x1 (B, N, C) latents, n_frames (B,), nfe).
+        """
+        cond = collate(clips, self.config).to(self.device)
+        b, n = cond.batch_size, cond.n_latent
+        # Per-clip noise from its own seed, drawn at its own length: padding does not change a clip's noise.
+        x0 = torch.zeros(b, n, self.config.latent_dim, device=self.device, dtype=self.dtype)
+        for i, s in enumerate(seeds):
+            g = torch.Generator(device="cpu").manual_seed(int(s))
+            ni = int(cond.n_frames[i])
+            x0[i, :ni] = torch.randn(ni, self.config.latent_dim, generator=g).to(self.device, self.dtype)
+        conditions = self.model.preprocess_conditions(cond)
+        if cfg != 1.0:
+            uncond = self.model.preprocess_conditions(cond, ConditionDrop.all(b, self.device))
+            both = Conditions.cat([conditions, uncond])
+
+            def joint_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.model.predict_flow(x, t, both)
+
+        def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.model.predict_flow(x, t, conditions)
+
+        velocity = cond_fn if cfg == 1.0 else flow.cfg_velocity_batched(joint_fn, cond_fn, cfg)
+        calls = [0]
+        total = steps * (2 if method == "midpoint" else 1)
+
+        def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = velocity(x, t)
+            calls[0] += 1
+            if progress is not None and method != "dopri5":
+                progress(min(calls[0], total), total)
+            return v
+
+        x1, nfe = flow.sample(counted, x0, steps=steps, method=method)
+        return x1.float(), cond.n_frames, nfe
+
+    def decode(self, x1: torch.Tensor, n_frames: torch.Tensor, durations: Sequence[float]) -> list[np.ndarray]:
+        """Latents (B, N, C) -> waveforms, each trimmed to its clip's duration."""
+        mel = self.codec.decode(x1)  # (B, 4N, 64)
+        wav = self.vocoder(mel)  # (B, 4N * 160)
+        out = []
+        for i, d in enumerate(durations):
+            n_samples = int(round(d * SAMPLE_RATE))
+            w = wav[i, :n_samples].float().cpu().numpy()
+            if w.shape[0] < n_samples:  # duration not on the 40 ms grid: the last latent frame is repeated by decode
+                w = np.pad(w, (0, n_samples - w.shape[0]))
+            out.append(w.astype(np.float32))
+        return out
+
+    def _generate_batch(self, clips, seeds, steps, cfg, method, progress) -> list[np.ndarray]:
+        x1, n_frames, _ = self.sample_latents(clips, seeds, steps=steps, cfg=cfg, method=method, progress=progress)
+        return self.decode(x1, n_frames, [c.duration_s for c in clips])
+
+    def _generate_long(self, clip: ClipFeatures, seed: int, steps, cfg, method, progress) -> np.ndarray:
+        """Overlapping windows of the model's length, crossfaded linearly over the overlap."""
+        win = self.config.max_frames / LATENT_HZ  # the model window in seconds, on the latent grid
+        overlap = min(self.sampling.window_overlap_s, win / 4)
+        starts = window_starts(clip.duration_s, win, overlap)
+        n_total = int(round(clip.duration_s * SAMPLE_RATE))
+        out = np.zeros(n_total, dtype=np.float32)
+        weight = np.zeros(n_total, dtype=np.float32)
+        fade = int(round(overlap * SAMPLE_RATE))
+        for k, start in enumerate(starts):
+            end = min(start + win, clip.duration_s)
+            part = slice_features(clip, start, end)
+            wav = self._generate_batch([part], [seed + k], steps, cfg, method, progress)[0]
+            a = int(round(start * SAMPLE_RATE))
+            wav = wav[: n_total - a]
+            ramp = np.ones(len(wav), dtype=np.float32)
+            if k > 0 and fade:
+                ramp[:fade] = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)[: len(wav)]
+            if k < len(starts) - 1 and fade:
+                ramp[-fade:] = np.minimum(ramp[-fade:], np.linspace(1.0, 0.0, fade, dtype=np.float32))
+            out[a : a + len(wav)] += ramp * wav
+            weight[a : a + len(wav)] += ramp
+        return out / np.maximum(weight, 1e-6)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, ema_state: dict[str, torch.Tensor] | None = None, **info: Any
+    ) -> Path:
+        """Write the model directory atomically (a temporary sibling directory renamed into place).
+
+        Args:
+            directory: target; replaced if it exists.
+            ema_state: EMA weights to store next to the raw weights (same keys as ``model.state_dict()``).
+            info: extra JSON-serialisable facts to record (e.g. data version, extractor names, MLflow run id).
+        """
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, tmp / "model.safetensors")
+            if ema_state is not None:
+                ema = {k: v.detach().float().cpu().contiguous() for k, v in ema_state.items()}
+                save_file(ema, tmp / "ema.safetensors")
+            self.codec.save(tmp / "codec")
+            config = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "vssflow_version": __version__,
+                "model": self.config.to_dict(),
+                "sampling": self.sampling.__dict__,
+                "step": self.step,
+                "num_params": self.model.num_params(),
+                "info": {**self.info, **info},
+            }
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vocoder: str | os.PathLike | Vocoder | None = None,
+    ) -> Generator:
+        """Load a model directory written by :meth:`save_pretrained`.
+
+        Args:
+            use_ema: load the EMA weights when the directory has them.
+            vocoder: None (Griffin-Lim), a HiFi-GAN directory, or a Vocoder instance.
+        """
+        directory = Path(directory)
+        config = read_model_config(directory)
+        model_cfg = ModelConfig.from_dict(config["model"])
+        weights = directory / (
+            "ema.safetensors" if use_ema and (directory / "ema.safetensors").exists() else "model.safetensors"
+        )
+        model = VSSFlowDiT(model_cfg)
+        state = load_file(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise AssetError(
+                f"{weights}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                "the directory is corrupt or from another version"
+            )
+        voc = vocoder if isinstance(vocoder, Vocoder) else load_vocoder(vocoder)
+        sampling = SamplingConfig(**config.get("sampling", {}))
+        gen = cls(
+            model_cfg,
+            codec=load_codec(directory / "codec"),
+            vocoder=voc,
+            device=device,
+            dtype=dtype,
+            sampling=sampling,
+            model=model,
+        )
+        gen.step = int(config.get("step", 0))
+        gen.info = dict(config.get("info", {}))
+        gen.info["weights"] = weights.name
+        return gen
+
+
+def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``config.json`` of a model directory (one-line errors naming the directory)."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not directory.is_dir():
+        raise MissingFileError(
+            "model directory not found; pass the --out directory of `vssflow train`", source=str(directory)
+        )
+    if not path.exists():
+        raise AssetError(f"{directory}: no config.json; this is not a vssflow model directory")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise AssetError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise AssetError(
+            f"{path}: format version {config['format_version']} is newer than this vssflow "
+            f"({FORMAT_VERSION}); upgrade vssflow"
+        )
+    return config
+
+
+# ---- long clips --------------------------------------------------------------------------------------------------
+
+
+def window_starts(duration: float, window: float, overlap: float) -> list[float]:
+    """Start times of windows of ``window`` seconds overlapping by ``overlap`` that cover ``duration``."""
+    if duration <= window:
+        return [0.0]
+    hop = window - overlap
+    n = math.ceil((duration - window) / hop) + 1
+    starts = [min(k * hop, duration - window) for k in range(n)]
+    return sorted(set(round(s, 6) for s in starts))
+
+
+def slice_features(clip: ClipFeatures, start: float, end: float) -> ClipFeatures:
+    """The features of ``clip`` between ``start`` and ``end`` seconds (phonemes cut in proportion to time, as the
+    model spreads them uniformly over the clip)."""
+
+    def rows(a: np.ndarray | None, fps: int) -> np.ndarray | None:
+        if a is None:
+            return None
+        i, j = int(round(start * fps)), int(round(end * fps))
+        return a[i : max(j, i + 1)]
+
+    phonemes = clip.phonemes
+    if phonemes is not None and len(phonemes):
+        p = len(phonemes)
+        i = int(math.floor(p * start / clip.duration_s))
+        j = int(math.ceil(p * end / clip.duration_s))
+        phonemes = phonemes[i:j]
+        if not len(phonemes):
+            phonemes = None
+    return replace(
+        clip,
+        duration_s=end - start,
+        sem=rows(clip.sem, SEM_FPS),
+        lip=rows(clip.lip, LIP_FPS),
+        mel=rows(clip.mel, MEL_FPS),
+        phonemes=phonemes,
+        meta={**clip.meta, "window": [start, end]},
+    )
