@@ -54,15 +54,15 @@ def _mouth_geometry(level_open: float) -> tuple[float, float, float, float]:
     """(half width, top of the opening, bottom of the opening, chin drop) in F units for an opening in [0, 1]."""
     half_w = MOUTH_W / 2 * (1.0 - 0.18 * level_open)
     gap = MAX_OPEN * level_open
-    return half_w, MOUTH_Y - 0.3 * gap, MOUTH_Y + 0.7 * gap, 0.035 * level_open
+    return half_w, MOUTH_Y - 0.3 * gap, MOUTH_Y + 0.7 * gap, 0.0
 
 
 def _shade(a: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return np.clip(a * factor[..., None], 0, 255)
 
 
-def _draw_face(f_px: float, skin: tuple, hair: tuple, level_open: float) -> np.ndarray:
-    """Draw the head sprite. Returns (h, w, 4) float32, RGB premultiplied by alpha in [0, 1]."""
+def _draw_base(f_px: float, skin: tuple, hair: tuple) -> tuple[Image.Image, np.ndarray]:
+    """Draw the head without its mouth: the supersampled RGB image and the (h, w, 4) premultiplied RGBA sprite."""
     s = SUPERSAMPLE
     F = f_px * s
     w = int(np.ceil(SPRITE_W * f_px)) * s
@@ -78,13 +78,13 @@ def _draw_face(f_px: float, skin: tuple, hair: tuple, level_open: float) -> np.n
 
     skin = np.array(skin, np.float32)
     hair = np.array(hair, np.float32)
-    half_w, open_top, open_bot, chin = _mouth_geometry(level_open)
+    chin = 0.0
 
     # --- silhouette masks (neck, ears, head) and base colours
     img = Image.new("RGB", (w, h), (0, 0, 0))
     alpha = Image.new("L", (w, h), 0)
     d, da = ImageDraw.Draw(img), ImageDraw.Draw(alpha)
-    neck_col = tuple(int(c) for c in skin * 0.82)
+    neck_col = tuple(int(c) for c in skin * 0.88)
     for dr, col in ((da, 255), (d, neck_col)):
         dr.rectangle(box(-0.17, 0.25, 0.17, SPRITE_BOTTOM), fill=col)
         dr.ellipse(box(-0.5, 0.72, 0.5, 1.3), fill=col)  # shoulders
@@ -123,10 +123,9 @@ def _draw_face(f_px: float, skin: tuple, hair: tuple, level_open: float) -> np.n
     hair_t = tuple(int(c) for c in hair)
     hair_mask = Image.new("L", (w, h), 0)
     dh = ImageDraw.Draw(hair_mask)
-    dh.ellipse(box(-HEAD_W / 2 - 0.03, -HEAD_H / 2 - 0.06, HEAD_W / 2 + 0.03, 0.25), fill=255)
-    dh.ellipse(box(-0.3, -0.44, 0.3, -0.2), fill=0)  # forehead
-    dh.rectangle(box(-0.26, -0.33, 0.26, 0.3), fill=0)
-    dh.rectangle(box(-0.6, -0.02, 0.6, 0.4), fill=0)
+    dh.ellipse(box(-HEAD_W / 2 - 0.03, -HEAD_H / 2 - 0.07, HEAD_W / 2 + 0.03, 0.3), fill=255)
+    dh.ellipse(box(-0.33, -0.36, 0.33, 0.62), fill=0)  # the face below the hairline
+    dh.rectangle(box(-0.6, -0.04, 0.6, 0.5), fill=0)
     img.paste(Image.new("RGB", (w, h), hair_t), (0, 0), hair_mask)
     alpha.paste(255, (0, 0), hair_mask)
     d = ImageDraw.Draw(img)
@@ -170,6 +169,39 @@ def _draw_face(f_px: float, skin: tuple, hair: tuple, level_open: float) -> np.n
             box(sx * 0.035 - 0.014, NOSE_TIP_Y - 0.005, sx * 0.035 + 0.014, NOSE_TIP_Y + 0.012), fill=(70, 40, 35)
         )
 
+    size = (w // s, h // s)
+    rgb = np.asarray(img.resize(size, Image.BOX).filter(ImageFilter.GaussianBlur(radius=0.5)), np.float32)
+    a = np.asarray(alpha.resize(size, Image.BOX).filter(ImageFilter.GaussianBlur(radius=0.4)), np.float32) / 255.0
+    return img, np.concatenate([rgb * a[..., None], a[..., None]], axis=-1)  # premultiplied RGBA
+
+
+def _mouth_region(f_px: float) -> tuple[int, int, int, int]:
+    """Sprite pixel box (x0, y0, x1, y1) that holds the mouth at every opening (inside the opaque face)."""
+    w = int(np.ceil(SPRITE_W * f_px))
+    cx, cy = w / 2, -SPRITE_TOP * f_px
+    x0, x1 = int(np.floor(cx - 0.17 * f_px)), int(np.ceil(cx + 0.17 * f_px))
+    y0 = int(np.floor(cy + (MOUTH_Y - 0.3 * MAX_OPEN - UPPER_LIP - 0.02) * f_px))
+    y1 = int(np.ceil(cy + (MOUTH_Y + 0.7 * MAX_OPEN + LOWER_LIP + 0.02) * f_px))
+    return x0, y0, x1, y1
+
+
+def _draw_mouth(base_img: Image.Image, base: np.ndarray, f_px: float, level_open: float) -> np.ndarray:
+    """The sprite with the mouth at ``level_open`` drawn into it (only the mouth region is redrawn)."""
+    s = SUPERSAMPLE
+    F = f_px * s
+    rx0, ry0, rx1, ry1 = _mouth_region(f_px)
+    img = base_img.crop((rx0 * s, ry0 * s, rx1 * s, ry1 * s))
+    d = ImageDraw.Draw(img)
+    cx, cy = base_img.width / 2 - rx0 * s, -SPRITE_TOP * F - ry0 * s
+
+    def P(x, y):  # F units -> supersampled region pixels
+        return (cx + x * F, cy + y * F)
+
+    def box(x0, y0, x1, y1):
+        (a, b), (c, e) = P(x0, y0), P(x1, y1)
+        return [a, b, c, e]
+
+    half_w, open_top, open_bot, _ = _mouth_geometry(level_open)
     # --- mouth: inner mouth (dark, teeth), upper lip with cupid's bow, lower lip
     lip = (178, 88, 90)
     lip_dark = (150, 68, 72)
@@ -221,16 +253,22 @@ def _draw_face(f_px: float, skin: tuple, hair: tuple, level_open: float) -> np.n
         width=max(1, int(0.008 * F)),
     )
 
-    img = img.filter(ImageFilter.GaussianBlur(radius=0.6 * s))
-    size = (w // s, h // s)
-    rgb = np.asarray(img.resize(size, Image.BOX), np.float32)
-    a = np.asarray(alpha.filter(ImageFilter.GaussianBlur(radius=0.5 * s)).resize(size, Image.BOX), np.float32) / 255.0
-    return np.concatenate([rgb * a[..., None], a[..., None]], axis=-1)  # premultiplied RGBA
+    rgb = np.asarray(img.resize((rx1 - rx0, ry1 - ry0), Image.BOX), np.float32)
+    out = base.copy()
+    a = out[ry0:ry1, rx0:rx1, 3:]
+    out[ry0:ry1, rx0:rx1, :3] = rgb * a
+    return out
 
 
-@lru_cache(maxsize=2048)
+@lru_cache(maxsize=256)
+def _base_sprite(f_px_q: int, skin: tuple, hair: tuple) -> tuple[Image.Image, np.ndarray]:
+    return _draw_base(f_px_q / 4.0, skin, hair)
+
+
+@lru_cache(maxsize=4096)
 def _sprite(f_px_q: int, skin: tuple, hair: tuple, level: int) -> np.ndarray:
-    return _draw_face(f_px_q / 4.0, skin, hair, level / (MOUTH_LEVELS - 1))
+    base_img, base = _base_sprite(f_px_q, skin, hair)
+    return _draw_mouth(base_img, base, f_px_q / 4.0, level / (MOUTH_LEVELS - 1))
 
 
 @lru_cache(maxsize=64)
