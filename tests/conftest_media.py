@@ -16,6 +16,7 @@ VCODEC_ARGS = {
     "h264": ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"],
     "h264_lossless": ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv444p"],
     "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"],
+    "vp8": ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"],
     "mjpeg": ["-c:v", "mjpeg", "-q:v", "3"],
 }
 ACODEC_ARGS = {
@@ -23,6 +24,7 @@ ACODEC_ARGS = {
     "opus": ["-c:a", "libopus", "-b:a", "48k"],
     "pcm": ["-c:a", "pcm_s16le"],
     "flac": ["-c:a", "flac"],
+    "vorbis": ["-c:a", "libvorbis", "-q:a", "3"],
 }
 
 

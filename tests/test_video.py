@@ -23,6 +23,7 @@ CLICK_S = 1.0
 CONTAINERS = [
     ("h264_aac_30.mp4", 30, "h264", "aac"),
     ("vp9_opus_24.webm", 24, "vp9", "opus"),
+    ("vp8_vorbis_25.webm", 25, "vp8", "vorbis"),
     ("mjpeg_pcm_25.avi", 25, "mjpeg", "pcm"),
     ("h264_flac_30.mkv", 30, "h264", "flac"),
     ("h264_aac_2997.mp4", 30000 / 1001, "h264", "aac"),
