@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 flush=True,
             )
     print(
-        "ratio = generate time / (steps x one DiT forward on the CFG-doubled batch + codec decode + vocoder); goal <= 1.1"
+        "ratio = generate time / (steps x one DiT forward on the CFG-doubled batch + decode + vocoder); goal <= 1.1"
     )
     return rows
 

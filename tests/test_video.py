@@ -93,6 +93,17 @@ def test_variable_frame_rate_picks_frame_on_screen(tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("ext,vc,ac", [("mp4", "h264", "aac"), ("mkv", "h264", "flac"), ("webm", "vp8", "opus")])
+def test_audio_longer_than_video_is_not_truncation(tmp_path, ext, vc, ac):
+    frames = np.zeros((50, 64, 64, 3), np.uint8)  # 2 s at 25 fps
+    frames[:, :, :32] = 200
+    audio = np.sin(2 * np.pi * 300 * np.arange(3 * 16000) / 16000).astype(np.float32) * 0.3  # 3 s
+    path = encode_frames(tmp_path / f"long_audio.{ext}", frames, 25, vcodec=vc, audio=audio, acodec=ac)
+    info = probe(path)
+    assert info.duration == pytest.approx(2.0, abs=0.05)
+    assert len(read_audio_track(path, info=info)) == round(info.duration * 16000)
+
+
 def test_no_audio_track(videos):
     info = probe(videos["noaudio.mp4"])
     assert not info.has_audio

@@ -116,7 +116,7 @@ class SpeakerEncoder(ABC):
         """
         wav = check_reference_voice(wav, source=source)
         with torch.inference_mode():
-            e = self._embed(torch.from_numpy(wav)).float()
+            e = self._embed(torch.from_numpy(wav)).float().cpu()
         e = F.normalize(e, dim=-1).numpy().astype(np.float32)
         assert e.shape == (self.dim,)
         return e
@@ -127,9 +127,18 @@ class SpeakerEncoder(ABC):
 
         return self.embed(read_audio(path), source=str(path))
 
+    def to(self, device: str | torch.device) -> SpeakerEncoder:
+        """Move the network to ``device`` (inputs follow it; embeddings always come back as numpy on the CPU)."""
+        self.net.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
     @abstractmethod
     def _embed(self, wav: torch.Tensor) -> torch.Tensor:
-        """(N,) float32 -> (D,)."""
+        """(N,) float32 CPU tensor -> (D,)."""
 
 
 # ---------------------------------------------------------------- Resemblyzer (GE2E)
@@ -300,7 +309,7 @@ class ResemblyzerEncoder(SpeakerEncoder):
         if needed >= len(x):
             x = np.pad(x, (0, needed - len(x)))
         mel = self.mel(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))  # (T, F)
-        mels = torch.stack([mel[s] for s in slices])  # (B, 160, F)
+        mels = torch.stack([mel[s] for s in slices]).to(self.device)  # (B, 160, F)
         partials = self.net(mels)  # (B, D)
         return F.normalize(partials.mean(0), dim=-1)  # (D,)
 
@@ -373,7 +382,7 @@ class TrainableSpeakerEncoder(SpeakerEncoder):
 
     def _embed(self, wav: torch.Tensor) -> torch.Tensor:
         self.net.eval()
-        return self.net(_normalize_peak(wav)[None])[0]
+        return self.net(_normalize_peak(wav)[None].to(self.device))[0]
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each file atomically)."""

@@ -93,7 +93,7 @@ def _ffprobe(path: str) -> dict | None:
     if exe is None:
         return None
     cmd = [exe, "-v", "error", "-of", "json", "-show_entries"]
-    cmd += ["format=duration,format_name:stream=codec_type,codec_name,nb_frames,r_frame_rate,duration", path]
+    cmd += ["format=duration:stream=codec_type,codec_name,nb_frames,r_frame_rate,duration:stream_tags=DURATION", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unreadable"])[-1].replace(path, "").strip(": ")
@@ -102,7 +102,11 @@ def _ffprobe(path: str) -> dict | None:
 
 
 def _declared_duration(meta: dict) -> float | None:
-    """Longest duration the container header claims for its video stream (None if it claims nothing)."""
+    """Duration the container header claims for its video stream (None if it claims nothing).
+
+    Uses the video stream's own duration, frame count / frame rate or Matroska ``DURATION`` tag; the format
+    duration (which also covers a longer audio track) only when the stream declares nothing.
+    """
     cands = []
     for s in meta.get("streams", []):
         if s.get("codec_type") != "video":
@@ -112,10 +116,17 @@ def _declared_duration(meta: dict) -> float | None:
         num, _, den = str(s.get("r_frame_rate", "0/0")).partition("/")
         if s.get("nb_frames") not in (None, "N/A") and den and float(den) > 0 and float(num) > 0:
             cands.append(int(s["nb_frames"]) / (float(num) / float(den)))
+        tag = (s.get("tags") or {}).get("DURATION")
+        if tag:
+            try:
+                h, m, sec = tag.split(":")
+                cands.append(int(h) * 3600 + int(m) * 60 + float(sec))
+            except ValueError:
+                pass
+    if cands:
+        return max(cands)
     fmt_dur = meta.get("format", {}).get("duration")
-    if fmt_dur not in (None, "N/A"):
-        cands.append(float(fmt_dur))
-    return max(cands) if cands else None
+    return float(fmt_dur) if fmt_dur not in (None, "N/A") else None
 
 
 def _native():

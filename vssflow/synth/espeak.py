@@ -111,18 +111,29 @@ class _Engine:
             ctypes.POINTER(ctypes.c_uint),
             ctypes.c_void_p,
         ]
-        options = _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT
-        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, options)
-        if rate <= 0:
-            raise AssetError(
-                "espeak_Initialize failed; check that espeak-ng-data is installed (apt-get install espeak-ng)"
-            )
-        self.rate = rate
+        self.lib.espeak_Terminate.restype = ctypes.c_int
+        # espeak-ng keeps state between utterances (and draws noise from libc rand()), so an utterance would depend
+        # on what this process spoke before. Re-initialising (~2 ms) and reseeding before every utterance makes the
+        # output a function of (text, voice) alone: the corpus is then identical whatever worker speaks a clip.
+        self.libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, str]] = []  # (type, sample, text_position, label)
         self._cb = _CALLBACK(self._callback)  # keep a reference: the C side holds only the pointer
-        self.lib.espeak_SetSynthCallback(self._cb)
         self.lock = threading.Lock()
+        self.initialised = False
+        self._reset()
+
+    def _reset(self) -> None:
+        if self.initialised:
+            self.lib.espeak_Terminate()
+        options = _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT
+        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, options)
+        if rate <= 0:
+            raise AssetError("espeak_Initialize failed; check that espeak-ng-data is installed (apt-get install espeak-ng)")
+        self.rate = rate
+        self.initialised = True
+        self.lib.espeak_SetSynthCallback(self._cb)
+        self.libc.srand(1)
 
     def _callback(self, wav, n, events) -> int:
         if n > 0 and wav:
@@ -148,6 +159,7 @@ class _Engine:
             self.lib.espeak_SetParameter(_PITCH, int(voice.pitch), 0)
             self.lib.espeak_SetParameter(_RANGE, int(voice.pitch_range), 0)
             self.lib.espeak_SetParameter(_WORDGAP, 0, 0)
+            self._reset()
             self._chunks, self._events = [], []
             data = text.encode("utf-8") + b"\0"
             buf = ctypes.create_string_buffer(data)
