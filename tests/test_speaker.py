@@ -150,7 +150,7 @@ def test_load_speaker_encoder_specs(tmp_path):
 
 
 def test_trainable_encoder_trains_and_roundtrips(wavs, tmp_path):
-    cfg = TrainableSpeakerConfig(batch_size=8)
+    cfg = TrainableSpeakerConfig(batch_size=8, crop_seconds=1.0)
     utts = [wavs[k] for k in sorted(wavs)]
     labels = [k[0] for k in sorted(wavs)]
     fresh = TrainableSpeakerEncoder(cfg, seed=0)
