@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 from conftest_media import encode_frames, make_testsrc, needs_ffmpeg
@@ -128,6 +130,13 @@ def test_bad_files(videos, tmp_path):
         with pytest.raises(BadVideoError, match=f"half_{name}") as exc:
             read_frames(cut, 25)
         assert "\n" not in str(exc.value)
+    # an mp4 with its index first (faststart) cut in half: opens, then fails while reading frames
+    fast = tmp_path / "fast.mp4"
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(videos["h264_aac_30.mp4"]), "-c", "copy"]
+    subprocess.run([*cmd, "-movflags", "+faststart", str(fast)], check=True)
+    (tmp_path / "half_fast.mp4").write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
+    with pytest.raises(BadVideoError, match="half_fast.mp4"):
+        read_frames(tmp_path / "half_fast.mp4", 25)
     with pytest.raises(ClipTooLongError, match="longer than the maximum 1 s"):
         read_audio_track(videos["h264_aac_30.mp4"], max_seconds=1.0)
     # every one of these is an InputError (batch jobs quarantine the row)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -150,7 +151,8 @@ def _open_video(path: str, *, width: int = -1, height: int = -1):
 
 def _short(e: Exception) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    msg = msg.split("] ")[-1]  # drop decord's "[time] file.cc:123:" prefix
+    msg = msg.split("] ")[-1]  # drop decord's "[time] " prefix
+    msg = re.sub(r"^\S+\.(?:cc|cpp|h):\d+:\s*(?:Error:\s*)?", "", msg)  # and its "src/file.cc:123: Error:"
     return msg[:120]
 
 
