@@ -1,0 +1,445 @@
+"""``vssflow preprocess``: a Ray Data pipeline from a manifest of videos to Parquet feature shards.
+
+Same code on a laptop (a local Ray started here) and on a cluster (``--ray-address``). Stages are thin adapters
+over :mod:`vssflow.features.extract`, one clip per row::
+
+    manifest rows (not yet in a complete shard)
+      -> decode   (CPU tasks: probe, frames at 10/25 fps, target audio, reference voice)  \\
+      -> phonemes (CPU tasks: transcript -> ids)                                            > one task, spread
+      -> mel      (CPU tasks: target audio -> log-mel)                                     /  over the nodes
+      -> encode   (actor pool: semantic encoder + mouth crops + speaker; models load once per actor; GPUs if cuda)
+      -> write    (CPU tasks: rows grouped by task and duration bucket -> atomic Parquet shards + quarantine)
+      -> driver   (lists complete shards in _manifest.json; prints the summary)
+
+A row that fails a stage carries its error to the writer and lands in ``quarantine/``; the job goes on. Rerunning
+the same command skips clips already in a listed shard (or quarantine), so a crash or ``kill -9`` at any moment is
+finished by a rerun with no duplicate and no missing row. See ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
+from vssflow.constants import LIP_SIZE, N_MELS
+from vssflow.data import schema as S
+from vssflow.data.shards import (
+    ShardManifest,
+    config_hash,
+    done_clip_ids,
+    recover,
+    resolve_shard_dir,
+    set_latest,
+    shard_name,
+    version_dir,
+    write_table_atomic,
+)
+from vssflow.features.extract import (
+    CLIP_KEYS,
+    ExtractConfig,
+    Extractors,
+    decode_clip,
+    encode_clip,
+    mel_clip,
+    phonemize_clip,
+    row_dict,
+    to_features,
+)
+
+# Every row has every key at every stage (Ray Data builds Arrow blocks from rows): an absent array is empty.
+_DEFAULTS = {
+    "duration_s": 0.0,
+    "bucket_s": 0.0,
+    "sem_frames": np.zeros((0, 0, 0, 3), np.uint8),
+    "lip_frames": np.zeros((0, 0, 0, 3), np.uint8),
+    "wav": np.zeros(0, np.float32),
+    "ref_audio": np.zeros(0, np.float32),
+    "phonemes": np.zeros(0, np.int16),
+    "mel": np.zeros((0, N_MELS), np.float32),
+    "sem": np.zeros((0, 0), np.float32),
+    "lip": np.zeros((0, LIP_SIZE, LIP_SIZE), np.uint8),
+    "speaker": np.zeros(0, np.float32),
+    "decode_node": "",
+    "encode_node": "",
+    **{k: "" for k in ERROR_KEYS},
+}
+_DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "wav", "ref_audio", "phonemes")
+_MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "ref_audio", "phonemes", "mel")
+_ENCODED = ("duration_s", "bucket_s", "phonemes", "mel", "sem", "lip", "speaker")
+_NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """One preprocessing job. ``extract`` decides the features (and the config hash); the rest is execution."""
+
+    manifest: str
+    out: str
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    ray_address: str | None = None
+    num_cpus: int | None = None  # local Ray only
+    actors: int = 1  # encode actor pool size
+    rows_per_shard: int = 64
+    row_group_rows: int = 32
+    clips_per_task: int = 4
+    mlflow_uri: str | None = None
+    progress: bool = True
+
+
+def _node() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return socket.gethostname()
+
+
+def _conform(row: dict, keys: tuple[str, ...]) -> dict:
+    out = {k: row[k] for k in CLIP_KEYS}
+    for k in keys + _NODE_KEYS:
+        out[k] = row[k] if k in row else _DEFAULTS[k]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stage adapters
+def _guard(stage: str, fn, row: dict, keys: tuple[str, ...]) -> dict:
+    """Run ``fn(row)`` unless the row already failed; a failure becomes error columns (quarantine)."""
+    row = dict(row)
+    if row.get("error_stage"):
+        return _conform(row, keys)
+    try:
+        out = fn(row)
+    except Exception as e:  # noqa: BLE001 - InputError -> its reason; anything else -> internal_error
+        out = {**row, **error_fields(stage, e)}
+    return _conform(out, keys)
+
+
+def decode_stage(row: dict, *, config: ExtractConfig) -> dict:
+    out = _guard("decode", lambda r: decode_clip(r, config), row, _DECODED)
+    out["decode_node"] = _node()
+    return out
+
+
+def phonemes_stage(row: dict, *, backend: str) -> dict:
+    return _guard("phonemes", lambda r: phonemize_clip(r, backend=backend), row, _DECODED)
+
+
+def mel_stage(row: dict) -> dict:
+    return _guard("mel", mel_clip, row, _MEL)
+
+
+def cpu_stages(row: dict, *, config: ExtractConfig) -> dict:
+    """decode -> phonemes -> mel on one row (what one CPU task does)."""
+    return mel_stage(phonemes_stage(decode_stage(row, config=config), backend=config.g2p_backend))
+
+
+class EncodeActor:
+    """Ray actor: loads the encoders once, then encodes one clip per call."""
+
+    def __init__(self, config: ExtractConfig):
+        self.extractors = Extractors.load(config, parts=("visual", "mouth", "speaker"))
+        self.node = _node()
+
+    def __call__(self, row: dict) -> dict:
+        out = _guard("encode", lambda r: encode_clip(r, self.extractors), row, _ENCODED)
+        out["encode_node"] = self.node
+        return out
+
+
+def write_stage(batch: dict, *, vdir: str, sem_dim: int, lip_dim: int, file_md: dict, row_group_rows: int) -> dict:
+    """Write a batch of encoded rows: one shard per (task, bucket) present, one quarantine file for failures.
+
+    Returns:
+        {"entry": JSON strings}: one ``_manifest.json`` entry per written file (with its clip ids).
+    """
+    n = len(batch["clip_id"])
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+    groups, failed = defaultdict(list), []
+    for r in rows:
+        if r["error_stage"]:
+            failed.append(record(r))
+            continue
+        try:
+            f = to_features({k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()})
+            S.check_features(f, sem_dim=sem_dim, lip_dim=lip_dim)
+            groups[(f.task, float(r["bucket_s"]))].append(S.features_to_row(f))
+        except Exception as e:  # noqa: BLE001
+            failed.append(record({**r, **error_fields("write", e)}))
+    entries = []
+    for (task, bucket), feats in sorted(groups.items()):
+        md = {**file_md, S.META["task"]: task, S.META["bucket_s"]: f"{bucket:g}"}
+        schema = S.build_schema(sem_dim=sem_dim, lip_dim=lip_dim, metadata=md)
+        ids = [r["clip_id"] for r in feats]
+        path = Path(vdir) / shard_name(task, bucket, ids)
+        e = write_table_atomic(S.rows_to_table(feats, schema), path, row_group_rows=row_group_rows)
+        entries.append({**e, "kind": "data", "task": task, "bucket_s": bucket, "clip_ids": ids})
+    if failed:
+        entries.append(write_quarantine(failed, Path(vdir)))
+    return {"entry": np.array([json.dumps(e) for e in entries], dtype=object)}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+@dataclass
+class Summary:
+    rows_in: int = 0
+    skipped: int = 0  # already in a complete shard or quarantine
+    written: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    shards: int = 0
+    seconds: float = 0.0
+    total_rows: int = 0  # rows in the whole shard set after this run
+    out_dir: str = ""
+    recovered: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        q = ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined.items())) or "none"
+        rate = self.written / self.seconds if self.seconds else 0.0
+        return [
+            f"rows in: {self.rows_in}  already done: {self.skipped}  written: {self.written}  "
+            f"quarantined: {sum(self.quarantined.values())} ({q})",
+            f"shards written: {self.shards}  shard set: {self.total_rows} rows  time: {self.seconds:.1f} s "
+            f"({rate:.2f} clips/s)",
+            f"output: {self.out_dir}",
+        ]
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a local Ray; returns True when this call started it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _spread() -> dict:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+def _resources(total_cpus: float, actors: int) -> tuple[float, float]:
+    """(cpus per task, cpus per actor): actors take one CPU each when the cluster has room, else they share."""
+    if total_cpus >= actors + 1:
+        return 1.0, 1.0
+    share = total_cpus / (actors + 1)
+    return share, share
+
+
+def _dedupe(entry: dict, seen: set[str], vdir: Path) -> dict | None:
+    """A shard whose clips are already listed (a retried task): rewrite it without them, or drop it."""
+    import pyarrow.parquet as pq
+
+    dup = set(entry["clip_ids"]) & seen
+    if not dup:
+        return entry
+    path = vdir / entry["file"]
+    table = pq.read_table(path)
+    keep = [i for i, c in enumerate(table.column("clip_id").to_pylist()) if c not in dup]
+    if not keep:
+        path.unlink(missing_ok=True)
+        return None
+    new = write_table_atomic(table.take(keep), path)
+    return {**entry, **new, "clip_ids": [c for c in entry["clip_ids"] if c not in dup]}
+
+
+def run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
+    """Run one preprocessing job (resumable); return its summary. See the module docstring."""
+    t0 = time.perf_counter()
+    rows, bad = read_manifest_lenient(cfg.manifest)
+    summary = Summary(rows_in=len(rows) + len(bad))
+    probe = Extractors.load(replace(cfg.extract, device="cpu"), parts=("visual", "mouth", "speaker", "g2p"))
+    described, sem_dim = probe.describe(), probe.sem_dim
+    del probe
+    hashed = {"schema_version": S.SCHEMA_VERSION, "extract": cfg.extract.to_dict(), "extractors": described}
+    chash = config_hash(hashed)
+    vdir = version_dir(cfg.out, chash)
+    man = ShardManifest(vdir, config_hash=chash, config=hashed)
+    man.data["extractors"] = described
+    summary.recovered = recover(man)
+    done = done_clip_ids(man)
+    summary.out_dir = str(vdir)
+    todo = [row_dict(r) for r in rows if r.clip_id not in done]
+    bad = [b for b in bad if b["clip_id"] not in done]
+    summary.skipped = summary.rows_in - len(todo) - len(bad)
+    set_latest(cfg.out, vdir)
+    man.save()
+    log(f"vssflow preprocess: {summary.rows_in} rows ({summary.skipped} already done) -> {vdir}")
+    if bad:
+        e = write_quarantine(bad, vdir)
+        man.add(e, kind="quarantine")
+        summary.quarantined.update(e["reasons"])
+        man.save()
+    if todo:
+        _run_ray(cfg, todo, vdir, man, summary, sem_dim=sem_dim, described=described, chash=chash, config=hashed)
+    man.save()
+    summary.total_rows = man.data["rows"]
+    summary.seconds = time.perf_counter() - t0
+    for line in summary.lines():
+        log(line)
+    if cfg.mlflow_uri:
+        log_to_mlflow(cfg, summary, hashed)
+    return summary
+
+
+def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config) -> None:
+    import ray
+
+    started = init_ray(cfg.ray_address, cfg.num_cpus)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = cfg.progress
+        task_cpus, actor_cpus = _resources(ray.cluster_resources().get("CPU", 1.0), cfg.actors)
+        gpus = 1.0 if cfg.extract.device.startswith("cuda") else 0.0
+        todo = sorted(todo, key=lambda r: (r["task"], r["end"], r["clip_id"]))  # neighbours share a bucket
+        blocks = max(1, min(len(todo), -(-len(todo) // max(1, cfg.clips_per_task))))
+        ec = cfg.extract
+        file_md = S.file_metadata(
+            config_hash=chash, config=config, extractors=described, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        )
+        ds = ray.data.from_items(todo, override_num_blocks=blocks)
+        # The CPU stages run as one task per block, spread over every node, and are kept out of the encoder actors
+        # (a ray_remote_args_fn stops Ray Data from fusing them into the actor pool): decoding scales with the
+        # cluster's CPUs while the encoders stay a pool of loaded models (on GPUs when the device is cuda).
+        ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=task_cpus, ray_remote_args_fn=_spread)
+        ds = ds.map(
+            EncodeActor,
+            fn_constructor_kwargs={"config": ec},
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            num_cpus=actor_cpus,
+            num_gpus=gpus,
+        )
+        wkw = {"vdir": str(vdir), "sem_dim": sem_dim, "lip_dim": 0, "file_md": file_md}
+        ds = ds.map_batches(
+            write_stage,
+            fn_kwargs={**wkw, "row_group_rows": cfg.row_group_rows},
+            batch_size=cfg.rows_per_shard,
+            batch_format="numpy",
+            num_cpus=task_cpus,
+        )
+        seen = done_clip_ids(man)
+        last_save = time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for raw in batch["entry"]:
+                e = json.loads(raw)
+                if e["kind"] == "quarantine":
+                    man.add(e, kind="quarantine")
+                    summary.quarantined.update(e["reasons"])
+                    seen.update(e["clip_ids"])
+                    continue
+                e = _dedupe(e, seen, vdir)
+                if e is None:
+                    continue
+                man.add(e)
+                seen.update(e["clip_ids"])
+                summary.written += e["rows"]
+                summary.shards += 1
+            if time.monotonic() - last_save > 2.0:  # unlisted complete shards are adopted by recover() anyway
+                man.save()
+                last_save = time.monotonic()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def read_shards(path: str | os.PathLike, *, tasks: tuple[str, ...] | None = None, buckets=None):
+    """The Ray Data path for Ray Train: a Dataset over the complete shards of a shard set (``--out`` or version).
+
+    Args:
+        path: the ``--out`` directory (follows ``LATEST``) or a version directory.
+        tasks, buckets: keep only shards of these tasks / duration buckets (seconds).
+    """
+    import ray
+
+    man = ShardManifest(resolve_shard_dir(path))
+    entries = [
+        e
+        for e in sorted(man.shards, key=lambda e: e["file"])
+        if (tasks is None or e.get("task") in tasks) and (buckets is None or float(e.get("bucket_s", 0)) in buckets)
+    ]
+    return ray.data.read_parquet([str(man.vdir / e["file"]) for e in entries])
+
+
+def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None:
+    """Optional hook: one MLflow run with the counts, timings and config (only with ``--mlflow-uri``)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow_uri)
+    mlflow.set_experiment("vssflow-preprocess")
+    with mlflow.start_run(run_name=f"preprocess-{Path(summary.out_dir).name}"):
+        flat = {f"extract.{k}": v for k, v in config["extract"].items()}
+        mlflow.log_params({**flat, "manifest": cfg.manifest, "out": summary.out_dir, "actors": cfg.actors})
+        metrics = {
+            "rows_in": summary.rows_in,
+            "rows_skipped": summary.skipped,
+            "rows_written": summary.written,
+            "rows_quarantined": sum(summary.quarantined.values()),
+            "shards_written": summary.shards,
+            "seconds": summary.seconds,
+            "clips_per_s": summary.written / summary.seconds if summary.seconds else 0.0,
+        }
+        metrics.update({f"quarantined.{k}": v for k, v in summary.quarantined.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(config, "preprocess_config.json")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", help="manifest of clips (.jsonl or .csv)")
+    p.add_argument("--out", required=True, help="shard directory (a versioned subdirectory per config)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to use (e.g. 'auto'); default: start a local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--encoder", default="mobilenetv2", help="'mobilenetv2' or a local CLIPVisionModel directory")
+    p.add_argument("--speaker-encoder", default="resemblyzer", help="'resemblyzer' or a trained encoder directory")
+    p.add_argument("--g2p", default="espeak", choices=("espeak", "gruut", "cmudict"), help="G2P backend")
+    p.add_argument("--no-lips", action="store_true", help="do not extract mouth crops")
+    p.add_argument("--device", default="cpu", help="torch device of the encoders (cuda: one GPU per actor)")
+    p.add_argument("--actors", type=int, default=1, help="encoder actors (models load once per actor)")
+    p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
+    p.add_argument("--row-group-rows", type=int, default=32, help="Parquet row group size (rows)")
+    p.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task")
+    p.add_argument("--mlflow-uri", default=None, help="log counts, timings and config to this MLflow tracking URI")
+    p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = PreprocessConfig(
+        manifest=args.manifest,
+        out=args.out,
+        extract=ExtractConfig(
+            encoder=args.encoder,
+            speaker_encoder=args.speaker_encoder,
+            g2p_backend=args.g2p,
+            lips=not args.no_lips,
+            device=args.device,
+        ),
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        actors=args.actors,
+        rows_per_shard=args.rows_per_shard,
+        row_group_rows=args.row_group_rows,
+        clips_per_task=args.clips_per_task,
+        mlflow_uri=args.mlflow_uri,
+        progress=not args.no_progress,
+    )
+    summary = run_preprocess(cfg)
+    if summary.total_rows == 0:
+        print("vssflow preprocess: error: no clip could be processed; see the quarantine reasons", file=sys.stderr)
+        return 1
+    return 0
