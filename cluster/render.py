@@ -12,6 +12,8 @@ The template language is deliberately tiny (a kustomize-like subset needs no bin
   cluster spec, used by both the RayCluster and the RayService).
 * ``${yaml:EXPR}`` renders ``EXPR`` (a path or a fragment) and dumps it as a YAML *string* (for the CRD fields that
   are strings of YAML: ``RayService.spec.serveConfigV2``, ``RayJob.spec.runtimeEnvYAML``).
+* A key whose value renders to ``null`` is left out (``storageClassName: ${storage.volume.storage_class}`` with a
+  null value means "the cluster's default class", which an empty string would not).
 * Values may refer to other values (``tag: ${versions.vssflow}-ray${versions.ray}``); they are resolved first.
 
 Only the standard library and PyYAML are needed, so it runs on any machine that has ``kubectl``.
@@ -131,7 +133,8 @@ def _evaluate(expr: str, values: dict, fragments: bool) -> Any:
 
 def _substitute(node: Any, values: dict, fragments: bool = True) -> Any:
     if isinstance(node, dict):
-        return {k: _substitute(v, values, fragments) for k, v in node.items()}
+        out = {k: _substitute(v, values, fragments) for k, v in node.items()}
+        return {k: v for k, v in out.items() if not (v is None and node[k] is not None)}
     if isinstance(node, list):
         return [_substitute(v, values, fragments) for v in node]
     if not isinstance(node, str) or "${" not in node:

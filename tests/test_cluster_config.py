@@ -418,6 +418,29 @@ def test_names_references_and_uris_resolve(overlay):
         assert job["spec"]["clusterSelector"]["ray.io/cluster"] in by_kind["RayCluster"]
         assert values["storage"]["shards_uri"] in job["spec"]["entrypoint"]
 
+    # Volumes: every mount names a volume of its pod; every claim is a PVC here (or a StatefulSet's template).
+    pvcs = set(by_kind["PersistentVolumeClaim"])
+    for d in docs:
+        templates = {t["metadata"]["name"] for t in d.get("spec", {}).get("volumeClaimTemplates", [])}
+        for t in _pod_templates(d):
+            volumes = {v["name"]: v for v in t["spec"].get("volumes", [])}
+            for c in t["spec"]["containers"]:
+                for m in c.get("volumeMounts", []):
+                    assert m["name"] in volumes or m["name"] in templates, f"{d['metadata']['name']}: {m}"
+            for v in volumes.values():
+                if "persistentVolumeClaim" in v:
+                    assert v["persistentVolumeClaim"]["claimName"] in pvcs
+    # Paths on the shared volume are under its mount path in every Ray pod.
+    mount = values["storage"]["volume"]["mount_path"]
+    for key in ("manifest_uri", "shards_uri", "checkpoints_uri", "models_uri", "reports_uri"):
+        uri = values["storage"][key]
+        if "://" not in uri:
+            assert uri.startswith(mount + "/"), f"storage.{key}={uri} is not on the shared volume ({mount})"
+    for d in docs:
+        if d["apiVersion"].startswith("ray.io/"):
+            for c in _containers(d):
+                assert {"name": "data", "mountPath": mount} in c["volumeMounts"], d["metadata"]["name"]
+
 
 def _entrypoints() -> list[tuple[str, str]]:
     return [(d["metadata"]["name"], d["spec"]["entrypoint"]) for d in _docs(None) if d["kind"] == "RayJob"]
