@@ -54,23 +54,36 @@ def _v2s_clip(rng: np.random.Generator, idx: int, duration: float) -> ClipFeatur
                         meta={"clip_id": f"v2s-{idx:04d}", "split": "train"})  # fmt: skip
 
 
-def _tts_clip(rng: np.random.Generator, idx: int, duration: float) -> ClipFeatures:
-    from vssflow.synth import espeak
+def _espeak(text: str, *, pitch: int, rate: int) -> tuple[np.ndarray, str]:
+    """16 kHz speech and its IPA string from the espeak-ng command line."""
+    import subprocess
+    import tempfile
 
-    voice = espeak.Voice(pitch=int(rng.integers(20, 80)), rate=int(rng.integers(150, 200)))
-    speech = espeak.synthesize(SENTENCES[idx % len(SENTENCES)], voice)
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-p", str(pitch), "-s", str(rate), "-w", str(wav), text], check=True)
+        audio, sr = sf.read(wav, dtype="float32")
+    ipa = subprocess.run(["espeak-ng", "-q", "--ipa", text], check=True, capture_output=True, text=True).stdout
+    return resample_poly(audio, SAMPLE_RATE // 50, sr // 50).astype(np.float32), ipa.strip()
+
+
+def _tts_clip(rng: np.random.Generator, idx: int, duration: float) -> ClipFeatures:
+    pitch, rate = int(rng.integers(20, 80)), int(rng.integers(150, 200))
+    speech_audio, ipa = _espeak(SENTENCES[idx % len(SENTENCES)], pitch=pitch, rate=rate)
     n = int(duration * SAMPLE_RATE)
     audio = np.zeros(n, np.float32)
-    a = speech.audio[:n]
+    a = speech_audio[:n]
     audio[: len(a)] = a
     t_lip = int(round(duration * LIP_FPS))
     env = np.array([np.abs(audio[i * 640 : (i + 1) * 640]).mean() for i in range(t_lip)])
     openness = np.clip(env / (env.max() + 1e-6), 0, 1)
     yy, xx = np.mgrid[:32, :32]
     lip = np.stack([(((xx - 16) / 10) ** 2 + ((yy - 16) / (1 + 8 * o)) ** 2 < 1) * 200 + 30 for o in openness])
-    labels = [p.label for p in speech.phonemes]
-    phon = np.array([1 + (sum(map(ord, p)) % 60) for p in labels], np.int16)
-    spk = np.random.default_rng(voice.pitch).normal(size=SPEAKER_DIM).astype(np.float32)
+    phon = np.array([1 + (ord(ch) % 60) for ch in ipa if not ch.isspace() and ch not in "ˈˌ"], np.int16)
+    spk = np.random.default_rng(pitch).normal(size=SPEAKER_DIM).astype(np.float32)
     sem = np.tile(rng.normal(0, 0.05, (1, TOY_SEM_DIM)), (int(round(duration * SEM_FPS)), 1)).astype(np.float32)
     sem[:, -4:] += 1.0  # "a talking face"
     return ClipFeatures(duration_s=duration, task="tts", sem=sem, lip=lip.astype(np.uint8), phonemes=phon,

@@ -1,0 +1,346 @@
+"""``vssflow train``: joint V2S + VisualTTS training with Ray Train (TorchTrainer) + DeepSpeed, tracked in MLflow.
+
+    vssflow train --data SHARDS_DIR --preset tiny --workers 2 --max-steps 200 --out MODEL_DIR
+                  [--deepspeed zero0|zero1|zero2|zero3|ddp] [--mlflow-uri URI] [--ray-address auto]
+                  [--resume RUN_DIR] [--init MODEL_DIR [--lora-rank 8]]
+
+The driver (this module) resolves the config once, fits the latent codec's statistics on the training mels, opens
+the MLflow run (params: the resolved config and the data version), builds the Ray dataset of the shards and the
+``TorchTrainer``; the workers run :func:`pipelines.train_loop.train_loop_per_worker`. At the end the EMA model is
+written with ``save_pretrained`` and registered in the MLflow model registry.
+
+A run directory (``runs/<name>`` by default) holds ``run.json`` (what ``--resume`` needs), the MLflow SQLite store
+(unless ``--mlflow-uri``), Ray Train's checkpoints (``ray/<name>/step_*``) and the codec statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
+from vssflow.audio.codec import MelCodec
+from vssflow.data.schema import read_metadata, row_to_features, table_to_rows
+from vssflow.data.shards import ShardManifest, resolve_shard_dir
+from vssflow.errors import InputError, MissingFileError
+from vssflow.model.config import PRESETS
+from vssflow.types import ClipFeatures
+
+RUN_JSON = "run.json"
+TRAIN_COLUMNS = ["clip_id", "task", "duration_s", "sem", "lip", "phonemes", "speaker_emb", "mel"]
+WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    out: Path | None
+    mlflow_run_id: str
+    tracking_uri: str
+    model_uri: str | None
+    checkpoint: str | None
+    steps: int
+    engine: str
+    seconds: float
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+
+def shard_paths(data: str | os.PathLike) -> tuple[list[Path], str, int]:
+    """(shard files, data version, lip_dim) of a shard set written by ``vssflow preprocess``."""
+    vdir = resolve_shard_dir(data)
+    manifest = ShardManifest(vdir)
+    paths = manifest.shard_paths()
+    if not paths:
+        raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(vdir))
+    digest = hashlib.sha256("".join(sorted(e["sha256"] for e in manifest.shards)).encode()).hexdigest()[:12]
+    version = f"{vdir.name}:{digest}"
+    lip_dim = int(read_metadata(pq.read_schema(paths[0])).get("lip_dim", 0))
+    return paths, version, lip_dim
+
+
+def _read_rows(paths: list[Path], split: str | None, limit: int | None = None) -> list[ClipFeatures]:
+    clips: list[ClipFeatures] = []
+    for p in paths:
+        table = pq.read_table(p)
+        if split is not None:
+            table = table.filter(pc.equal(pc.cast(table["split"], "string"), split))
+        for row in table_to_rows(table):
+            c = row_to_features(row)
+            c.sem = None if c.sem is None else np.asarray(c.sem, np.float32)
+            c.mel = np.asarray(c.mel, np.float32)
+            clips.append(c)
+            if limit is not None and len(clips) >= limit:
+                return clips
+    return clips
+
+
+def fit_codec(paths: list[Path], out_dir: Path) -> MelCodec:
+    """Fit the MelCodec's per-channel statistics on the training split's mels (one streaming pass on the driver)."""
+
+    def mels():
+        for p in paths:
+            t = pq.read_table(p, columns=["split", "mel"])
+            t = t.filter(pc.equal(pc.cast(t["split"], "string"), "train"))
+            for row in table_to_rows(t):
+                yield np.asarray(row["mel"], np.float32)
+
+    codec = MelCodec().fit(mels())
+    codec.save(out_dir)
+    return codec
+
+
+def validation_clips(paths: list[Path], n: int) -> list[ClipFeatures]:
+    """Fixed clips for audio samples during training: the val split (else train), one per task first."""
+    pool = _read_rows(paths, "val") or _read_rows(paths, "train", limit=64)
+    pool.sort(key=lambda c: str(c.meta.get("clip_id")))
+    by_task: dict[str, list[ClipFeatures]] = {}
+    for c in pool:
+        by_task.setdefault(c.task, []).append(c)
+    chosen, k = [], 0
+    while len(chosen) < n and any(k < len(v) for v in by_task.values()):
+        chosen += [v[k] for v in by_task.values() if k < len(v)]
+        k += 1
+    return chosen[:n]
+
+
+def build_dataset(paths: list[Path], seed: int):
+    """Ray dataset of the training rows, shuffled once with a fixed seed (the same order in every execution)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet([str(p) for p in paths], columns=TRAIN_COLUMNS + ["split"])
+    return ds.filter(expr=col("split") == "train").drop_columns(["split"]).random_shuffle(seed=seed)
+
+
+# ---- the job -------------------------------------------------------------------------------------------------------
+
+
+def _latest_checkpoint(storage: Path) -> str | None:
+    steps = sorted(p for p in storage.glob("step_*") if any(p.glob("worker_*.pt")))
+    return str(steps[-1]) if steps else None
+
+
+def run_training(
+    cfg: TrainJobConfig,
+    *,
+    out: str | os.PathLike | None,
+    run_dir: str | os.PathLike | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "vssflow",
+    register_as: str | None = "vssflow",
+    resume: str | os.PathLike | None = None,
+    ray_address: str | None = None,
+    n_val_clips: int = 2,
+) -> TrainResult:
+    """Train (or continue, with ``resume``) and return where everything went. See the module docstring."""
+    import ray
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from pipelines import mlflow_utils
+
+    t0 = time.perf_counter()
+    state: dict = {}
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RUN_JSON).is_file():
+            raise MissingFileError(f"no {RUN_JSON} here; pass the run directory printed by `vssflow train`",
+                                   source=str(run_dir))  # fmt: skip
+        state = json.loads((run_dir / RUN_JSON).read_text())
+        stored = TrainJobConfig(**state["config"])
+        # A resumed run keeps its config; only how far to go and where to stop may change.
+        cfg = replace(stored, max_steps=cfg.max_steps or stored.max_steps, stop_after=cfg.stop_after)
+        out = out or state.get("out")
+        tracking_uri = tracking_uri or state["tracking_uri"]
+    name = state.get("name") or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir = Path(run_dir or Path("runs") / name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or mlflow_utils.default_tracking_uri(run_dir)
+    if cfg.preset not in PRESETS:
+        raise InputError(f"unknown preset {cfg.preset!r}; use one of {sorted(PRESETS)}", source="--preset")
+    if cfg.engine not in ENGINES:
+        raise InputError(f"unknown engine {cfg.engine!r}; use one of {ENGINES}", source="--deepspeed")
+
+    paths, data_version, lip_dim = shard_paths(cfg.data)
+    codec_dir = run_dir / "codec"
+    if not (codec_dir / "codec.json").is_file():
+        fit_codec(paths, codec_dir)
+    val = validation_clips(paths, n_val_clips)
+
+    if "mlflow_run_id" not in state:
+        params = {"config": cfg.to_dict(), "model": cfg.model_config().to_dict(), "data_version": data_version,
+                  "data_dir": str(cfg.data), "shards": len(paths)}  # fmt: skip
+        state["mlflow_run_id"] = mlflow_utils.create_run(
+            tracking_uri, experiment=experiment, run_name=name, params=params, tags={"data_version": data_version}
+        )
+    state.update({"name": name, "config": cfg.to_dict(), "tracking_uri": tracking_uri, "data_version": data_version,
+                  "out": None if out is None else str(Path(out).resolve())})  # fmt: skip
+    _write_json(run_dir / RUN_JSON, state)
+    storage = run_dir / "ray"
+    print(f"vssflow train: {cfg.preset} preset, {cfg.workers} workers, engine {cfg.engine}, "
+          f"{cfg.max_steps} steps, data {data_version} ({len(paths)} shards); run dir {run_dir}")  # fmt: skip
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address)
+        else:  # logical CPUs beyond the training workers leave room for the Ray Data read/shuffle tasks
+            ray.init(num_cpus=max(os.cpu_count() or 1, cfg.workers + 2), include_dashboard=False)
+    run = {
+        "run_dir": str(run_dir),
+        "codec_dir": str(codec_dir),
+        "lip_dim": lip_dim,
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": state["mlflow_run_id"],
+        "out": state["out"],
+        "val_clips": val,
+        "resume_checkpoint": _latest_checkpoint(storage / name) if resume is not None else None,
+    }
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**cfg.to_dict(), "_run": run},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+        ),
+        datasets={"train": build_dataset(paths, cfg.seed)},
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").is_file() else {}
+    steps = int((result.metrics or {}).get("step", 0))
+    model_uri = None
+    if final and register_as:
+        model_uri = mlflow_utils.log_and_register_model(
+            final["out"], run_id=state["mlflow_run_id"], tracking_uri=tracking_uri, registered_name=register_as
+        )
+    state.update({"model_uri": model_uri, "steps": steps, "checkpoint": _latest_checkpoint(storage / name)})
+    _write_json(run_dir / RUN_JSON, state)
+    return TrainResult(
+        run_dir=run_dir,
+        out=Path(final["out"]) if final else None,
+        mlflow_run_id=state["mlflow_run_id"],
+        tracking_uri=tracking_uri,
+        model_uri=model_uri,
+        checkpoint=state["checkpoint"],
+        steps=steps,
+        engine=final.get("engine", cfg.engine),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainJobConfig()
+    parser.add_argument("--data", help="shard directory written by `vssflow preprocess` (or its --out root)")
+    parser.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    parser.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (one per CPU/GPU)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16)")
+    parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default {d.max_steps})")
+    parser.add_argument("--out", help="model directory to write (save_pretrained)")
+    parser.add_argument("--deepspeed", default=d.engine, choices=ENGINES, help="ZeRO stage, or plain DDP")
+    parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite file in the run dir)")
+    parser.add_argument("--experiment", default="vssflow", help="MLflow experiment name")
+    parser.add_argument("--register-as", default="vssflow", help="MLflow registered model name ('' = don't)")
+    parser.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 'auto')")
+    parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--init", default="", metavar="MODEL_DIR", help="fine-tune from a trained model")
+    parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (with --init)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per worker per micro-step")
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    parser.add_argument("--mix", default=f"{d.v2s_weight}:{d.tts_weight}:{d.joint_weight}",
+                        help="relative frequency of V2S : VisualTTS : joint (synthetic mixture) batches")  # fmt: skip
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="audio samples every N steps (0: end)")
+    parser.add_argument("--max-failures", type=int, default=d.max_failures)
+    parser.add_argument("--seed", type=int, default=d.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.resume and not (args.data and args.out):
+        raise InputError("give --data SHARDS_DIR and --out MODEL_DIR (or --resume RUN_DIR)", source="vssflow train")
+    try:
+        v2s, tts, joint = (float(x) for x in args.mix.split(":"))
+    except ValueError:
+        raise InputError(f"--mix {args.mix!r}: expected three numbers V2S:TTS:JOINT, e.g. 1:1:0.5",
+                         source="--mix") from None  # fmt: skip
+    cfg = TrainJobConfig(
+        data=str(Path(args.data).resolve()) if args.data else "",
+        preset=args.preset,
+        workers=args.workers,
+        use_gpu=args.gpu,
+        engine=args.deepspeed,
+        max_steps=args.max_steps or (0 if args.resume else TrainJobConfig().max_steps),
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        v2s_weight=v2s,
+        tts_weight=tts,
+        joint_weight=joint,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        max_failures=args.max_failures,
+        seed=args.seed,
+        init=str(Path(args.init).resolve()) if args.init else "",
+        lora_rank=args.lora_rank,
+    )
+    res = run_training(
+        cfg,
+        out=args.out,
+        run_dir=args.run_dir,
+        tracking_uri=args.mlflow_uri,
+        experiment=args.experiment,
+        register_as=args.register_as or None,
+        resume=args.resume,
+        ray_address=args.ray_address,
+    )
+    print(f"vssflow train: {res.steps} steps with {res.engine} in {res.seconds:.0f} s")
+    print(f"  model:      {res.out}")
+    print(f"  registered: {res.model_uri}")
+    print(f"  checkpoint: {res.checkpoint}")
+    print(f"  mlflow:     {res.tracking_uri} (run {res.mlflow_run_id})")
+    print(f"  ui:         mlflow ui --backend-store-uri {res.tracking_uri}")
+    print(f"  resume:     vssflow train --resume {res.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="vssflow train")
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))

@@ -1,0 +1,537 @@
+"""The Ray Train worker loop: shard -> batches -> DeepSpeed engine -> ``ray.train.report``.
+
+Reads top to bottom (STYLE.md rule 9); the training step itself is the pure :func:`vssflow.training.training_step`.
+Runs inside each Ray Train worker (``TorchTrainer`` sets up the gloo/NCCL process group).
+
+Determinism (what makes the fault and resume tests possible): the dataset is read with ``preserve_order`` so the
+per-worker split is the same in every execution; batches are a pure function of (stream, seed, epoch, rank)
+(:class:`~vssflow.data.sampler.BucketSampler`); the training step draws all its randomness from one
+``torch.Generator`` per rank whose state is checkpointed. A restarted worker replays the sampler up to the saved
+data position (micro-batches consumed in the epoch) without computing anything, then continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vssflow.audio.codec import MelCodec
+from vssflow.data.sampler import BucketSampler, SamplerConfig
+from vssflow.data.schema import META, row_to_features, table_to_rows
+from vssflow.ema import EMA
+from vssflow.lora import LoRAConfig, apply_lora
+from vssflow.model.config import PRESETS, ModelConfig
+from vssflow.model.dit import VSSFlowDiT
+from vssflow.training import FlowConfig, make_train_batch, training_step
+from vssflow.types import ClipFeatures
+
+log = logging.getLogger("vssflow.train")
+
+ENGINES = ("zero0", "zero1", "zero2", "zero3", "ddp")
+WORKER_STATE = "worker_{rank}.pt"
+EMA_FILE = "ema.pt"
+DS_TAG = "ds"
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Everything a training run needs; resolved once at the entry point, logged to MLflow as params.
+
+    Defaults: the tiny preset on 2 CPU workers for a few dozen steps.
+    """
+
+    data: str = ""  # directory of Parquet shards
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replaced on top of the preset
+    workers: int = 2
+    use_gpu: bool = False
+    engine: str = "zero2"  # zero0..zero3 (DeepSpeed) or ddp (plain PyTorch DDP)
+    max_steps: int = 40  # optimizer steps (the lr schedule spans these)
+    stop_after: int = 0  # end early at this step as if interrupted (0 = run to max_steps); for resume tests
+    batch_size: int = 4  # clips per worker per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 5
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    ema_warmup: int = 10
+    flow: dict = field(default_factory=dict)  # FlowConfig fields (CFG dropout, t schedule)
+    v2s_weight: float = 1.0
+    tts_weight: float = 1.0
+    joint_weight: float = 0.5
+    buffer_size: int = 32
+    seed: int = 0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end; audio samples of the validation clips
+    eval_steps: int = 8  # ODE steps of validation sampling
+    eval_cfg_scale: float = 3.0
+    init: str = ""  # fine-tune from this model directory
+    lora_rank: int = 0  # > 0: train LoRA adapters on the attention projections only
+    lora_alpha: float = 8.0
+    threads: int = 1  # torch intra-op threads per worker
+    log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl
+
+    def model_config(self) -> ModelConfig:
+        return PRESETS[self.preset].replace(**self.model_overrides)
+
+    def flow_config(self) -> FlowConfig:
+        return FlowConfig(**self.flow)
+
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(
+            batch_size=self.batch_size,
+            v2s_weight=self.v2s_weight,
+            tts_weight=self.tts_weight,
+            joint_weight=self.joint_weight,
+            buffer_size=self.buffer_size,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+
+def clip_stream(shard, *, lip_dim: int, read_batch: int = 16) -> Iterator[ClipFeatures]:
+    """One pass over a worker's dataset shard as ClipFeatures (float16 arrays widened to float32)."""
+    md = {META["lip_dim"].encode(): str(lip_dim).encode()}
+    for table in shard.iter_batches(batch_size=read_batch, batch_format="pyarrow", prefetch_batches=1):
+        for row in table_to_rows(table.replace_schema_metadata(md)):
+            clip = row_to_features(row)
+            clip.sem = None if clip.sem is None else np.asarray(clip.sem, np.float32)
+            clip.mel = np.asarray(clip.mel, np.float32)
+            yield clip
+
+
+def encode_batch(clips: list[ClipFeatures], codec: MelCodec, cfg: ModelConfig):
+    """Clips -> TrainBatch: mel (T_mel, 64) -> codec latent (N, C) per clip, conditions collated."""
+    latents = [codec.encode(torch.from_numpy(c.mel)[None])[0] for c in clips]  # each (N, C)
+    return make_train_batch(latents, clips, cfg)
+
+
+# ---- engine --------------------------------------------------------------------------------------------------------
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    from pipelines.deepspeed_config import lr_lambda
+
+    return lr_lambda(step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
+
+
+class DDPEngine:
+    """The plain data-parallel fallback with the DeepSpeed engine's small interface (backward / step / save / load).
+
+    Gradients are averaged across workers with one flat all-reduce per optimizer step (what DDP does, without its
+    forward wrapper, since the training step calls ``preprocess_conditions`` / ``predict_flow`` directly).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainJobConfig, schedule):
+        self.module = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.grad_accum, self.grad_clip = cfg.grad_accum, cfg.grad_clip
+        self.micro_steps, self._grad_norm = 0, 0.0
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        return (self.micro_steps + 1) % self.grad_accum == 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def _all_reduce_grads(self) -> None:
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for p, g in zip(self.params, _unflatten_dense_tensors(flat, grads), strict=True):
+            p.grad = g
+
+    def step(self) -> None:
+        if self.is_gradient_accumulation_boundary():
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                self._all_reduce_grads()
+            clip = self.grad_clip if self.grad_clip > 0 else float("inf")
+            self._grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.micro_steps += 1
+
+    def get_global_grad_norm(self) -> float:
+        return self._grad_norm
+
+    def save_checkpoint(self, directory: str, tag: str, client_state: dict) -> None:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            state = {
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "micro_steps": self.micro_steps,
+                **client_state,
+            }
+            torch.save(state, Path(directory) / f"{tag}_ddp.pt")
+
+    def load_checkpoint(self, directory: str, tag: str) -> dict:
+        state = torch.load(Path(directory) / f"{tag}_ddp.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.micro_steps = state["micro_steps"]
+        return state
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainJobConfig, world: int):
+    """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
+    schedule = partial(lr_multiplier, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    if cfg.engine == "ddp":
+        log.warning("engine: plain PyTorch DDP (asked for with --deepspeed ddp)")
+        return DDPEngine(model, cfg, schedule), "ddp"
+    try:
+        import deepspeed
+
+        from pipelines.deepspeed_config import build_deepspeed_config, zero_stage
+
+        ds_config = build_deepspeed_config(
+            stage=zero_stage(cfg.engine),
+            micro_batch_per_gpu=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            world_size=world,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            use_gpu=cfg.use_gpu,
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            dist_init_required=False,
+        )
+        return engine, cfg.engine
+    except Exception as e:  # noqa: BLE001 - any DeepSpeed start-up failure means "fall back", loudly
+        log.warning("engine: DeepSpeed cannot run here (%s: %s); FALLING BACK to plain PyTorch DDP",
+                    type(e).__name__, e)  # fmt: skip
+        return DDPEngine(model, cfg, schedule), "ddp"
+
+
+def optimizer_state_bytes(engine) -> int:
+    """Bytes of optimizer state tensors held by this worker (ZeRO 1/2/3 shard them across workers)."""
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)  # DeepSpeed ZeRO wraps the torch optimizer
+    total = 0
+    for state in inner.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and v.numel() > 1:
+                total += v.numel() * v.element_size()
+    return total
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def save_checkpoint(engine, ema: EMA | None, position: dict, gen: torch.Generator, directory: str, rank: int) -> None:
+    """Every rank writes its part: DeepSpeed model/optimizer shards, its data position and RNG; rank 0 the EMA."""
+    engine.save_checkpoint(directory, tag=DS_TAG, client_state={"step": position["step"]})
+    torch.save({"position": position, "rng": _rng_state(gen)}, Path(directory) / WORKER_STATE.format(rank=rank))
+    if ema is not None:
+        torch.save(ema.state_dict(), Path(directory) / EMA_FILE)
+
+
+def load_checkpoint(engine, ema: EMA | None, gen: torch.Generator, directory: str, rank: int) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns the data position of this rank."""
+    engine.load_checkpoint(directory, tag=DS_TAG)
+    state = torch.load(Path(directory) / WORKER_STATE.format(rank=rank), map_location="cpu", weights_only=False)
+    gen.set_state(state["rng"]["generator"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    if ema is not None:
+        ema.load_state_dict(torch.load(Path(directory) / EMA_FILE, map_location="cpu", weights_only=False))
+    return state["position"]
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------------
+
+
+def _all_have_batch(have: bool) -> bool:
+    """True when every worker still has a batch this epoch (all must step together, or none)."""
+    if not dist.is_initialized():
+        return have
+    flag = torch.tensor([1 if have else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _ema_params(engine, stage: int):
+    """Named trainable parameters with their full values (ZeRO-3 gathers the partitions; a collective)."""
+    import contextlib
+
+    params = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    if stage == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None), params
+    return contextlib.nullcontext(), params
+
+
+def build_model(cfg: TrainJobConfig) -> VSSFlowDiT:
+    """The DiT of the preset, initialised from ``cfg.init`` when fine-tuning, with LoRA adapters when asked."""
+    mcfg = cfg.model_config()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker and in every attempt
+    model = VSSFlowDiT(mcfg)
+    if cfg.init:
+        from vssflow.generator import Generator
+
+        base = Generator.from_pretrained(cfg.init).model
+        model.load_state_dict(base.state_dict())
+    if cfg.lora_rank > 0:
+        apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
+    return model
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: ``config`` = ``TrainJobConfig.to_dict()`` plus the run's resolved paths (``_run``)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    run = config.pop("_run")
+    cfg = TrainJobConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s rank%(rank)s: %(message)s".replace(
+        "%(rank)s", str(rank)))  # fmt: skip
+    Path(run["run_dir"], "pids").mkdir(parents=True, exist_ok=True)
+    Path(run["run_dir"], "pids", f"rank{rank}.pid").write_text(str(os.getpid()))
+
+    mcfg = cfg.model_config()
+    model = build_model(cfg)
+    engine, engine_name = build_engine(model, cfg, world)
+    stage = int(engine_name[-1]) if engine_name.startswith("zero") else 0
+    ema = EMA(engine.module.named_parameters(), decay=cfg.ema_decay, warmup=cfg.ema_warmup) if rank == 0 else None
+    codec = MelCodec.load(run["codec_dir"])
+    flow_cfg = cfg.flow_config()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+
+    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and run.get("resume_checkpoint"):
+        ckpt = Checkpoint(run["resume_checkpoint"])
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            position = load_checkpoint(engine, ema, gen, d, rank)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, position["step"], position["epoch"],
+                 position["batch_in_epoch"])  # fmt: skip
+
+    tracker = None
+    if rank == 0 and run.get("tracking_uri"):
+        from pipelines.mlflow_utils import RunLogger
+
+        tracker = RunLogger(run["tracking_uri"], run_id=run["mlflow_run_id"], system_metrics=True)
+        tracker.set_tags({"engine": engine_name, "world_size": world})
+    samples_log = open(Path(run["run_dir"]) / f"samples_rank{rank}.jsonl", "a") if cfg.log_samples else None  # noqa: SIM115
+    val_clips = run.get("val_clips") or []
+
+    trainable = [p for p in engine.module.parameters() if p.requires_grad]
+    shard = ray.train.get_dataset_shard("train")
+    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+    step, acc_metrics, t_last, clips_since = position["step"], [], time.perf_counter(), 0
+    while step < stop_at:
+        epoch = position["epoch"]
+        batches = BucketSampler(cfg.sampler_config(), epoch=epoch, rank=rank).batches(
+            clip_stream(shard, lip_dim=run["lip_dim"])
+        )
+        for _ in range(position["batch_in_epoch"]):  # replay to the saved data position: same sampler state, no compute
+            next(batches)
+        epoch_done = False
+        while step < stop_at:
+            batch = next(batches, None)
+            if not _all_have_batch(batch is not None):
+                epoch_done = True
+                break
+            if samples_log is not None:
+                samples_log.write(json.dumps({"step": step, "epoch": epoch, "task": batch.task,
+                                              "ids": batch.source_ids}) + "\n")  # fmt: skip
+                samples_log.flush()
+            tb = encode_batch(batch.clips, codec, mcfg)
+            boundary = engine.is_gradient_accumulation_boundary()
+            loss, metrics = training_step(engine.module, tb, flow_cfg, gen)
+            engine.backward(loss + _touch(trainable))
+            engine.step()
+            position["batch_in_epoch"] += 1
+            acc_metrics.append(metrics)
+            clips_since += len(batch.clips)
+            if not boundary:
+                continue
+            step += 1
+            position["step"] = step
+            if ema is not None or stage == 3:
+                gather, params = _ema_params(engine, stage)
+                with gather:
+                    if ema is not None:
+                        ema.update(params)
+            if step % cfg.log_every == 0:
+                opt_mb, rss_mb = _worker_stats(engine)  # a collective: every rank takes part
+            if rank == 0 and step % cfg.log_every == 0:
+                now = time.perf_counter()
+                out = _reduce_metrics(acc_metrics)
+                out.update({
+                    "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                    "lr": float(engine.lr_scheduler.get_last_lr()[0]),
+                    "samples_per_s": clips_since * world / max(now - t_last, 1e-9),
+                    "epoch": epoch,
+                    "optimizer_state_mb": opt_mb[0],
+                    "optimizer_state_mb_max": max(opt_mb),
+                    "peak_rss_mb": max(rss_mb),
+                })  # fmt: skip
+                if tracker is not None:
+                    tracker.log_metrics(out, step=step)
+                acc_metrics, t_last, clips_since = [], now, 0
+            if cfg.eval_every and step % cfg.eval_every == 0 and val_clips and step < stop_at:
+                _, averaged = _models_for_export(engine, ema, cfg, stage, rank)
+                if tracker is not None:
+                    _log_samples(tracker, averaged, codec, val_clips, cfg, step)
+            if step % cfg.checkpoint_every == 0 or step == stop_at:
+                _report(engine, ema, position, gen, rank, step)
+        if epoch_done:  # some worker ran out of clips: every worker starts the next epoch together
+            position = {"step": step, "epoch": epoch + 1, "batch_in_epoch": 0}
+    if samples_log is not None:
+        samples_log.close()
+
+    if step >= cfg.max_steps:
+        raw, averaged = _models_for_export(engine, ema, cfg, stage, rank)
+        if rank == 0:
+            _save_final(raw, averaged, codec, cfg, run, engine_name, step)
+            if tracker is not None and val_clips:
+                _log_samples(tracker, averaged, codec, val_clips, cfg, step)
+    if tracker is not None:
+        tracker.end(status="FINISHED" if step >= cfg.max_steps else "KILLED")
+
+
+def _touch(params: list[torch.Tensor]) -> torch.Tensor:
+    """0 * sum of every trainable tensor: gives each parameter a (zero) gradient on every worker.
+
+    A batch without lip or phonemes leaves their encoders out of the graph; the workers' gradient reductions must
+    still cover the same tensors in the same order (DDP's ``find_unused_parameters`` problem).
+    """
+    return sum(p.sum() for p in params) * 0.0
+
+
+def _worker_stats(engine) -> tuple[list[float], list[float]]:
+    """Optimizer-state MB and peak RSS MB of every worker (rank order)."""
+    import resource
+
+    mine = torch.tensor(
+        [optimizer_state_bytes(engine) / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+    )
+    if not dist.is_initialized():
+        return [float(mine[0])], [float(mine[1])]
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [float(t[0]) for t in out], [float(t[1]) for t in out]
+
+
+def _reduce_metrics(items: list[dict]) -> dict:
+    keys = {k for m in items for k in m}
+    return {k: float(np.mean([m[k] for m in items if k in m])) for k in keys}
+
+
+def _report(engine, ema, position, gen, rank, step) -> None:
+    """Checkpoint through Ray Train: every rank writes its files into one temporary directory and reports it."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(engine, ema, dict(position), gen, tmp, rank)
+        metrics = {"step": step, "epoch": position["epoch"], "optimizer_state_bytes": optimizer_state_bytes(engine)}
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:06d}")
+
+
+def _models_for_export(engine, ema: EMA | None, cfg: TrainJobConfig, stage: int, rank: int):
+    """(raw, ema) CPU models on rank 0 (None elsewhere), LoRA merged. A collective under ZeRO-3 (gathers weights)."""
+    import contextlib
+
+    from vssflow.lora import merge_lora
+
+    gather = contextlib.nullcontext()
+    if stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    with gather:
+        if rank != 0:
+            return None, None
+        state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    raw, averaged = build_model(cfg), build_model(cfg)
+    raw.load_state_dict(state)
+    averaged.load_state_dict(state)
+    if ema is not None:
+        ema.copy_to(averaged)
+    if cfg.lora_rank > 0:  # the adapter is saved (from ``averaged``) by _save_final before merging
+        return merge_lora(raw).eval(), averaged.eval()
+    return raw.eval(), averaged.eval()
+
+
+def _save_final(raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: dict, engine_name: str, step: int) -> None:
+    """``save_pretrained`` (raw + EMA weights, codec, config); the LoRA adapter (EMA) apart in ``<out>/lora``."""
+    from vssflow.generator import Generator
+    from vssflow.lora import merge_lora, save_adapter
+
+    if cfg.lora_rank > 0:
+        save_adapter(averaged, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha), Path(run["out"]) / "lora")
+        averaged = merge_lora(averaged)
+    gen = Generator(model=raw, codec=codec)
+    gen.step = step
+    out = Path(run["out"])
+    adapter = None
+    if out.joinpath("lora").is_dir():  # save_pretrained replaces the directory: keep the adapter across it
+        adapter = {f.name: f.read_bytes() for f in out.joinpath("lora").iterdir()}
+    info = {"engine": engine_name, "data": cfg.data, "mlflow_run_id": run.get("mlflow_run_id"),
+            "init": cfg.init or None, "lora_rank": cfg.lora_rank}  # fmt: skip
+    gen.save_pretrained(out, ema_state=averaged.state_dict(), **info)
+    if adapter:
+        out.joinpath("lora").mkdir(exist_ok=True)
+        for name, blob in adapter.items():
+            out.joinpath("lora", name).write_bytes(blob)
+    Path(run["run_dir"], "final.json").write_text(json.dumps({"out": str(out), "engine": engine_name, "step": step}))
+
+
+@torch.no_grad()
+def _log_samples(tracker, model: VSSFlowDiT, codec, val_clips, cfg: TrainJobConfig, step: int) -> None:
+    """Generate the fixed validation clips; log .wav and generated-vs-target spectrogram PNGs."""
+    from vssflow.audio.mel import log_mel
+    from vssflow.constants import SAMPLE_RATE
+    from vssflow.generator import Generator
+
+    gen = Generator(model=model, codec=codec)
+    for i, clip in enumerate(val_clips):
+        wav = gen.generate(clip, steps=cfg.eval_steps, cfg=cfg.eval_cfg_scale, seed=i)
+        name = f"{i:02d}_{clip.task}_{clip.meta.get('clip_id', i)}"
+        tracker.log_audio(wav, SAMPLE_RATE, name, step=step)
+        tracker.log_spectrogram({"generated": log_mel(wav), "target": clip.mel}, name, step=step)
