@@ -299,6 +299,12 @@ def test_versions_agree_with_pyproject_and_dockerfiles():
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{VARIANT\}$", text, flags=re.M)
     assert 'pip install ".[pipelines,assets]"' in text and "requirements/nodeps.txt" in text
     assert "scripts/install_system.sh" in text and "requirements/apt.txt" in text
+    # Build args used inside the stage must be declared after FROM (Docker forgets the ones declared before it).
+    stage = text.split("\nFROM ", 1)[1]
+    declared = set(re.findall(r"^ARG (\w+)", stage, flags=re.M)) | set(re.findall(r"^ENV (\w+)", stage, flags=re.M))
+    for name in set(re.findall(r"\$\{?(\w+)", "\n".join(stage.splitlines()[1:]))):
+        if name.isupper() and not name.startswith(("PIP_", "HF_")):
+            assert name in declared, f"the Dockerfile uses ${{{name}}} in the stage without an ARG after FROM"
     for copied in re.findall(r"^COPY (?:--chown=\S+ )?(\S+)", text, flags=re.M):
         assert (REPO / copied).exists(), f"the Dockerfile copies {copied}, which does not exist"
 
