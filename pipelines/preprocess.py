@@ -97,12 +97,11 @@ class PreprocessConfig:
 
 
 def _node() -> str:
-    try:
-        import ray
+    import ray
 
+    if ray.is_initialized():  # (get_runtime_context() would start a Ray outside of one)
         return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray
-        return socket.gethostname()
+    return socket.gethostname()
 
 
 def _conform(row: dict, keys: tuple[str, ...]) -> dict:

@@ -12,7 +12,7 @@ stored unpadded; readers pad to the clip's duration bucket (``bucket_frames``) s
 | duration_s | float32 | exact clip length |
 | source, licence | string | provenance of the clip |
 | transcript, speaker_id | string (nullable) | |
-| events | list<struct<time: float32, class: string>> | known sound events |
+| events | list<struct<time: float64, class: string>> | known sound events (onset seconds, class) |
 | sem | list<fixed_size_list<float16, D_sem>> | (T_sem, D_sem) semantic frames at SEM_FPS |
 | lip | list<fixed_size_list<uint8, 1024>> or <float16, D_lip> (nullable) | (T_lip, 32, 32) crops at LIP_FPS |
 | phonemes | list<int16> (nullable) | (P,) ids of the versioned phoneme vocabulary |
@@ -103,7 +103,7 @@ def build_schema(*, sem_dim: int, lip_dim: int = 0, metadata: dict[str, str] | N
         pa.field("licence", pa.string()),
         pa.field("transcript", pa.string()),
         pa.field("speaker_id", pa.string()),
-        pa.field("events", pa.list_(pa.struct([("time", pa.float32()), ("class", pa.string())]))),
+        pa.field("events", pa.list_(pa.struct([("time", pa.float64()), ("class", pa.string())]))),
         pa.field("sem", _ts(pa.float16(), sem_dim), nullable=False),
         pa.field("lip", lip_type),
         pa.field("phonemes", pa.list_(pa.int16())),
