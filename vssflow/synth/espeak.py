@@ -4,14 +4,18 @@ The synth callback receives the 22.05 kHz waveform together with phoneme and wor
 the position in that same waveform, so the timings are exact by construction (no aligner needed). The result is
 resampled to 16 kHz (:data:`vssflow.constants.SAMPLE_RATE`) and the event positions are scaled with it.
 
-libespeak-ng keeps global state, so one process holds one engine: :func:`synthesize` initialises it lazily and a
-lock serialises calls from threads. Use processes (not threads) for parallel synthesis.
+libespeak-ng keeps global state, and an utterance depends slightly on what the engine spoke before (noise, pause
+lengths, a sample or two of timing). To make speech a function of (text, voice) alone, the engine is initialised
+once per process and never speaks there: each utterance is spoken in a forked child of that pristine state, which
+sends the samples and events back through a pipe (about 5 ms per utterance).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import pickle
 import threading
 from dataclasses import dataclass
 
@@ -112,28 +116,22 @@ class _Engine:
             ctypes.c_void_p,
         ]
         self.lib.espeak_Terminate.restype = ctypes.c_int
-        # espeak-ng keeps state between utterances (and draws noise from libc rand()), so an utterance would depend
-        # on what this process spoke before. Re-initialising (~2 ms) and reseeding before every utterance makes the
-        # output a function of (text, voice) alone: the corpus is then identical whatever worker speaks a clip.
         self.libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, str]] = []  # (type, sample, text_position, label)
         self._cb = _CALLBACK(self._callback)  # keep a reference: the C side holds only the pointer
         self.lock = threading.Lock()
-        self.initialised = False
-        self._reset()
-
-    def _reset(self) -> None:
-        if self.initialised:
-            self.lib.espeak_Terminate()
         options = _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT
         rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, options)
         if rate <= 0:
-            raise AssetError("espeak_Initialize failed; check that espeak-ng-data is installed (apt-get install espeak-ng)")
+            raise AssetError(
+                "espeak_Initialize failed; check that espeak-ng-data is installed (apt-get install espeak-ng)"
+            )
         self.rate = rate
-        self.initialised = True
         self.lib.espeak_SetSynthCallback(self._cb)
-        self.libc.srand(1)
+        # load the English dictionary once, here, so that forked children do not each load it (~0.1 s); the
+        # pristine state then always includes it, so it stays deterministic
+        self.lib.espeak_SetVoiceByName(b"en")
 
     def _callback(self, wav, n, events) -> int:
         if n > 0 and wav:
@@ -153,22 +151,58 @@ class _Engine:
 
     def synth(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[int, int, int, str]]]:
         with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise TranscriptError(f"espeak-ng has no voice {voice.name!r}; list voices with `espeak-ng --voices`")
-            self.lib.espeak_SetParameter(_RATE, int(voice.rate), 0)
-            self.lib.espeak_SetParameter(_PITCH, int(voice.pitch), 0)
-            self.lib.espeak_SetParameter(_RANGE, int(voice.pitch_range), 0)
-            self.lib.espeak_SetParameter(_WORDGAP, 0, 0)
-            self._reset()
-            self._chunks, self._events = [], []
-            data = text.encode("utf-8") + b"\0"
-            buf = ctypes.create_string_buffer(data)
-            err = self.lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if err != 0:
-                raise TranscriptError(f"espeak_Synth failed with code {err} for {text!r}")
-            self.lib.espeak_Synchronize()
-            audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            return audio, list(self._events)
+            return self._synth(text, voice)
+
+    def _synth(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[int, int, int, str]]]:
+        self.libc.srand(1)  # espeak-ng draws noise from libc rand()
+        if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+            raise TranscriptError(f"espeak-ng has no voice {voice.name!r}; list voices with `espeak-ng --voices`")
+        self.lib.espeak_SetParameter(_RATE, int(voice.rate), 0)
+        self.lib.espeak_SetParameter(_PITCH, int(voice.pitch), 0)
+        self.lib.espeak_SetParameter(_RANGE, int(voice.pitch_range), 0)
+        self.lib.espeak_SetParameter(_WORDGAP, 0, 0)
+        self._chunks, self._events = [], []
+        data = text.encode("utf-8") + b"\0"
+        buf = ctypes.create_string_buffer(data)
+        err = self.lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if err != 0:
+            raise TranscriptError(f"espeak_Synth failed with code {err} for {text!r}")
+        # (synchronous mode: espeak_Synth returns when done; espeak_Synchronize would block after a re-init)
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return audio, list(self._events)
+
+    def synth_isolated(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[int, int, int, str]]]:
+        """:meth:`synth` in a forked child, so this process's engine stays pristine (see the module docstring)."""
+        if not hasattr(os, "fork"):
+            return self.synth(text, voice)
+        with self.lock:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: speak, send, exit without running any Python cleanup
+                code = 0
+                try:
+                    os.close(r)
+                    try:
+                        result = self._synth(text, voice)  # the lock is held (and copied) here
+                    except TranscriptError as e:
+                        result = e
+                    data = pickle.dumps(result)
+                    with os.fdopen(w, "wb") as f:
+                        f.write(data)
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(w)
+            with os.fdopen(r, "rb") as f:
+                data = f.read()
+            _, status = os.waitpid(pid, 0)
+        if not data or os.waitstatus_to_exitcode(status) != 0:
+            raise AssetError(f"espeak-ng failed in a child process for {text!r} (exit status {status})")
+        result = pickle.loads(data)
+        if isinstance(result, TranscriptError):
+            raise result
+        return result
 
 
 _ENGINE: _Engine | None = None
@@ -200,7 +234,7 @@ def synthesize(text: str, voice: Voice = Voice()) -> Speech:
     if not text or not text.strip():
         raise TranscriptError("empty transcript; give at least one word to speak")
     eng = _engine()
-    raw, events = eng.synth(text, voice)
+    raw, events = eng.synth_isolated(text, voice)
     if raw.size == 0:
         raise TranscriptError(f"espeak-ng produced no audio for {text!r}; use words it can pronounce")
     audio = resample_poly(raw.astype(np.float32) / 32768.0, SAMPLE_RATE // 50, eng.rate // 50).astype(np.float32)

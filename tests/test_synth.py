@@ -1,0 +1,242 @@
+"""The embedded corpus: real mp4 files, determinism, event sync in the written files, lip motion, speech timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vssflow.constants import SAMPLE_RATE
+from vssflow.data.manifest import read_manifest
+from vssflow.synth import assets, espeak
+from vssflow.synth.corpus import REAL_SPEAKER, CorpusConfig, task_plan, write_corpus
+from vssflow.synth.sounds import CLASS_NAMES, class_by_name
+
+FPS, SIZE = 25, 128
+CFG = dict(clips=10, seed=3, duration=(2.0, 2.4), mix=(0.4, 0.4, 0.2), real_speech=0.5, workers=2)
+
+
+def decode_audio(path) -> np.ndarray:
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(out, np.float32)
+
+
+def decode_video(path) -> np.ndarray:
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, SIZE, SIZE, 3)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    report = write_corpus(CorpusConfig(out=str(out), **CFG))
+    print(f"\nsynth: {len(report.rows)} clips in {report.seconds:.2f} s = {report.clips_per_second:.1f} clips/s")
+    return out, report
+
+
+def test_files_are_real_mp4_with_h264_and_aac(corpus):
+    out, report = corpus
+    rows = read_manifest(out / "manifest.jsonl")
+    assert len(rows) == CFG["clips"]
+    assert {r.task for r in rows} == {"v2s", "tts", "joint"}
+    r = rows[0]
+    entries = "stream=codec_name,width,height,sample_rate,channels"
+    cmd = ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "json", r.video]
+    probe = subprocess.run(cmd, capture_output=True, check=True, text=True)
+    streams = {s["codec_name"]: s for s in json.loads(probe.stdout)["streams"]}
+    assert streams["h264"]["width"] == SIZE and streams["aac"]["sample_rate"] == str(SAMPLE_RATE)
+    assert streams["aac"]["channels"] == 1
+    for r in rows:
+        frames = decode_video(r.video)
+        assert abs(len(frames) - round(r.end * FPS)) <= 1
+        assert abs(len(decode_audio(r.video)) / SAMPLE_RATE - r.end) < 0.1
+    # no temporary files left behind
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_clips_per_second_is_reported(corpus):
+    _, report = corpus
+    assert report.clips_per_second > 0
+    print(f"measured: {report.clips_per_second:.1f} clips/s (2 workers, shared machine)")
+
+
+def test_same_seed_same_corpus_different_seed_differs(corpus, tmp_path):
+    out, _ = corpus
+    again = write_corpus(CorpusConfig(out=str(tmp_path / "a"), **CFG))
+    assert (out / "manifest.jsonl").read_text() == again.manifest.read_text()
+    for r0, r1 in zip(read_manifest(out / "manifest.jsonl"), again.rows, strict=True):
+        np.testing.assert_array_equal(decode_audio(r0.video), decode_audio(r1.video))
+        for name in r0.stems or {}:
+            np.testing.assert_array_equal(sf.read(r0.stems[name])[0], sf.read(r1.stems[name])[0])
+    other = write_corpus(CorpusConfig(out=str(tmp_path / "b"), **{**CFG, "seed": 4}))
+    assert other.manifest.read_text() != again.manifest.read_text()
+    a0 = decode_audio(again.rows[0].video)
+    b0 = decode_audio(other.rows[0].video)
+    assert a0.shape != b0.shape or not np.array_equal(a0, b0)
+
+
+def test_task_plan_counts():
+    plan = task_plan(10, (0.4, 0.4, 0.2), 0)
+    assert sorted(plan) == sorted(["v2s"] * 4 + ["tts"] * 4 + ["joint"] * 2)
+    assert task_plan(10, (0.4, 0.4, 0.2), 0) == plan
+
+
+def onsets(x: np.ndarray, hop: int = 40) -> np.ndarray:
+    """Onset times (s): 2.5 ms frames whose RMS doubles over the 5-15 ms before and is above -30 dB of the peak."""
+    n = len(x) // hop
+    rms = np.sqrt(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)) + 1e-6
+    past = np.array([rms[max(0, i - 6) : max(1, i - 1)].max() for i in range(n)])
+    hit = (rms > 2.0 * past) & (rms > 0.03 * rms.max())
+    times, last = [], -1.0
+    for i in np.nonzero(hit)[0]:
+        t = i * hop / SAMPLE_RATE
+        if t - last > 0.06:
+            times.append(t)
+        last = t
+    return np.array(times)
+
+
+def test_every_event_sounds_within_one_frame_of_its_visual_event(corpus):
+    out, _ = corpus
+    rows = [r for r in read_manifest(out / "manifest.jsonl") if r.task in ("v2s", "joint")]
+    n_events = 0
+    for r in rows:
+        assert r.events, r.clip_id
+        # the sound: onsets in the decoded mp4 audio (the sound stem for joint clips, where speech overlaps)
+        audio = decode_audio(r.video) if r.task == "v2s" else sf.read(r.stems["sound"], dtype="float32")[0]
+        found = onsets(audio)
+        for e in r.events:
+            assert e.cls in CLASS_NAMES
+            assert found.size and np.min(np.abs(found - e.time)) <= 0.040, (r.clip_id, e, found)
+        starts = np.array([e.time for e in r.events])
+        for t in found:  # and no sound without an event (an onset must lie within an event's sound)
+            assert np.any((t >= starts - 0.04) & (t <= starts + 0.4)), (r.clip_id, t, starts)
+        # the picture: the object of that class reverses its motion at the event frame (over +-2 frames: it bounced)
+        frames = decode_video(r.video).astype(np.int16)
+        for e in r.events:
+            k = int(round(e.time * FPS))
+            if not 2 <= k < len(frames) - 2:
+                continue
+            colour = np.array(class_by_name(e.cls).colour)
+            c = []
+            for f in frames[k - 2 : k + 3 : 2]:
+                ys, xs = np.nonzero(np.abs(f - colour).max(axis=-1) < 45)
+                c.append((xs.mean(), ys.mean()) if len(xs) else (np.nan, np.nan))
+            d1, d2 = np.subtract(c[1], c[0]), np.subtract(c[2], c[1])
+            assert np.any(d1 * d2 < 0), (r.clip_id, e, c)
+            n_events += 1
+    assert n_events >= 3
+
+
+def test_v2s_audio_in_mp4_matches_its_video_track_length_and_is_not_silent(corpus):
+    out, _ = corpus
+    for r in read_manifest(out / "manifest.jsonl"):
+        x = decode_audio(r.video)
+        assert np.abs(x).max() > 0.1, r.clip_id
+
+
+def mouth_signal(frames: np.ndarray, box) -> np.ndarray:
+    """How far the mouth region moved from its look in frame 0 (silence, mouth closed): mean |diff| per frame."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    crop = frames[:, max(0, y0 - 1) : y1 + 2, max(0, x0 - 1) : x1 + 2].astype(np.float32)
+    return np.abs(crop - crop[:1]).mean(axis=(1, 2, 3))
+
+
+def envelope(x: np.ndarray, n: int) -> np.ndarray:
+    hop = SAMPLE_RATE // FPS
+    x = np.pad(x, (0, max(0, n * hop - len(x))))[: n * hop]
+    return np.sqrt(np.mean(x.reshape(n, hop) ** 2, axis=1))
+
+
+def test_drawn_mouth_opens_during_speech_and_closes_in_silence(corpus):
+    out, _ = corpus
+    rows = [r for r in read_manifest(out / "manifest.jsonl") if r.task in ("tts", "joint")]
+    assert rows
+    for r in rows:
+        frames = decode_video(r.video)
+        mouth = mouth_signal(frames, r.extra["mouth_box"])
+        speech = sf.read(r.stems["speech"], dtype="float32")[0] if r.task == "joint" else decode_audio(r.video)
+        env = envelope(speech, len(frames))
+        loud = env > 0.1 * env.max()
+        quiet = env < 0.01 * env.max()
+        lead = int(r.extra["speech_start"] * FPS) - 1
+        assert lead >= 2 and quiet[:lead].all()
+        assert mouth[loud].mean() > 5.0, r.clip_id  # it opens (grey levels)
+        assert mouth[:lead].max() <= 0.2 * mouth[loud].mean(), r.clip_id  # closed before the speech
+        assert mouth[loud].mean() > 3 * mouth[quiet].mean(), r.clip_id
+        assert np.corrcoef(mouth, env)[0, 1] > 0.4, r.clip_id
+
+
+def test_speech_rows_have_timings_and_a_different_reference_utterance(corpus):
+    out, _ = corpus
+    rows = read_manifest(out / "manifest.jsonl")
+    for r in rows:
+        if r.task == "v2s":
+            assert r.transcript is None and r.speaker_id is None and r.reference_audio is None
+            continue
+        assert r.transcript and r.speaker_id and r.reference_audio
+        assert Path(r.reference_audio).is_file() and r.speaker_id in Path(r.reference_audio).name
+        ref, sr = sf.read(r.reference_audio, dtype="float32")
+        assert sr == SAMPLE_RATE and len(ref) > SAMPLE_RATE
+        clip_speech = decode_audio(r.video)
+        assert len(ref) != len(clip_speech) or not np.allclose(ref, clip_speech[: len(ref)])
+        if r.speaker_id != REAL_SPEAKER:
+            spoken = [w.label.lower() for w in r.words]
+            assert spoken == [w.strip(".,?!").lower() for w in r.transcript.split()]
+            starts = [p.start for p in r.phonemes]
+            assert starts == sorted(starts) and r.phonemes[0].start >= r.extra["speech_start"] - 0.02
+            assert r.phonemes[-1].end <= r.end
+        else:
+            assert r.licence == "CC-BY-SA-3.0"
+    joint = [r for r in rows if r.task == "joint"]
+    assert joint and all(set(r.stems) == {"speech", "sound"} for r in joint)
+
+
+def test_real_speech_clips_when_the_asterisk_package_is_installed(corpus):
+    if not assets.have_real_speech():
+        pytest.skip("asterisk-core-sounds-en(-wav) not installed")
+    out, _ = corpus
+    rows = [r for r in read_manifest(out / "manifest.jsonl") if r.speaker_id == REAL_SPEAKER]
+    assert rows, "with real_speech=0.5 at least one tts clip should use the real speaker"
+    names = {Path(r.reference_audio).name for r in rows}
+    assert all(n.startswith(REAL_SPEAKER) for n in names)
+    prompts = {p.transcript for p in assets.asterisk_prompts()}
+    assert all(r.transcript in prompts for r in rows)
+
+
+def test_espeak_timings_are_exact_and_voices_differ():
+    v1, v2 = espeak.Voice("en-us+m3", 160, 40), espeak.Voice("en+f2", 150, 70)
+    s1 = espeak.synthesize("Bring the red ball, please.", v1)
+    assert [w.label for w in s1.words] == ["Bring", "the", "red", "ball", "please"]
+    assert all(a.end <= b.start + 1e-3 for a, b in zip(s1.words, s1.words[1:], strict=False))
+    env = envelope(s1.audio, int(s1.duration * FPS))
+    for w in s1.words:  # speech energy inside each word
+        k0, k1 = int(w.start * FPS), max(int(w.start * FPS) + 1, int(w.end * FPS))
+        assert env[k0:k1].max() > 0.05 * env.max()
+    s2 = espeak.synthesize("Bring the red ball, please.", v2)
+    assert s1.duration != s2.duration or not np.allclose(s1.audio, s2.audio)
+    with pytest.raises(Exception, match="empty transcript"):
+        espeak.synthesize("   ", v1)
+
+
+def test_event_sounds_have_an_onset_at_zero_and_a_licence():
+    for name in CLASS_NAMES:
+        real = assets.event_sound(name)
+        fallback = assets.event_sound(name, allow_real=False)
+        for s in (real, fallback):
+            assert s.licence and len(s.audio) > 100
+            first = int(np.argmax(np.abs(s.audio) > 0.1 * np.abs(s.audio).max()))
+            assert first < SAMPLE_RATE * 0.003, (name, s.source)
+        assert fallback.source == "synth"
