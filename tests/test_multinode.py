@@ -24,8 +24,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS = 40
+MAX_STEPS = 30
 CHECKPOINT_EVERY = 2
+CLIPS = 12  # with --batch-size 1, every worker takes steps even from a corpus this small
 
 _missing = [m for m in ("pipelines.preprocess", "pipelines.train") if importlib.util.find_spec(m) is None]
 
@@ -40,8 +41,8 @@ JOB = textwrap.dedent(
     vssflow("preprocess", f"{corpus}/manifest.jsonl", "--out", f"{work}/shards", "--ray-address", "auto",
             "--no-progress")
     vssflow("train", "--data", f"{work}/shards", "--preset", "tiny", "--workers", "2", "--max-steps", "%(steps)d",
-            "--checkpoint-every", "%(every)d", "--max-failures", "3", "--deepspeed", "zero2", "--out",
-            f"{work}/model", "--run-dir", f"{work}/run", "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
+            "--batch-size", "1", "--checkpoint-every", "%(every)d", "--max-failures", "3", "--deepspeed", "zero2",
+            "--out", f"{work}/model", "--run-dir", f"{work}/run", "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
             "--register-as", "", "--ray-address", "auto")
     if importlib.util.find_spec("pipelines.serve") is None:
         print("STAGE serve skipped: pipelines.serve is not in this checkout", flush=True)
@@ -105,14 +106,15 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
 
     corpus, work = tmp_path / "corpus", tmp_path / "work"
     subprocess.run(
-        [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", "8", "--seed", "0",
+        [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", str(CLIPS), "--seed", "0",
          "--duration", "1.0..2.0", "--workers", "1"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     (tmp_path / "job.py").write_text(JOB)
 
     dashboard_port = _free_port()
-    node_args = {"num_cpus": 1, "object_store_memory": 300 * 1024**2}
+    # Loopback only: every node of this cluster lives on 127.0.0.1.
+    node_args = {"num_cpus": 1, "object_store_memory": 300 * 1024**2, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(
         initialize_head=True,
         head_node_args={**node_args, "include_dashboard": True, "dashboard_port": dashboard_port},
@@ -125,11 +127,16 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
         dashboard = f"http://127.0.0.1:{dashboard_port}"
         client = JobSubmissionClient(dashboard)
 
-        sub = _ray_cli(
-            "job", "submit", "--address", dashboard, "--no-wait", "--submission-id", "vssflow-multinode",
-            "--", sys.executable, str(tmp_path / "job.py"), str(corpus), str(work), str(_free_port()),
-        )  # fmt: skip
-        assert sub.returncode == 0, sub.stderr
+        # The head's job agent comes up a little after the node: retry while it says so (bounded).
+        for _ in range(60):
+            sub = _ray_cli(
+                "job", "submit", "--address", dashboard, "--no-wait", "--submission-id", "vssflow-multinode",
+                "--", sys.executable, str(tmp_path / "job.py"), str(corpus), str(work), str(_free_port()),
+            )  # fmt: skip
+            if sub.returncode == 0 or "No available agent" not in sub.stderr:
+                break
+            time.sleep(2)
+        assert sub.returncode == 0, sub.stderr[-3000:]
         job_id = "vssflow-multinode"
 
         # Wait for training to be under way (a checkpoint written), then kill a worker node that hosts a trainer.
