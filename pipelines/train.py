@@ -117,19 +117,23 @@ def validation_clips(paths: list[Path], n: int) -> list[ClipFeatures]:
     return chosen[:n]
 
 
-def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8):
+def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8, cache: bool = False):
     """Ray dataset of the training rows in a fixed pseudo-random order (the same in every execution).
 
     Shards hold one task and one duration bucket each, so whole-file blocks would hand a worker a single task.
     The rows are cut into small blocks (a streaming split, no shuffle of the data) whose order is then permuted with
     a fixed seed; the sampler's buffer mixes further. Cheaper than ``random_shuffle`` (an all-to-all exchange).
+    ``cache`` materialises the result in the object store (for shard sets that fit in memory).
     """
     import ray.data
     from ray.data.expressions import col
 
     ds = ray.data.read_parquet([str(p) for p in paths]).select_columns(TRAIN_COLUMNS + ["split"])
     ds = ds.filter(expr=col("split") == "train").drop_columns(["split"])
-    return ds.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
+    if cache:  # small enough for the object store: read and cut once, every epoch then only streams the blocks
+        ds = ds.materialize()
+    return ds
 
 
 # ---- the job -------------------------------------------------------------------------------------------------------
@@ -183,6 +187,7 @@ def run_training(
         raise InputError(f"unknown engine {cfg.engine!r}; use one of {ENGINES}", source="--deepspeed")
 
     paths, data_version, lip_dim = shard_paths(cfg.data)
+    data_mb = sum(p.stat().st_size for p in paths) / 2**20
     codec_dir = run_dir / "codec"
     if not (codec_dir / "codec.json").is_file():
         fit_codec(paths, codec_dir)
@@ -205,7 +210,7 @@ def run_training(
         if ray_address:
             ray.init(address=ray_address)
         else:  # logical CPUs beyond the training workers leave room for the Ray Data read/shuffle tasks
-            ray.init(num_cpus=max(os.cpu_count() or 1, cfg.workers + 2), include_dashboard=False)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers + 2), include_dashboard=False)
     run = {
         "run_dir": str(run_dir),
         "codec_dir": str(codec_dir),
@@ -231,7 +236,7 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        datasets={"train": build_dataset(paths, cfg.seed)},
+        datasets={"train": build_dataset(paths, cfg.seed, cache=data_mb <= cfg.cache_mb)},
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     result = trainer.fit()

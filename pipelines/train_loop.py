@@ -85,6 +85,7 @@ class TrainJobConfig:
     lora_rank: int = 0  # > 0: train LoRA adapters on the attention projections only
     lora_alpha: float = 8.0
     threads: int = 1  # torch intra-op threads per worker
+    cache_mb: float = 1024.0  # shard sets up to this size are cached in the Ray object store (no re-read per epoch)
     log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl
 
     def model_config(self) -> ModelConfig:

@@ -98,3 +98,84 @@ def test_ema_tracks_an_average_and_round_trips():
     assert torch.allclose(target.ff.weight, start["ff.weight"] + 0.1, atol=1e-6)
     # warm-up: the first updates forget the init quickly
     assert EMA(model.named_parameters(), decay=0.999, warmup=10).current_decay() == pytest.approx(0.1)
+
+
+def test_lora_on_the_vssflow_dit_wraps_every_attention_projection():
+    from vssflow.model import TINY, VSSFlowDiT
+    from vssflow.model.layers import CrossAttention, SelfAttention
+
+    torch.manual_seed(0)
+    model = VSSFlowDiT(TINY.replace(depth=2, width=64, heads=2, cross_dim=64))
+    expected = sorted(
+        f"{n}.{c}"
+        for n, m in model.named_modules()
+        if isinstance(m, SelfAttention | CrossAttention)
+        for c, child in m.named_children()
+        if isinstance(child, nn.Linear)
+    )
+    assert len(expected) >= 2 * 4  # self-attention in + out, cross-attention q + kv + out, per block
+    assert sorted(apply_lora(model)) == expected
+
+
+def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
+    """--init + --lora-rank through the training loop's own pieces (single process, the DDP engine without Ray)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from bench.bench_train import TOY_MODEL, _tts_clip, _v2s_clip
+    from pipelines.train_loop import (
+        DDPEngine,
+        TrainJobConfig,
+        _models_for_export,
+        _save_final,
+        build_model,
+        encode_batch,
+    )
+    from vssflow.audio.codec import MelCodec
+    from vssflow.generator import Generator
+    from vssflow.training import training_step
+
+    rng = np.random.default_rng(0)
+    clips = [_v2s_clip(rng, i, 1.2) for i in range(2)] + [_tts_clip(rng, i, 1.2) for i in range(2)]
+    codec = MelCodec().fit(c.mel for c in clips)
+    base_cfg = TrainJobConfig(model_overrides=TOY_MODEL, seed=3)
+    base = build_model(base_cfg)
+    with (
+        torch.no_grad()
+    ):  # stands in for a trained base: a fresh DiT's zero-initialised output layer passes no gradient
+        for p in base.final.parameters():
+            p.normal_(0.0, 0.02)
+    Generator(model=base, codec=codec).save_pretrained(tmp_path / "base")
+
+    cfg = TrainJobConfig(model_overrides=TOY_MODEL, init=str(tmp_path / "base"), lora_rank=2, lr=1e-2, seed=7)
+    model = build_model(cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    engine = DDPEngine(model, cfg, lambda step: 1.0)
+    gen = torch.Generator().manual_seed(0)
+    ema = EMA(model.named_parameters(), decay=0.5, warmup=0)
+    for batch in (clips[:2], clips[2:]) * 3:
+        loss, _ = training_step(model, encode_batch(batch, codec, cfg.model_config()), cfg.flow_config(), gen)
+        engine.backward(loss)
+        engine.step()
+        ema.update(model.named_parameters())
+    raw, averaged = _models_for_export(engine, ema, cfg, stage=0, rank=0)
+    out = tmp_path / "tuned"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _save_final(raw, averaged, codec, cfg, {"out": str(out), "run_dir": str(run_dir)}, "ddp", step=6)
+
+    assert (out / "lora" / ADAPTER_WEIGHTS).is_file() and (out / "config.json").is_file()
+    tuned = Generator.from_pretrained(out, use_ema=False).model
+    base_sd, tuned_sd = base.state_dict(), tuned.state_dict()
+    assert tuned_sd.keys() == base_sd.keys()  # merged: a plain model
+    changed = {k for k in base_sd if not torch.equal(base_sd[k], tuned_sd[k])}
+    assert changed and all(k.split(".")[-2].startswith("to_") for k in changed)  # only attention projections moved
+    # the adapter alone, applied to the base model, gives the (EMA) tuned model
+    fresh = Generator.from_pretrained(tmp_path / "base").model
+    load_adapter(fresh, out / "lora")
+    ema_model = Generator.from_pretrained(out).model
+    merged = merge_lora(fresh).state_dict()
+    assert all(torch.allclose(merged[k], ema_model.state_dict()[k], atol=1e-6) for k in merged)
+    assert Path(run_dir / "final.json").is_file()

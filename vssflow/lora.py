@@ -33,13 +33,17 @@ class LoRAConfig:
         rank: r, the inner size of the adapter.
         alpha: scale numerator; the update is multiplied by ``alpha / rank``.
         target: regular expression matched (``re.search``) against the qualified names of ``nn.Linear`` modules;
-            the default picks the projections inside attention modules (self- and cross-attention).
+            the default picks the projections inside attention modules (self- and cross-attention; in the VSSFlow
+            DiT ``blocks.N.attn.{qkv,out}`` and ``blocks.N.cross.{q,kv,out}``).
         dropout: dropout on the adapter's input.
     """
 
     rank: int = 4
     alpha: float = 8.0
-    target: str = r"attn\w*\.(to_q|to_k|to_v|to_kv|to_qkv|to_out|q_proj|k_proj|v_proj|kv_proj|qkv|out_proj|proj)\b"
+    target: str = (
+        r"(attn|attention|cross)\w*\."
+        r"(to_q|to_k|to_v|to_kv|to_qkv|to_out|q_proj|k_proj|v_proj|kv_proj|out_proj|qkv|q|kv|out)$"
+    )
     dropout: float = 0.0
 
 
