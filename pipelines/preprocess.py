@@ -197,6 +197,7 @@ class Summary:
     quarantined: Counter = field(default_factory=Counter)
     shards: int = 0
     seconds: float = 0.0
+    pipeline_seconds: float = 0.0  # Ray Data execution only (no Ray start, no driver-side model check)
     total_rows: int = 0  # rows in the whole shard set after this run
     out_dir: str = ""
     recovered: dict = field(default_factory=dict)
@@ -333,7 +334,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             num_cpus=task_cpus,
         )
         seen = done_clip_ids(man)
-        last_save = time.monotonic()
+        last_save = t_exec = time.monotonic()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for raw in batch["entry"]:
                 e = json.loads(raw)
@@ -352,6 +353,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             if time.monotonic() - last_save > 2.0:  # unlisted complete shards are adopted by recover() anyway
                 man.save()
                 last_save = time.monotonic()
+        summary.pipeline_seconds = time.monotonic() - t_exec
     finally:
         if started:
             ray.shutdown()
