@@ -258,9 +258,10 @@ def _records(path: Path) -> Iterable[tuple[int, dict]]:
                 "line 1: the CSV header must name the columns (clip_id, video, task, ...)", source=str(path)
             )
         for rec in reader:
-            rec = {k: v for k, v in rec.items() if k is not None}
-            for k, v in rec.items():  # extra columns written as JSON come back as JSON
-                if k not in COLUMNS and isinstance(v, str) and v[:1] in "[{":
+            # an empty cell in an extra column means "not set for this row"
+            rec = {k: v for k, v in rec.items() if k is not None and (k in COLUMNS or v != "")}
+            for k, v in rec.items():  # extra columns hold JSON values (plain text is kept as text)
+                if k not in COLUMNS and isinstance(v, str):
                     try:
                         rec[k] = json.loads(v)
                     except json.JSONDecodeError:
@@ -340,7 +341,7 @@ def write_manifest(rows: Sequence[ManifestRow], path: str | os.PathLike) -> Path
                 v = d.get(k)
                 if v is None:
                     out[k] = ""
-                elif k in _JSON_FIELDS or isinstance(v, (list, dict)):
+                elif k in _JSON_FIELDS or k not in COLUMNS:  # extra columns hold JSON values
                     out[k] = json.dumps(v, ensure_ascii=False)
                 else:
                     out[k] = v
