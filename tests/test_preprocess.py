@@ -261,3 +261,42 @@ def test_two_node_cluster_does_work_on_both_nodes(corpus, tiny_clip, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_mlflow_hook_logs_counts_timings_and_config(tmp_path):
+    """The optional --mlflow-uri hook: one run with the summary counts, the timings and the config."""
+    from collections import Counter
+
+    mlflow = pytest.importorskip("mlflow")
+    from pipelines.preprocess import Summary, log_to_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = Summary(rows_in=5, skipped=1, written=3, quarantined=Counter(bad_video=1), shards=2, seconds=2.0)
+    summary.out_dir = str(tmp_path / "out" / "v1-abc")
+    config = {"extract": ExtractConfig().to_dict(), "extractors": {}}
+    log_to_mlflow(_cfg("m.jsonl", tmp_path / "out", "mobilenetv2", mlflow_uri=uri), summary, config)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("vssflow-preprocess")
+    (run,) = client.search_runs([exp.experiment_id])
+    m = run.data.metrics
+    assert (m["rows_in"], m["rows_written"], m["rows_quarantined"], m["quarantined.bad_video"]) == (5, 3, 1, 1)
+    assert m["clips_per_s"] == pytest.approx(1.5) and run.data.params["extract.encoder"] == "mobilenetv2"
+
+
+def test_a_shard_repeating_listed_clips_is_rewritten_without_them(tmp_path):
+    """A retried write task with other neighbours must not duplicate rows: the driver drops the repeats."""
+    from pipelines.preprocess import _dedupe
+    from vssflow.data import schema as S
+    from vssflow.data.shards import write_table_atomic
+    from vssflow.types import ClipFeatures
+
+    def clip(cid):
+        sem, mel = np.zeros((20, 4), np.float32), np.zeros((200, 64), np.float32)
+        return ClipFeatures(2.0, "v2s", sem=sem, mel=mel, meta={"clip_id": cid})
+
+    table = S.rows_to_table([S.features_to_row(clip(c)) for c in ("a", "b")], S.build_schema(sem_dim=4))
+    e = {**write_table_atomic(table, tmp_path / "v2s-2s-x.parquet"), "clip_ids": ["a", "b"]}
+    kept = _dedupe(e, {"a"}, tmp_path)
+    assert kept["clip_ids"] == ["b"] and kept["rows"] == 1
+    assert pq.read_table(tmp_path / "v2s-2s-x.parquet").column("clip_id").to_pylist() == ["b"]
+    assert _dedupe(kept, {"b"}, tmp_path) is None and not (tmp_path / "v2s-2s-x.parquet").exists()
