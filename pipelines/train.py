@@ -32,7 +32,7 @@ from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
 from vssflow.data.schema import read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, resolve_shard_dir
-from vssflow.errors import InputError, MissingFileError
+from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import PRESETS
 from vssflow.types import ClipFeatures
 
@@ -136,6 +136,28 @@ def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8, cach
     return ds
 
 
+def fit_model_to_data(cfg: TrainJobConfig, paths: list[Path]) -> TrainJobConfig:
+    """Condition sizes follow the shards (semantic encoder width, lip crops vs features); said when changed.
+
+    Raises:
+        FeatureShapeError: when fine-tuning (``--init``) a model whose condition sizes differ from the shards'.
+    """
+    md = read_metadata(pq.read_schema(paths[0]))
+    want = {"sem_dim": int(md.get("sem_dim", 0))}
+    lip_dim = int(md.get("lip_dim", 0))
+    want.update({"lip_input": "crops"} if lip_dim == 0 else {"lip_input": "features", "lip_feature_dim": lip_dim})
+    have = cfg.model_config().to_dict()
+    diff = {k: v for k, v in want.items() if v and have.get(k) != v}
+    if not diff:
+        return cfg
+    if cfg.init:
+        raise FeatureShapeError(
+            f"the model in --init has {({k: have[k] for k in diff})} but the shards have {diff}; "
+            "preprocess with the same feature extractors as the base model", source=str(paths[0]))  # fmt: skip
+    print(f"vssflow train: model condition sizes set from the shards: {diff}")
+    return replace(cfg, model_overrides={**cfg.model_overrides, **diff})
+
+
 # ---- the job -------------------------------------------------------------------------------------------------------
 
 
@@ -188,6 +210,8 @@ def run_training(
 
     paths, data_version, lip_dim = shard_paths(cfg.data)
     data_mb = sum(p.stat().st_size for p in paths) / 2**20
+    if not state.get("config"):
+        cfg = fit_model_to_data(cfg, paths)
     codec_dir = run_dir / "codec"
     if not (codec_dir / "codec.json").is_file():
         fit_codec(paths, codec_dir)
@@ -300,6 +324,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=d.eval_every, help="audio samples every N steps (0: end)")
     parser.add_argument("--max-failures", type=int, default=d.max_failures)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field, e.g. --model depth=2 (repeatable)")  # fmt: skip
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """["depth=2", "rope=0.5", "sem_placement=cross"] -> typed ModelConfig overrides."""
+    import dataclasses
+
+    from vssflow.model.config import ModelConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise InputError(f"--model {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}", source="--model")
+        kind = str(types[key])
+        try:
+            out[key] = int(value) if kind.startswith("int") else float(value) if kind.startswith("float") else value
+        except ValueError:
+            raise InputError(f"--model {item!r}: {key} takes a {kind}", source="--model") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--mix {args.mix!r}: expected three numbers V2S:TTS:JOINT, e.g. 1:1:0.5",
                          source="--mix") from None  # fmt: skip
     cfg = TrainJobConfig(
+        model_overrides=_parse_overrides(args.model),
         data=str(Path(args.data).resolve()) if args.data else "",
         preset=args.preset,
         workers=args.workers,

@@ -89,6 +89,11 @@ class TrainJobConfig:
     log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl
 
     def model_config(self) -> ModelConfig:
+        """The preset (or, when fine-tuning, the ``init`` model's own config) with ``model_overrides`` applied."""
+        if self.init:
+            from vssflow.generator import read_model_config
+
+            return ModelConfig.from_dict(read_model_config(self.init)["model"]).replace(**self.model_overrides)
         return PRESETS[self.preset].replace(**self.model_overrides)
 
     def flow_config(self) -> FlowConfig:
