@@ -67,7 +67,9 @@ def simulate(
         for _ in range(tries):
             tracks, impacts = _simulate_once(rng, n_frames, box, classes)
             frames = sorted(i.frame for i in impacts)
-            if impacts and all(b - a >= min_gap for a, b in zip(frames, frames[1:], strict=False)):
+            appear = {tr.cls.name: tr.appear for tr in tracks}
+            seen = all(i.frame - appear[i.cls] >= 3 for i in impacts)  # visible before it hits anything
+            if impacts and seen and all(b - a >= min_gap for a, b in zip(frames, frames[1:], strict=False)):
                 return tracks, sorted(impacts, key=lambda i: i.frame)
         if len(classes) == 1:
             return tracks, _thin(impacts, min_gap)
@@ -108,7 +110,7 @@ def _simulate_once(rng, n_frames: int, box: Box, classes: list[SoundClass]) -> t
                     x, hit, vx = box.left + r, max(hit, -vx), -vx * restitution
                 elif x + r >= box.right:
                     x, hit, vx = box.right - r, max(hit, vx), -vx * restitution
-                if hit > 2.0:  # a visible impact; slower touches are resting contact, silent and not events
+                if hit > 3.5:  # a visible impact (it rebounds clearly); slower touches are silent resting contact
                     impacts.append(Impact(t, cls.name, float(min(1.0, hit / 12.0))))
                 elif hit > 0 and y + r >= box.floor:
                     vy = 0.0  # come to rest on the floor

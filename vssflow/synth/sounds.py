@@ -49,7 +49,9 @@ CLASSES: tuple[SoundClass, ...] = (
     SoundClass(
         "cowbell", "triangle", (235, 210, 40), (Recording("sonic-pi-samples", _SP + "drum_cowbell.flac", "CC0-1.0"),)
     ),
-    SoundClass("wood", "diamond", (200, 120, 40), (Recording("sonic-pi-samples", _SP + "elec_wood.flac", "CC0-1.0"),)),
+    SoundClass(
+        "tom", "diamond", (200, 120, 40), (Recording("sonic-pi-samples", _SP + "drum_tom_hi_hard.flac", "CC0-1.0"),)
+    ),
     SoundClass(
         "hihat", "ring", (60, 210, 230), (Recording("sonic-pi-samples", _SP + "drum_cymbal_closed.flac", "CC0-1.0"),)
     ),
@@ -101,8 +103,9 @@ def synth_sound(name: str) -> np.ndarray:
         ) * _env(n, 0.06)
     elif name == "cowbell":
         x = (np.sign(np.sin(2 * np.pi * 540 * t)) + np.sign(np.sin(2 * np.pi * 800 * t))) * 0.4 * _env(n, 0.08)
-    elif name == "wood":
-        x = np.sin(2 * np.pi * 1250 * t) * _env(n, 0.025)
+    elif name == "tom":
+        f = 170 + 60 * np.exp(-t / 0.05)
+        x = np.sin(2 * np.pi * np.cumsum(f) / SAMPLE_RATE) * _env(n, 0.09)
     elif name == "hihat":
         x = sosfilt(butter(4, 6000, "highpass", fs=SAMPLE_RATE, output="sos"), noise) * _env(n, 0.03)
     elif name == "key":
