@@ -277,3 +277,21 @@ def test_event_sounds_have_an_onset_at_zero_and_a_licence():
             first = int(np.argmax(np.abs(s.audio) > 0.1 * np.abs(s.audio).max()))
             assert first < SAMPLE_RATE * 0.003, (name, s.source)
         assert fallback.source == "synth"
+
+
+@pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])
+def test_mp4_writers_keep_audio_and_video_aligned(tmp_path, backend):
+    from vssflow.synth import corpus
+
+    if backend == "pyav":
+        pytest.importorskip("av")
+    frames = np.zeros((50, SIZE, SIZE, 3), np.uint8)
+    frames[10:, 40:80, 40:80] = 255  # the square appears at frame 10 ...
+    audio = np.zeros(2 * SAMPLE_RATE, np.float32)
+    audio[10 * 640 : 10 * 640 + 800] = 0.8 * np.sin(np.arange(800) * 0.3)  # ... with a click at 0.4 s
+    tmp = tmp_path / f"x.{backend}.mp4"
+    write = corpus._write_mp4_pyav if backend == "pyav" else corpus._write_mp4_ffmpeg
+    write(tmp, frames, audio, FPS, 20)
+    video = decode_video(tmp)
+    assert len(video) == 50 and int(np.argmax(video[:, 60, 60, 0] > 128)) == 10
+    assert abs(onsets(decode_audio(tmp))[0] - 0.4) <= 0.005
