@@ -251,3 +251,35 @@ def run_artifacts(run_id: str, *, tracking_uri: str, path: str | None = None) ->
         for f in client.list_artifacts(run_id, todo.pop()):
             (todo.append(f.path) if f.is_dir else out.append(f.path))
     return out
+
+
+# ---- runs driven by id (evaluation / experiments; added by the evaluation work) --------------------------------
+
+
+def log_run_metrics(run_id: str, metrics: Mapping[str, float], *, tracking_uri: str, step: int = 0) -> None:
+    """Log finite ``metrics`` to an existing run (no active run needed)."""
+    import math
+    import time
+
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    items = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i : i + 500])
+
+
+def log_run_artifacts(
+    run_id: str, local_dir: str | os.PathLike, *, tracking_uri: str, artifact_path: str | None = None
+) -> None:
+    """Upload a directory's files to a run's artifacts."""
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
+
+
+def finish_run(run_id: str, *, tracking_uri: str, status: str = "FINISHED") -> None:
+    """Mark a run created with :func:`create_run` as ended."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def log_run_file(run_id: str, path: str | os.PathLike, *, tracking_uri: str, artifact_path: str | None = None) -> None:
+    """Upload one file to a run's artifacts."""
+    MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path=artifact_path)

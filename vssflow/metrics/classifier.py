@@ -4,7 +4,8 @@ Features of an event window ([t - 20 ms, t + 300 ms) around an onset): mean, sta
 50 ms) of the 64-band log-mel, 192 numbers, standardised; a softmax regression (weight decay) on top. Training
 examples are the recordings the synthetic corpus uses for each class (:func:`vssflow.synth.assets.event_sound`,
 Debian CC0/CC-BY/GPL samples), augmented with gain, onset jitter, noise and the tail of another class's event
-(:func:`examples_from_assets`); real corpus clips with known event times can be added (:func:`examples_from_clips`).
+(:func:`examples_from_assets`), plus a ``none`` class (noise floor or only an earlier event's tail), so silence is
+not credited with any class; real corpus clips with known event times can be added (:func:`examples_from_clips`).
 
 Saved as one ``.npz`` (weights, standardisation, class names, feature version); :func:`load_or_train` caches it
 under ``~/.cache/vssflow``.
@@ -25,7 +26,8 @@ import torch
 from vssflow.audio.mel import log_mel
 from vssflow.constants import MEL_FPS, SAMPLE_RATE
 
-FEATURE_VERSION = "melstats-v1"
+FEATURE_VERSION = "melstats-v2"
+NONE = "none"  # no event starts in the window
 PRE_S, POST_S, ATTACK_S = 0.02, 0.30, 0.05
 
 
@@ -115,6 +117,14 @@ def examples_from_assets(*, per_class: int = 40, seed: int = 0) -> tuple[list[np
             clip += rng.normal(0, 10 ** rng.uniform(-4, -2.3), n).astype(np.float32)
             wins.append(window(clip, 0.4))
             labels.append(c)
+    for _ in range(per_class):  # "none": noise floor, or only the decaying tail of an earlier event
+        clip = rng.normal(0, 10 ** rng.uniform(-5, -2.3), n).astype(np.float32)
+        if rng.uniform() < 0.5:
+            other = sounds[CLASS_NAMES[rng.integers(len(CLASS_NAMES))]]
+            s = int((0.4 - rng.uniform(0.15, 0.35)) * SAMPLE_RATE)
+            clip[s : s + len(other)] += rng.uniform(0.2, 0.8) * other[: n - s]
+        wins.append(window(clip, 0.4))
+        labels.append(NONE)
     return wins, labels
 
 
