@@ -295,3 +295,16 @@ def test_mp4_writers_keep_audio_and_video_aligned(tmp_path, backend):
     video = decode_video(tmp)
     assert len(video) == 50 and int(np.argmax(video[:, 60, 60, 0] > 128)) == 10
     assert abs(onsets(decode_audio(tmp))[0] - 0.4) <= 0.005
+
+
+def test_corpus_without_the_debian_packages(tmp_path, monkeypatch):
+    """No asterisk prompts and no recorded event sounds: espeak speakers and synthesized sounds only."""
+    monkeypatch.setattr(assets, "ASTERISK_TEXT", str(tmp_path / "missing.txt.gz"))
+    assert not assets.have_real_speech()
+    cfg = CorpusConfig(out=str(tmp_path / "c"), clips=4, seed=1, duration=(2.0, 2.0), mix=(0.5, 0.5, 0),
+                       real_speech=1.0, real_sounds=False, workers=1)  # fmt: skip
+    rows = write_corpus(cfg).rows
+    assert sorted(r.task for r in rows) == ["tts", "tts", "v2s", "v2s"]
+    assert all(r.speaker_id.startswith("espeak-") for r in rows if r.task == "tts")
+    assert not list((tmp_path / "c" / "refs").glob(f"{REAL_SPEAKER}*"))
+    assert all(r.licence == "CC0-1.0" for r in rows)

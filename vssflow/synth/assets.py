@@ -92,9 +92,13 @@ class Prompt:
 _CLEAN = re.compile(r"^[A-Za-z][A-Za-z ,.'?!-]*$")
 
 
-@functools.lru_cache(maxsize=4)
-def asterisk_prompts(text_path: str = ASTERISK_TEXT, dirs: tuple[str, ...] = ASTERISK_DIRS) -> tuple[Prompt, ...]:
+def asterisk_prompts() -> tuple[Prompt, ...]:
     """Clean real-speech prompts (transcript + wav) from the asterisk packages, sorted by name; () when absent."""
+    return _prompts(ASTERISK_TEXT, ASTERISK_DIRS)
+
+
+@functools.lru_cache(maxsize=4)
+def _prompts(text_path: str, dirs: tuple[str, ...]) -> tuple[Prompt, ...]:
     if not os.path.isfile(text_path):
         return ()
     wav_dir = next((Path(d) for d in dirs if Path(d).is_dir() and any(Path(d).glob("*.wav"))), None)
