@@ -19,6 +19,7 @@ finished by a rerun with no duplicate and no missing row. See ``docs/data.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -259,14 +260,19 @@ def _dedupe(entry: dict, seen: set[str], vdir: Path) -> dict | None:
     return {**entry, **new, "clip_ids": [c for c in entry["clip_ids"] if c not in dup]}
 
 
+@functools.lru_cache(maxsize=4)
+def _describe(extract: ExtractConfig) -> tuple[dict, int]:
+    """Load every model once on the driver: fails fast on a missing asset, and names what made the features."""
+    probe = Extractors.load(replace(extract, device="cpu"), parts=("visual", "mouth", "speaker", "g2p"))
+    return probe.describe(), probe.sem_dim
+
+
 def run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
     """Run one preprocessing job (resumable); return its summary. See the module docstring."""
     t0 = time.perf_counter()
     rows, bad = read_manifest_lenient(cfg.manifest)
     summary = Summary(rows_in=len(rows) + len(bad))
-    probe = Extractors.load(replace(cfg.extract, device="cpu"), parts=("visual", "mouth", "speaker", "g2p"))
-    described, sem_dim = probe.describe(), probe.sem_dim
-    del probe
+    described, sem_dim = _describe(cfg.extract)
     hashed = {"schema_version": S.SCHEMA_VERSION, "extract": cfg.extract.to_dict(), "extractors": described}
     chash = config_hash(hashed)
     vdir = version_dir(cfg.out, chash)
