@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from vssflow.audio.codec import MelCodec
+from vssflow.constants import TASKS
 from vssflow.data.sampler import BucketSampler, SamplerConfig
 from vssflow.data.schema import META, row_to_features, table_to_rows
 from vssflow.ema import EMA
@@ -285,13 +286,27 @@ def load_checkpoint(engine, ema: EMA | None, gen: torch.Generator, directory: st
 # ---- the loop ------------------------------------------------------------------------------------------------------
 
 
-def _all_have_batch(have: bool) -> bool:
-    """True when every worker still has a batch this epoch (all must step together, or none)."""
-    if not dist.is_initialized():
-        return have
-    flag = torch.tensor([1 if have else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def shared_task_chooser(seed: int, epoch: int):
+    """A task chooser for :meth:`BucketSampler.batches` that every worker agrees on.
+
+    The workers exchange which tasks they can serve (one small all-reduce per batch) and draw from the common ones
+    with a random stream seeded identically everywhere. Every worker then runs the same task, hence the same
+    modules, at each step: ZeRO-3 gathers parameters module by module and needs this, and equal shapes keep the
+    workers in step. No common task left ends the epoch on every worker at once.
+    """
+    rng = np.random.default_rng([seed, epoch, 7919])
+
+    def choose(feasible: dict[str, float]) -> str | None:
+        mask = torch.tensor([1 if t in feasible else 0 for t in TASKS], dtype=torch.int32)
+        if dist.is_initialized():
+            dist.all_reduce(mask, op=dist.ReduceOp.MIN)
+        common = [t for t, m in zip(TASKS, mask.tolist(), strict=True) if m]
+        if not common:
+            return None
+        p = np.array([feasible[t] for t in common], dtype=np.float64)
+        return common[int(rng.choice(len(common), p=p / p.sum()))]
+
+    return choose
 
 
 def _ema_params(engine, stage: int):
@@ -340,7 +355,11 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg)
     engine, engine_name = build_engine(model, cfg, world)
     stage = int(engine_name[-1]) if engine_name.startswith("zero") else 0
-    ema = EMA(engine.module.named_parameters(), decay=cfg.ema_decay, warmup=cfg.ema_warmup) if rank == 0 else None
+    ema = None
+    gather, params = _ema_params(engine, stage)
+    with gather:  # the EMA lives on rank 0, over full tensors (ZeRO-3 gathers them; a collective)
+        if rank == 0:
+            ema = EMA(params, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
     codec = MelCodec.load(run["codec_dir"])
     flow_cfg = cfg.flow_config()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -364,21 +383,22 @@ def train_loop_per_worker(config: dict) -> None:
     samples_log = open(Path(run["run_dir"]) / f"samples_rank{rank}.jsonl", "a") if cfg.log_samples else None  # noqa: SIM115
     val_clips = run.get("val_clips") or []
 
-    trainable = [p for p in engine.module.parameters() if p.requires_grad]
+    # ZeRO-3 parameters are partitioned outside their module's forward; every worker runs the same modules anyway.
+    trainable = [p for p in engine.module.parameters() if p.requires_grad] if stage != 3 else []
     shard = ray.train.get_dataset_shard("train")
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     step, acc_metrics, t_last, clips_since = position["step"], [], time.perf_counter(), 0
     while step < stop_at:
         epoch = position["epoch"]
         batches = BucketSampler(cfg.sampler_config(), epoch=epoch, rank=rank).batches(
-            clip_stream(shard, lip_dim=run["lip_dim"])
+            clip_stream(shard, lip_dim=run["lip_dim"]), choose=shared_task_chooser(cfg.seed, epoch)
         )
         for _ in range(position["batch_in_epoch"]):  # replay to the saved data position: same sampler state, no compute
             next(batches)
         epoch_done = False
         while step < stop_at:
             batch = next(batches, None)
-            if not _all_have_batch(batch is not None):
+            if batch is None:  # the workers agreed that no task can form a batch any more on some worker
                 epoch_done = True
                 break
             if samples_log is not None:
@@ -446,7 +466,7 @@ def _touch(params: list[torch.Tensor]) -> torch.Tensor:
     A batch without lip or phonemes leaves their encoders out of the graph; the workers' gradient reductions must
     still cover the same tensors in the same order (DDP's ``find_unused_parameters`` problem).
     """
-    return sum(p.sum() for p in params) * 0.0
+    return sum((p.sum() for p in params), torch.zeros(())) * 0.0
 
 
 def _worker_stats(engine) -> tuple[list[float], list[float]]:

@@ -134,3 +134,58 @@ def test_stretch_phonemes_and_errors():
     with pytest.raises(FeatureShapeError):
         mix_clips(ClipFeatures(duration_s=1.0), _speech(), rng=np.random.default_rng(0))
     assert LOG_MEL_FLOOR < -11
+
+
+# ---- the sampler (vssflow.data.sampler) ------------------------------------------------------------------------------
+from vssflow.data.sampler import BucketSampler, SamplerConfig  # noqa: E402
+
+
+def _pool(n_v2s=24, n_tts=24):
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(max(n_v2s, n_tts)):
+        if i < n_v2s:
+            d = float(rng.choice([1.0, 2.0]))
+            sem, mel = np.zeros((int(d * 10), 8), np.float32), np.zeros((int(d * 100), 64), np.float32)
+            out.append(ClipFeatures(duration_s=d, task="v2s", sem=sem, mel=mel, meta={"clip_id": f"v{i}"}))
+        if i < n_tts:
+            sp = _speech(1.0)
+            sp.meta = {"clip_id": f"t{i}"}
+            out.append(sp)
+    return out
+
+
+def test_sampler_batches_are_single_task_bucketed_and_never_repeat_a_clip():
+    cfg = SamplerConfig(batch_size=4, v2s_weight=1, tts_weight=1, joint_weight=1, buffer_size=16, seed=0)
+    batches = list(BucketSampler(cfg, epoch=0).batches(_pool()))
+    ids = [i for b in batches for i in b.source_ids]
+    assert len(ids) == len(set(ids)) and len(ids) >= 40  # at most a few rows dropped at the end of the epoch
+    assert {b.task for b in batches} == {"v2s", "tts", "joint"}
+    for b in batches:
+        assert len(b.clips) == 4 and {c.task for c in b.clips} == {b.task}
+        if b.task == "joint":
+            assert len(b.source_ids) == 8 and all(c.speaker is not None for c in b.clips)
+    # bucketing: a batch spans less duration than the pool does
+    assert np.mean([np.ptp([c.duration_s for c in b.clips]) for b in batches if b.task == "v2s"]) < 0.5
+    # deterministic for (seed, epoch, rank); another epoch gives another order
+    again = list(BucketSampler(cfg, epoch=0).batches(_pool()))
+    assert [b.source_ids for b in again] == [b.source_ids for b in batches]
+    other = list(BucketSampler(cfg, epoch=1).batches(_pool()))
+    assert [b.source_ids for b in other] != [b.source_ids for b in batches]
+
+
+def test_sampler_task_weights_and_external_chooser():
+    only_v2s = SamplerConfig(batch_size=4, v2s_weight=1, tts_weight=0, joint_weight=0, buffer_size=16)
+    batches = list(BucketSampler(only_v2s).batches(_pool()))
+    assert {b.task for b in batches} == {"v2s"} and len(batches) == 6
+    asked = []
+
+    def choose(feasible):  # e.g. the distributed trainer's agreed choice
+        asked.append(dict(feasible))
+        return "tts" if "tts" in feasible else None
+
+    cfg = SamplerConfig(batch_size=4, buffer_size=16)
+    batches = list(BucketSampler(cfg).batches(_pool(), choose=choose))
+    assert {b.task for b in batches} == {"tts"} and 1 <= len(batches) <= 6
+    assert asked[0] == {"v2s": 1.0, "tts": 1.0, "joint": 0.5}
+    assert "tts" not in asked[-1]  # the chooser's None ended the epoch (the buffer held only V2S rows then)

@@ -16,13 +16,15 @@ Pure Python/numpy: no torch, no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vssflow.data.mixing import mix_clips
 from vssflow.types import ClipFeatures
+
+Chooser = Callable[[dict[str, float]], "str | None"]  # feasible {task: weight} -> chosen task, or None = epoch over
 
 
 @dataclass(frozen=True)
@@ -98,23 +100,31 @@ class BucketSampler:
         return out
 
     def _take_bucket(self, pool: list[ClipFeatures]) -> list[ClipFeatures]:
-        """Remove and return ``batch_size`` clips of similar duration around a random anchor."""
+        """Remove and return ``batch_size`` clips of the most similar durations (a random one of the tightest)."""
         bs = self.config.batch_size
         order = sorted(range(len(pool)), key=lambda i: (pool[i].duration_s, _clip_id(pool[i])))
-        start = int(self.rng.integers(0, len(order) - bs + 1))
+        durations = np.array([pool[i].duration_s for i in order])
+        spans = durations[bs - 1 :] - durations[: len(order) - bs + 1]  # duration range of each window of bs
+        best = np.flatnonzero(spans <= spans.min() + 1e-6)  # the tightest windows; pick one at random
+        start = int(best[self.rng.integers(len(best))])
         chosen = sorted(order[start : start + bs])
         taken = [pool[i] for i in chosen]
         for i in reversed(chosen):
             del pool[i]
         return taken
 
-    def _next_batch(self) -> Batch | None:
-        feasible = self._feasible()
+    def _choose_local(self, feasible: dict[str, float]) -> str | None:
         if not feasible:
             return None
         tasks = sorted(feasible)
         p = np.array([feasible[t] for t in tasks], dtype=np.float64)
-        task = tasks[int(self.rng.choice(len(tasks), p=p / p.sum()))]
+        return tasks[int(self.rng.choice(len(tasks), p=p / p.sum()))]
+
+    def _next_batch(self, choose: Chooser | None) -> Batch | None:
+        feasible = self._feasible()
+        task = choose(feasible) if choose is not None else self._choose_local(feasible)
+        if task is None:
+            return None
         bs = self.config.batch_size
         if task == "joint" and len(self.pools["joint"]) < bs:
             sounds, speeches = self._take_bucket(self.pools["v2s"]), self._take_bucket(self.pools["tts"])
@@ -124,8 +134,15 @@ class BucketSampler:
         clips = self._take_bucket(self.pools[task])
         return Batch(task, clips, [_clip_id(c) for c in clips])
 
-    def batches(self, clips: Iterable[ClipFeatures]) -> Iterator[Batch]:
-        """Yield batches until the stream is exhausted and no task can form a full batch (the rest is dropped)."""
+    def batches(self, clips: Iterable[ClipFeatures], *, choose: Chooser | None = None) -> Iterator[Batch]:
+        """Yield batches until the stream is exhausted and no task can form a full batch (the rest is dropped).
+
+        Args:
+            clips: one epoch's stream of clips.
+            choose: picks the next batch's task from the feasible ones ({task: weight}); ``None`` ends the epoch.
+                Distributed training passes one that agrees across workers, so every worker runs the same task
+                (the same modules) at each step; the default draws from this sampler's own random stream.
+        """
         stream = iter(clips)
         exhausted = False
         while True:
@@ -135,9 +152,9 @@ class BucketSampler:
                     exhausted = True
                 else:
                     self.pools["joint" if clip.task == "joint" else clip.task].append(clip)
-            batch = self._next_batch()
+            batch = self._next_batch(choose)
             if batch is None:
-                if exhausted:
+                if exhausted or choose is not None:
                     return
                 # The buffer is full of one task that no weight asks for: drop its oldest row to make room.
                 largest = max(self.pools, key=lambda t: len(self.pools[t]))
