@@ -131,7 +131,7 @@ def separation_table(scores: dict[str, dict[str, float]]) -> dict[str, dict[str,
                 "gt": float(g),
                 "broken": float(b),
                 "expected": p in EXPECTED.get(metric, ()),
-                "separates": bool(better >= MARGIN.get(metric, 0.0)),
+                "separates": bool(better >= MARGIN.get(metric, 1e-9)),
             }
     return table
 

@@ -1,0 +1,406 @@
+"""``vssflow experiment NAME``: the paper's three claims, each a config plus this runner (train -> evaluate -> verdict).
+
+    vssflow experiment joint-vs-separate --data SHARDS --out DIR [--scale tiny|small|paper] [--seeds 3]
+                       [--manifest MANIFEST] [--mlflow-uri URI] [--ray-address auto]
+
+Experiments (every variant trained with the same model size and the same number of steps, ``--seeds`` times):
+
+* ``joint-vs-separate``: V2S only (mix 1:0:0), VisualTTS only (0:1:0) and joint (1:1:0.5); each task's metrics
+  (joint model vs the task's separate model, paired by seed) and the training-loss curves.
+* ``placement``: semantics x transcript each through cross-attention or in context (four models, joint data). The
+  paper's finding: cross-attention for video, in-context for the transcript.
+* ``cfg``: the joint and the separate models evaluated at guidance scales 1..6. The paper: joint training
+  stabilises CFG (its metrics degrade less at large scales).
+
+Training calls :func:`pipelines.train.run_training`, evaluation :func:`pipelines.evaluate.evaluate`; everything is
+logged to one MLflow store (``--mlflow-uri``, default ``DIR/mlflow``). Means and 95 % t-intervals are over seeds;
+a difference is called significant when the paired 95 % interval excludes 0. ``DIR/experiment.json`` and
+``DIR/experiment.md`` hold the numbers and say plainly whether each claim held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from vssflow.errors import InputError
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each training run and evaluation is."""
+
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    max_steps: int = 40
+    batch_size: int = 4
+    workers: int = 1
+    engine: str = "ddp"
+    lr: float = 2e-3
+    eval_clips: int = 4  # per task
+    eval_steps: int = 8
+    cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+
+
+TINY_MODEL = {"depth": 2, "width": 64, "heads": 2, "cross_dim": 64, "lip_dim": 16, "phoneme_dim": 16,
+              "time_freq_dim": 64}  # fmt: skip
+SCALES = {
+    # the test suite: seconds per run
+    "tiny": Scale(model_overrides=TINY_MODEL, max_steps=4, batch_size=2, eval_clips=2, eval_steps=2,
+                  cfg_scales=(1.0, 4.0)),
+    # this machine (2 CPU cores): under an hour per experiment
+    "small": Scale(model_overrides=TINY_MODEL, max_steps=150, eval_clips=4, eval_steps=8),
+    # a GPU cluster: the paper-size backbone
+    "paper": Scale(preset="paper", max_steps=200_000, batch_size=32, workers=8, engine="zero2", lr=1e-4,
+                   eval_clips=500, eval_steps=25),
+}  # fmt: skip
+
+MIXES = {"v2s": (1.0, 0.0, 0.0), "tts": (0.0, 1.0, 0.0), "joint": (1.0, 1.0, 0.5)}
+TASKS_OF = {"v2s": ("v2s",), "tts": ("tts",), "joint": ("v2s", "tts")}
+PRIMARY = {"v2s": ("fd", "onset_f1", "class_acc"), "tts": ("wer", "mcd", "spk_sim")}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to train: its name, data mix, model changes, and what it is evaluated on."""
+
+    name: str
+    mix: tuple[float, float, float]
+    tasks: tuple[str, ...]
+    model: dict = field(default_factory=dict)
+
+
+def variants(name: str) -> list[Variant]:
+    """The models an experiment trains."""
+    if name in ("joint-vs-separate", "cfg"):
+        return [Variant(k, MIXES[k], TASKS_OF[k]) for k in ("v2s", "tts", "joint")]
+    if name == "placement":
+        return [
+            Variant(f"sem-{s}_phon-{p}", MIXES["joint"], ("v2s", "tts"), {"sem_placement": s, "phoneme_placement": p})
+            for s in ("cross", "context")
+            for p in ("cross", "context")
+        ]
+    raise InputError(f"unknown experiment {name!r}; use one of {', '.join(EXPERIMENTS)}", source="vssflow experiment")
+
+
+EXPERIMENTS = ("joint-vs-separate", "placement", "cfg")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    data: str
+    out: str
+    scale: str = "small"
+    seeds: int = 3
+    manifest: str | None = None
+    mlflow_uri: str | None = None
+    ray_address: str | None = None
+    asr: str = "auto"
+    classifier: str | None = None
+    scale_overrides: dict = field(default_factory=dict)
+    only: tuple[str, ...] | None = None  # train only these variants (smoke runs)
+    eval_tasks: tuple[str, ...] | None = None  # evaluate only these tasks (smoke runs)
+
+
+# ---- statistics -----------------------------------------------------------------------------------------------------
+def mean_ci(values) -> dict:
+    """Mean and 95 % t-interval half-width over seeds (finite values only)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    if not len(v):
+        return {"mean": float("nan"), "ci95": float("nan"), "n": 0, "values": []}
+    half = float(T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "ci95": half, "n": int(len(v)), "values": v.tolist()}
+
+
+def compare(a: list[float], b: list[float], higher_is_better: bool) -> dict:
+    """Paired (by seed) difference a - b: mean, interval and the verdict 'better' / 'worse' / 'no difference'."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if math.isfinite(x) and math.isfinite(y)]
+    d = mean_ci([x - y for x, y in pairs])
+    if not d["n"] or not math.isfinite(d["ci95"]):
+        verdict = "undetermined"
+    elif abs(d["mean"]) > d["ci95"]:
+        good = d["mean"] > 0 if higher_is_better else d["mean"] < 0
+        verdict = "better" if good else "worse"
+    else:
+        verdict = "no difference"
+    return {**d, "verdict": verdict}
+
+
+# ---- runner ---------------------------------------------------------------------------------------------------------
+def _train(cfg: ExperimentConfig, scale: Scale, v: Variant, seed: int, root: Path, tracking: str):
+    from pipelines.train import run_training
+    from pipelines.train_loop import TrainJobConfig
+
+    tag = f"{v.name}-s{seed}"
+    job = TrainJobConfig(
+        data=str(Path(cfg.data).resolve()), preset=scale.preset, model_overrides={**scale.model_overrides, **v.model},
+        workers=scale.workers, engine=scale.engine, max_steps=scale.max_steps, batch_size=scale.batch_size,
+        lr=scale.lr, warmup_steps=max(1, scale.max_steps // 10), v2s_weight=v.mix[0], tts_weight=v.mix[1],
+        joint_weight=v.mix[2], checkpoint_every=max(1, scale.max_steps), eval_every=0, seed=seed,
+    )  # fmt: skip
+    return run_training(job, out=root / "models" / tag, run_dir=root / "runs" / tag, tracking_uri=tracking,
+                        experiment=f"experiment-{cfg.name}", register_as=None, n_val_clips=0,
+                        ray_address=cfg.ray_address)  # fmt: skip
+
+
+def _evaluate(cfg: ExperimentConfig, scale: Scale, model: Path, tasks, seed: int, out: Path, tracking: str, cfg_scale):
+    from pipelines.evaluate import EvalConfig, evaluate
+
+    ec = EvalConfig(
+        model=str(model), data=cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),
+        max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=float(cfg_scale), seed=seed, validate=0,
+        asr=cfg.asr, classifier=cfg.classifier, ray_address=cfg.ray_address, mlflow_uri=tracking,
+        experiment=f"experiment-{cfg.name}", run_name=f"eval-{out.name}", spectrograms=1,
+        tags={"experiment": cfg.name},
+    )  # fmt: skip
+    return evaluate(ec, log=lambda *_: None)
+
+
+def _final_losses(run_id: str, tracking: str) -> dict[str, list[tuple[int, float]]]:
+    from pipelines.mlflow_utils import run_metrics
+
+    return {k: v for k, v in run_metrics(run_id, tracking_uri=tracking).items() if k.startswith("loss")}
+
+
+def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
+    """Train every variant for every seed, evaluate, summarise; returns (and writes) the experiment report."""
+    if cfg.scale not in SCALES:
+        raise InputError(f"unknown scale {cfg.scale!r}; use tiny, small or paper", source="--scale")
+    if cfg.seeds < 1:
+        raise InputError("--seeds must be >= 1 (3 for confidence intervals)", source="--seeds")
+    scale = replace(SCALES[cfg.scale], **cfg.scale_overrides)
+    root = Path(cfg.out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    tracking = cfg.mlflow_uri
+    if tracking is None:
+        from pipelines.mlflow_utils import default_tracking_uri
+
+        (root / "mlflow").mkdir(exist_ok=True)
+        tracking = default_tracking_uri(root / "mlflow")
+    t0 = time.perf_counter()
+    vs = [v for v in variants(cfg.name) if cfg.only is None or v.name in cfg.only]
+    if cfg.eval_tasks is not None:
+        vs = [replace(v, tasks=tuple(t for t in v.tasks if t in cfg.eval_tasks) or v.tasks) for v in vs]
+    cfg_values = scale.cfg_scales if cfg.name == "cfg" else (3.0,)
+    log(f"vssflow experiment {cfg.name}: {len(vs)} variants x {cfg.seeds} seeds, scale {cfg.scale} "
+        f"({scale.max_steps} steps), cfg {list(cfg_values)}; out {root}")  # fmt: skip
+    results: dict = {}  # variant -> seed -> {"train": {...}, "eval": {cfg: {task: {metric: mean}}}}
+    for seed in range(cfg.seeds):
+        for v in vs:
+            tr = _train(cfg, scale, v, seed, root, tracking)
+            entry = {"train": {"run_id": tr.mlflow_run_id, "steps": tr.steps, "seconds": tr.seconds,
+                               "losses": _final_losses(tr.mlflow_run_id, tracking)}, "eval": {}}  # fmt: skip
+            for c in cfg_values:
+                rep = _evaluate(cfg, scale, tr.out, v.tasks, seed, root / "eval" / f"{v.name}-s{seed}-cfg{c:g}",
+                                tracking, c)  # fmt: skip
+                entry["eval"][f"{c:g}"] = {t: {k: m["mean"] for k, m in ms.items()} for t, ms in rep["metrics"].items()}
+                entry["measured_with"] = rep["measured_with"]
+            results.setdefault(v.name, {})[str(seed)] = entry
+            log(f"  {v.name} seed {seed}: trained {tr.steps} steps in {tr.seconds:.0f} s, evaluated")
+    summary = summarise(cfg.name, results, cfg_values)
+    report = {"config": asdict(cfg), "scale": asdict(scale), "tracking_uri": tracking, "results": results,
+              "summary": summary, "seconds": time.perf_counter() - t0}  # fmt: skip
+    _write(root / "experiment.json", json.dumps(report, indent=1, default=str))
+    _write(root / "experiment.md", render(report))
+    _plot(report, root)
+    log(f"vssflow experiment {cfg.name}: {summary['claim']['verdict']} -- {root / 'experiment.md'}")
+    return report
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _values(results: dict, variant: str, cfg: str, task: str, metric: str) -> list[float]:
+    out = []
+    for _seed, e in sorted(results.get(variant, {}).items()):
+        out.append(float(e["eval"].get(cfg, {}).get(task, {}).get(metric, float("nan"))))
+    return out
+
+
+def summarise(name: str, results: dict, cfg_values) -> dict:
+    """Per-variant means with intervals, the comparisons the claim rests on, and the verdict."""
+    from vssflow.metrics.suite import HIGHER_IS_BETTER
+
+    c0 = f"{cfg_values[0]:g}" if name == "cfg" else "3"
+    table = {}
+    for v, seeds in results.items():
+        for c in {k for e in seeds.values() for k in e["eval"]}:
+            for task in ("v2s", "tts"):
+                for metric in PRIMARY[task]:
+                    vals = _values(results, v, c, task, metric)
+                    if any(math.isfinite(x) for x in vals):
+                        table.setdefault(v, {}).setdefault(c, {}).setdefault(task, {})[metric] = mean_ci(vals)
+    comparisons, claim = {}, {}
+    evaluated = {t for seeds in results.values() for e in seeds.values() for c in e["eval"].values() for t in c}
+    if name == "joint-vs-separate":
+        for task in sorted(evaluated & {"v2s", "tts"}):
+            for metric in PRIMARY[task]:
+                a, b = _values(results, "joint", c0, task, metric), _values(results, task, c0, task, metric)
+                comparisons[f"{task}/{metric}: joint vs {task}-only"] = compare(a, b, HIGHER_IS_BETTER[metric])
+        claim = _verdict(comparisons, "joint training is at least as good as separate training on both tasks")
+    elif name == "placement":
+        for task, metric, good, bad in (
+            ("v2s", "fd", "sem-cross", "sem-context"),
+            ("v2s", "onset_f1", "sem-cross", "sem-context"),
+            ("tts", "wer", "phon-context", "phon-cross"),
+            ("tts", "mcd", "phon-context", "phon-cross"),
+        ):
+            # average over the other condition's placement, paired by seed
+            comparisons[f"{task}/{metric}: {good} vs {bad}"] = compare(
+                _side(results, good, c0, task, metric), _side(results, bad, c0, task, metric), HIGHER_IS_BETTER[metric]
+            )
+        claim = _verdict(comparisons, "cross-attention for video semantics and in-context for the transcript are best")
+    elif name == "cfg":
+        spreads = {}
+        for v in results:
+            for task in TASKS_OF[v]:
+                for metric in PRIMARY[task][:2]:
+                    per_seed = []
+                    for s in sorted(results[v]):
+                        ys = [results[v][s]["eval"].get(f"{c:g}", {}).get(task, {}).get(metric, float("nan"))
+                              for c in cfg_values]  # fmt: skip
+                        ys = [y for y in ys if math.isfinite(y)]
+                        per_seed.append(max(ys) - min(ys) if ys else float("nan"))
+                    spreads[(v, task, metric)] = per_seed
+        for task in ("v2s", "tts"):
+            for metric in PRIMARY[task][:2]:
+                a, b = spreads.get(("joint", task, metric)), spreads.get((task, task, metric))
+                if a and b:  # a smaller spread over guidance scales = more stable: "higher is better" of -spread
+                    comparisons[f"{task}/{metric} spread over cfg: joint vs {task}-only"] = compare(
+                        [-x for x in a], [-x for x in b], True
+                    )
+        claim = _verdict(comparisons, "joint training makes the metrics less sensitive to the guidance scale")
+    return {"table": table, "comparisons": comparisons, "claim": claim}
+
+
+def _side(results: dict, tag: str, c0: str, task: str, metric: str) -> list[float]:
+    """Per seed: the metric averaged over the variants whose name contains ``tag`` (the other placement varies)."""
+    cols = [_values(results, v, c0, task, metric) for v in results if tag in v]
+    return [float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for x in zip(*cols, strict=True)]
+
+
+def _verdict(comparisons: dict, statement: str) -> dict:
+    verdicts = [c["verdict"] for c in comparisons.values()]
+    if not verdicts or all(v == "undetermined" for v in verdicts):
+        word = "undetermined (too few seeds or metrics to test it)"
+    elif any(v == "worse" for v in verdicts):
+        word = "did not hold"
+    elif any(v == "better" for v in verdicts):
+        word = "held"
+    else:
+        word = "not shown (no significant difference)"
+    return {"statement": statement, "verdict": word, "counts": {v: verdicts.count(v) for v in set(verdicts)}}
+
+
+def _fmt(d: dict) -> str:
+    if not d or not math.isfinite(d.get("mean", float("nan"))):
+        return "–"
+    ci = d.get("ci95", float("nan"))
+    return f"{d['mean']:.3f}" + (f" ± {ci:.3f}" if math.isfinite(ci) else "")
+
+
+def render(report: dict) -> str:
+    s, cfg = report["summary"], report["config"]
+    mw = next((e.get("measured_with") for v in report["results"].values() for e in v.values()), {}) or {}
+    lines = [f"# Experiment `{cfg['name']}` (scale {cfg['scale']}, {cfg['seeds']} seeds)", "",
+             f"**Claim:** {s['claim']['statement']}. **Result here: {s['claim']['verdict']}.**", "",
+             f"Training: {report['scale']['max_steps']} steps, preset {report['scale']['preset']} "
+             f"{report['scale']['model_overrides'] or ''}; evaluation: {report['scale']['eval_clips']} clips per task, "
+             f"{report['scale']['eval_steps']} solver steps. ASR {mw.get('asr')}, {mw.get('fd_embedding')}, "
+             f"lip sync {mw.get('lipsync', '')}.", "",
+             "## Comparisons (paired by seed, 95 % t-interval)", "", "| comparison | difference | verdict |",
+             "|---|---|---|"]  # fmt: skip
+    for k, c in s["comparisons"].items():
+        lines.append(f"| {k} | {_fmt(c)} | {c['verdict']} |")
+    lines += ["", "## Metrics per variant (mean ± 95 % interval over seeds)", ""]
+    for v, by_cfg in s["table"].items():
+        for c, by_task in sorted(by_cfg.items(), key=lambda kv: float(kv[0])):
+            cells = [f"{t}/{m} {_fmt(d)}" for t, ms in by_task.items() for m, d in ms.items()]
+            lines.append(f"- **{v}** (cfg {c}): " + "; ".join(cells))
+    lines += ["", "## Training losses (final value per seed)", ""]
+    for v, seeds in report["results"].items():
+        finals = {}
+        for e in seeds.values():
+            for k, pts in e["train"]["losses"].items():
+                finals.setdefault(k, []).append(pts[-1][1] if pts else float("nan"))
+        lines.append(f"- **{v}**: " + "; ".join(f"{k} {_fmt(mean_ci(x))}" for k, x in sorted(finals.items())))
+    lines += [
+        "",
+        "![curves](curves.png)",
+        "",
+        f"MLflow: `{report['tracking_uri']}`. Time: {report['seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(report: dict, root: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for v, seeds in report["results"].items():
+        for k in ("loss/v2s", "loss/tts"):
+            curves = [dict(e["train"]["losses"].get(k, [])) for e in seeds.values()]
+            steps = sorted(set().union(*curves)) if curves else []
+            if steps:
+                ys = [np.nanmean([c.get(s, np.nan) for c in curves]) for s in steps]
+                axes[0].plot(steps, ys, label=f"{v} {k}")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss (mean over seeds)")
+    axes[0].legend(fontsize=7)
+    if report["config"]["name"] == "cfg":
+        for v, by_cfg in report["summary"]["table"].items():
+            for task in ("v2s", "tts"):
+                metric = PRIMARY[task][0]
+                xs = sorted(float(c) for c in by_cfg if metric in by_cfg[c].get(task, {}))
+                if xs:
+                    axes[1].plot(xs, [by_cfg[f"{x:g}"][task][metric]["mean"] for x in xs], marker="o",
+                                 label=f"{v} {task}/{metric}")  # fmt: skip
+        axes[1].set_xlabel("guidance scale")
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / "curves.png", dpi=80)
+    plt.close(fig)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=EXPERIMENTS)
+    p.add_argument("--data", required=True, help="shard directory (vssflow preprocess --out)")
+    p.add_argument("--out", required=True, help="experiment directory")
+    p.add_argument("--scale", default="small", choices=sorted(SCALES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--manifest", default=None, help="manifest of the shards' clips (ground-truth audio)")
+    p.add_argument("--max-steps", type=int, default=None, help="override the scale's training steps")
+    p.add_argument("--eval-clips", type=int, default=None, help="override the scale's clips per task")
+    p.add_argument("--asr", default="auto", choices=("auto", "whisper", "pocketsphinx"))
+    p.add_argument("--mlflow-uri", default=None)
+    p.add_argument("--ray-address", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    over = {k: v for k, v in (("max_steps", args.max_steps), ("eval_clips", args.eval_clips)) if v is not None}
+    cfg = ExperimentConfig(name=args.name, data=args.data, out=args.out, scale=args.scale, seeds=args.seeds,
+                           manifest=args.manifest, mlflow_uri=args.mlflow_uri, ray_address=args.ray_address,
+                           asr=args.asr, scale_overrides=over)  # fmt: skip
+    report = run_experiment(cfg)
+    for k, c in report["summary"]["comparisons"].items():
+        print(f"  {k}: {_fmt(c)} ({c['verdict']})")
+    print(f"  claim: {report['summary']['claim']['statement']}: {report['summary']['claim']['verdict']}")
+    return 0
