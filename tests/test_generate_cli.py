@@ -1,0 +1,149 @@
+"""`vssflow generate` as a user runs it: a real subprocess on an embedded (synth) clip, a tiny untrained model.
+
+Checks the plumbing, not the quality: output duration equals the video's, the .mp4 carries the input's video
+packets unchanged plus one new audio stream, --stems writes speech/sound stems, bad inputs fail with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+
+def _vssflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vssflow.cli", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vssflow {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _ffprobe_streams(path: Path) -> list[dict]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", "-show_streams", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out)["streams"]
+
+
+def _video_packet_hashes(path: Path) -> list[str]:
+    """MD5 of every packet of the first video stream (stream copy keeps them bit-identical)."""
+    out = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5", "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line.rsplit(",", 1)[-1].strip() for line in out.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("corpus")
+    _vssflow("synth", "--out", str(out), "--clips", "1", "--seed", "3", "--mix", "0,0,1", "--duration", "2.0",
+             "--workers", "1")  # fmt: skip
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["task"] == "joint"
+    row["video"] = str(out / row["video"])
+    row["reference_audio"] = str(out / row["reference_audio"])
+    return row
+
+
+def _wake(model) -> None:
+    """Give the zero-initialised layers (adaLN-Zero, output head) small random weights, so an untrained model's
+    output depends on its conditions (a freshly initialised DiT predicts v = 0 whatever it is given)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny untrained generator for MobileNetV2 features (sem_dim 1280), with a 1.2 s window so the 2 s clip is
+    generated in overlapping crossfaded windows."""
+    from vssflow.generator import Generator, SamplingConfig
+    from vssflow.model import ModelConfig
+
+    cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2)
+    gen = Generator(cfg, sampling=SamplingConfig(steps=3, cfg_scale=2.0, window_overlap_s=0.2))
+    _wake(gen.model)
+    return gen.save_pretrained(tmp_path_factory.mktemp("model") / "tiny", extractors={"encoder": "mobilenetv2"})
+
+
+def test_generate_mp4_with_stems(corpus, model_dir, tmp_path):
+    out = tmp_path / "out.mp4"
+    proc = _vssflow(
+        "generate", "--model", str(model_dir), "--video", corpus["video"], "--transcript", corpus["transcript"],
+        "--reference-voice", corpus["reference_audio"], "--task", "joint", "--steps", "3", "--cfg", "2", "--seed", "7",
+        "--stems", "--out", str(out),
+    )  # fmt: skip
+    assert "sampling" in proc.stderr  # the tqdm bar over solver steps
+    src = {s["codec_type"]: s for s in _ffprobe_streams(Path(corpus["video"]))}
+    streams = _ffprobe_streams(out)
+    kinds = sorted(s["codec_type"] for s in streams)
+    assert kinds == ["audio", "video"], kinds
+    v = next(s for s in streams if s["codec_type"] == "video")
+    a = next(s for s in streams if s["codec_type"] == "audio")
+    for key in ("codec_name", "width", "height", "nb_frames", "r_frame_rate", "pix_fmt"):
+        assert v[key] == src["video"][key], key
+    assert _video_packet_hashes(out) == _video_packet_hashes(Path(corpus["video"]))  # copied, not re-encoded
+    assert a["codec_name"] == "aac" and int(a["sample_rate"]) == 16000
+    duration = float(src["video"]["duration"])
+    assert abs(float(a["duration"]) - duration) < 0.1, (a["duration"], duration)
+
+    # the audio in the mp4 is the generated one, not the input's soundtrack
+    from vssflow.media.video import read_audio_track
+
+    new, old = read_audio_track(out), read_audio_track(corpus["video"])
+    assert len(new) == len(old) == round(duration * 16000)
+    assert np.corrcoef(new, old)[0, 1] < 0.5
+
+    for name in ("speech", "sound"):
+        wav, sr = sf.read(tmp_path / f"out.{name}.wav", dtype="float32")
+        assert sr == 16000 and len(wav) == round(duration * 16000) and np.isfinite(wav).all() and wav.std() > 0
+    speech, _ = sf.read(tmp_path / "out.speech.wav", dtype="float32")
+    sound, _ = sf.read(tmp_path / "out.sound.wav", dtype="float32")
+    assert not np.allclose(speech, sound)  # different conditions, different audio
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.sound.wav", "out.speech.wav"]  # no temps
+
+
+def test_generate_wav_v2s(corpus, model_dir, tmp_path):
+    out = tmp_path / "v2s.wav"
+    _vssflow("generate", "--model", str(model_dir), "--video", corpus["video"], "--task", "v2s", "--steps", "2",
+             "--seed", "11", "--no-progress", "--out", str(out))  # fmt: skip
+    from vssflow.media.video import probe
+
+    wav, sr = sf.read(out, dtype="float32")
+    assert sr == 16000 and len(wav) == round(probe(corpus["video"]).duration * 16000) and wav.std() > 0
+
+
+def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, capsys):
+    from vssflow.cli import main
+
+    junk = tmp_path / "notavideo.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    cases = [
+        (["--video", str(junk), "--task", "v2s"], "notavideo.mp4"),
+        (["--video", corpus["video"], "--task", "tts"], "transcript"),
+        (["--video", str(tmp_path / "missing.mp4")], "missing.mp4"),
+        (["--video", corpus["video"], "--task", "v2s", "--steps", "-3"], "steps"),
+        (["--video", corpus["video"], "--task", "v2s", "--cfg", "1e9"], "cfg"),
+    ]
+    for extra, needle in cases:
+        out = tmp_path / "bad.wav"
+        code = main(["generate", "--model", str(model_dir), *extra, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        lines = [ln for ln in err.splitlines() if ln.startswith("vssflow generate: error")]
+        assert len(lines) == 1 and needle in lines[0], err
+        assert not out.exists()
