@@ -82,10 +82,14 @@ class ClipSource:
         else:
             from vssflow.data.dataset import ShardDataset
 
-            self.ds = ShardDataset(path, tasks=cfg.tasks, split=cfg.split, sem_dim=sem_dim, check=False)
-            if cfg.split and not len(self.ds):  # no such split: evaluate on every split
-                self.ds = ShardDataset(path, tasks=cfg.tasks, sem_dim=sem_dim, check=False)
-            keys = [_ShardKey(task=self.ds.keys[i][0], index=i) for i in range(len(self.ds))]
+            # per task: the wanted split when the task has clips in it, else every split of that task
+            full = ShardDataset(path, tasks=cfg.tasks, sem_dim=sem_dim, check=False)
+            part = full
+            if cfg.split:
+                part = ShardDataset(path, tasks=cfg.tasks, split=cfg.split, sem_dim=sem_dim, check=False)
+            have = {part.keys[i][0] for i in range(len(part))}
+            keys = [_ShardKey(part.keys[i][0], i, part) for i in range(len(part))]
+            keys += [_ShardKey(full.keys[i][0], i, full) for i in range(len(full)) if full.keys[i][0] not in have]
             self.items = _select(keys, replace(cfg, split=None), key=lambda k: (k.task, k.index))
             if cfg.manifest:
                 from vssflow.data.manifest import read_manifest
@@ -114,7 +118,7 @@ class ClipSource:
             feats = self._extract(item)
             feats.sem = np.asarray(feats.sem, np.float32)
             return feats, reference_from_row(item, lip=feats.lip)
-        feats = self.ds[item.index]
+        feats = item.ds[item.index]
         cid = str(feats.meta.get("clip_id"))
         row = (self._manifest_rows or {}).get(cid)
         if row is not None:
@@ -134,6 +138,7 @@ class ClipSource:
 class _ShardKey:
     task: str
     index: int
+    ds: object  # the ShardDataset the index refers to
 
 
 def _select(rows, cfg: EvalConfig, key):

@@ -108,6 +108,9 @@ class ExperimentConfig:
     asr: str = "auto"
     classifier: str | None = None
     scale_overrides: dict = field(default_factory=dict)
+    eval_data: str | None = None  # held-out shards or manifest to evaluate on (default: ``data``)
+    eval_split: str | None = "val"  # split of the evaluation data (None: all)
+    reuse: str | None = None  # an earlier experiment directory whose trained models (same variants/seeds) are reused
     only: tuple[str, ...] | None = None  # train only these variants (smoke runs)
     eval_tasks: tuple[str, ...] | None = None  # evaluate only these tasks (smoke runs)
 
@@ -153,11 +156,33 @@ def _train(cfg: ExperimentConfig, scale: Scale, v: Variant, seed: int, root: Pat
                         ray_address=cfg.ray_address)  # fmt: skip
 
 
+@dataclass
+class _Trained:
+    out: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    steps: int
+    seconds: float
+
+
+def _reused(cfg: ExperimentConfig, v: Variant, seed: int) -> _Trained | None:
+    """The model of (variant, seed) trained by an earlier experiment in ``cfg.reuse`` (None when absent)."""
+    if not cfg.reuse:
+        return None
+    tag = f"{v.name}-s{seed}"
+    model, run_json = Path(cfg.reuse) / "models" / tag, Path(cfg.reuse) / "runs" / tag / "run.json"
+    if not (model / "config.json").is_file() or not run_json.is_file():
+        return None
+    state = json.loads(run_json.read_text())
+    return _Trained(model, state["mlflow_run_id"], state["tracking_uri"], int(state.get("steps", 0)), 0.0)
+
+
 def _evaluate(cfg: ExperimentConfig, scale: Scale, model: Path, tasks, seed: int, out: Path, tracking: str, cfg_scale):
     from pipelines.evaluate import EvalConfig, evaluate
 
     ec = EvalConfig(
-        model=str(model), data=cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),
+        model=str(model), data=cfg.eval_data or cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),
+        split=cfg.eval_split,
         max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=float(cfg_scale), seed=seed, validate=0,
         asr=cfg.asr, classifier=cfg.classifier, ray_address=cfg.ray_address, mlflow_uri=tracking,
         experiment=f"experiment-{cfg.name}", run_name=f"eval-{out.name}", spectrograms=1,
@@ -197,9 +222,10 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
     results: dict = {}  # variant -> seed -> {"train": {...}, "eval": {cfg: {task: {metric: mean}}}}
     for seed in range(cfg.seeds):
         for v in vs:
-            tr = _train(cfg, scale, v, seed, root, tracking)
+            tr = _reused(cfg, v, seed) or _train(cfg, scale, v, seed, root, tracking)
             entry = {"train": {"run_id": tr.mlflow_run_id, "steps": tr.steps, "seconds": tr.seconds,
-                               "losses": _final_losses(tr.mlflow_run_id, tracking)}, "eval": {}}  # fmt: skip
+                               "tracking_uri": tr.tracking_uri, "model": str(tr.out),
+                               "losses": _final_losses(tr.mlflow_run_id, tr.tracking_uri)}, "eval": {}}  # fmt: skip
             for c in cfg_values:
                 rep = _evaluate(cfg, scale, tr.out, v.tasks, seed, root / "eval" / f"{v.name}-s{seed}-cfg{c:g}",
                                 tracking, c)  # fmt: skip
@@ -386,9 +412,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="experiment directory")
     p.add_argument("--scale", default="small", choices=sorted(SCALES))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--manifest", default=None, help="manifest of the shards' clips (ground-truth audio)")
+    p.add_argument("--eval-data", default=None, help="held-out shards (or manifest) to evaluate on (default --data)")
+    p.add_argument("--eval-split", default="val", help="split of the evaluation data ('' = all)")
+    p.add_argument("--manifest", default=None, help="manifest of the evaluation clips (ground-truth audio)")
     p.add_argument("--max-steps", type=int, default=None, help="override the scale's training steps")
     p.add_argument("--eval-clips", type=int, default=None, help="override the scale's clips per task")
+    p.add_argument("--reuse", default=None, help="experiment directory whose trained models to reuse (e.g. for cfg)")
+    p.add_argument("--cfg-scales", default=None, help="comma-separated guidance scales (cfg experiment)")
     p.add_argument("--asr", default="auto", choices=("auto", "whisper", "pocketsphinx"))
     p.add_argument("--mlflow-uri", default=None)
     p.add_argument("--ray-address", default=None)
@@ -396,9 +426,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     over = {k: v for k, v in (("max_steps", args.max_steps), ("eval_clips", args.eval_clips)) if v is not None}
+    if args.cfg_scales:
+        over["cfg_scales"] = tuple(float(x) for x in args.cfg_scales.split(","))
     cfg = ExperimentConfig(name=args.name, data=args.data, out=args.out, scale=args.scale, seeds=args.seeds,
                            manifest=args.manifest, mlflow_uri=args.mlflow_uri, ray_address=args.ray_address,
-                           asr=args.asr, scale_overrides=over)  # fmt: skip
+                           asr=args.asr, scale_overrides=over, eval_data=args.eval_data,
+                           eval_split=args.eval_split or None, reuse=args.reuse)  # fmt: skip
     report = run_experiment(cfg)
     for k, c in report["summary"]["comparisons"].items():
         print(f"  {k}: {_fmt(c)} ({c['verdict']})")
