@@ -171,7 +171,7 @@ class PocketSphinxASR:
         try:
             from pocketsphinx import Decoder
         except ImportError:
-            raise AssetError("pocketsphinx is not installed; `pip install pocketsphinx==5.0.4`") from None
+            raise AssetError("pocketsphinx is not installed; `pip install pocketsphinx==5.1.1`") from None
         self.decoder = Decoder(samprate=SAMPLE_RATE)
         self.version = "pocketsphinx"
 
