@@ -64,7 +64,7 @@ class TrainJobConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 5
+    warmup_steps: int = 20
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.99
@@ -75,11 +75,11 @@ class TrainJobConfig:
     joint_weight: float = 0.5
     buffer_size: int = 32
     seed: int = 0
-    checkpoint_every: int = 10
+    checkpoint_every: int = 50
     keep_checkpoints: int = 2
     max_failures: int = 2
     log_every: int = 1
-    eval_every: int = 0  # 0 = only at the end; audio samples of the validation clips
+    eval_every: int = 250  # audio samples of the validation clips every N steps (0 = only at the end)
     eval_steps: int = 8  # ODE steps of validation sampling
     eval_cfg_scale: float = 3.0
     init: str = ""  # fine-tune from this model directory
