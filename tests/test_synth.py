@@ -101,14 +101,17 @@ def test_task_plan_counts():
 
 def onsets(x: np.ndarray, hop: int = 40) -> np.ndarray:
     """Onset times (s) by two detectors on 2.5 ms RMS frames above -30 dB of the peak: a sharp one (doubling over
-    the 5-15 ms before) and a smoothed one (the 10 ms envelope rising 2.5x within 20 ms, for slower attacks)."""
+    the 5-15 ms before) and a smoothed one (the 10 ms envelope rising 2.5x within 20 ms, for slower attacks), each
+    run on the signal and on its first difference (which lifts clicks above the low tail of an earlier sound)."""
     n = len(x) // hop
-    rms = np.sqrt(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)) + 1e-6
-    past = np.array([rms[max(0, i - 6) : max(1, i - 1)].max() for i in range(n)])
-    env = np.array([rms[max(0, i - 3) : i + 1].max() for i in range(n)])  # 10 ms running max
-    before = np.concatenate([np.full(8, env[0]), env[:-8]])  # 20 ms earlier
-    loud = rms > 0.03 * rms.max()
-    hit = loud & ((rms > 2.0 * past) | (env > 2.5 * before))
+    hit = np.zeros(n, bool)
+    for y in (x, np.diff(x, prepend=x[:1]) * 4):  # also on the differentiated signal: clicks over a low tail
+        rms = np.sqrt(np.mean(y[: n * hop].reshape(n, hop) ** 2, axis=1)) + 1e-6
+        past = np.array([rms[max(0, i - 6) : max(1, i - 1)].max() for i in range(n)])
+        env = np.array([rms[max(0, i - 3) : i + 1].max() for i in range(n)])  # 10 ms running max
+        before = np.concatenate([np.full(8, env[0]), env[:-8]])  # 20 ms earlier
+        loud = rms > 0.03 * rms.max()
+        hit |= loud & ((rms > 2.0 * past) | (env > 2.5 * before))
     times, last = [], -1.0
     for i in np.nonzero(hit)[0]:
         t = i * hop / SAMPLE_RATE
@@ -120,7 +123,7 @@ def onsets(x: np.ndarray, hop: int = 40) -> np.ndarray:
 
 def check_events_in_written_files(rows) -> int:
     """Each event's sound onset within one frame (40 ms) of its visual bounce, in the decoded mp4; returns #events."""
-    n_events = 0
+    n_events = hidden = 0
     for r in rows:
         assert r.events, r.clip_id
         # the sound: onsets in the decoded mp4 audio (the sound stem for joint clips, where speech overlaps)
@@ -143,9 +146,13 @@ def check_events_in_written_files(rows) -> int:
             for f in frames[k - 2 : k + 3 : 2]:
                 ys, xs = np.nonzero(np.abs(f - colour).max(axis=-1) < 45)
                 c.append((xs.mean(), ys.mean()) if len(xs) else (np.nan, np.nan))
+            if np.isnan(c).any():  # hidden behind another object (objects pass in front of each other)
+                hidden += 1
+                continue
             d1, d2 = np.subtract(c[1], c[0]), np.subtract(c[2], c[1])
             assert np.any(d1 * d2 < 0), (r.clip_id, e, c)
             n_events += 1
+    assert hidden <= 0.2 * (n_events + hidden)
     return n_events
 
 
@@ -251,6 +258,12 @@ def test_real_speech_clips_when_the_asterisk_package_is_installed(corpus):
     assert all(n.startswith(REAL_SPEAKER) for n in names)
     prompts = {p.transcript for p in assets.asterisk_prompts()}
     assert all(r.transcript in prompts for r in rows)
+    if assets.pocketsphinx_available():  # forced alignment gives word and phone timings of the real speech
+        for r in rows:
+            said = [w.strip(".,?!").lower() for w in r.transcript.split()]
+            assert [w.label for w in r.words] == said, r.clip_id
+            assert r.words[0].start >= r.extra["speech_start"] - 0.05 and r.words[-1].end <= r.end
+            assert all(p.start < p.end for p in r.phonemes) and "aligned:pocketsphinx" in r.source
 
 
 def test_espeak_timings_are_exact_and_voices_differ():

@@ -139,3 +139,54 @@ def trim_silence(x: np.ndarray, *, threshold_db: float = -40.0, pad_s: float = 0
         return x
     pad = int(pad_s * SAMPLE_RATE)
     return x[max(0, loud[0] * hop - pad) : min(len(x), (loud[-1] + 1) * hop + pad)]
+
+
+# ------------------------------------------------------------------------------------------------- alignment
+_DECODER = None
+
+
+def pocketsphinx_available() -> bool:
+    try:
+        import pocketsphinx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def align_speech(audio: np.ndarray, transcript: str) -> tuple[list, list] | None:
+    """Forced alignment with pocketsphinx (when installed): (words, phones) as ``(label, start, end)`` in seconds.
+
+    Phones are ARPAbet (``AA``, ``P``, ...), 10 ms resolution. Returns None when pocketsphinx is missing or the
+    text cannot be aligned (e.g. a word not in its dictionary). ``audio`` is (S,) float32 at 16 kHz.
+    """
+    global _DECODER
+    if not pocketsphinx_available():
+        return None
+    from pocketsphinx import Decoder
+
+    words_in = re.sub(r"[^a-z' ]", " ", transcript.lower()).split()
+    if not words_in:
+        return None
+    try:
+        if _DECODER is None:
+            _DECODER = Decoder(lm=None, loglevel="FATAL", samprate=SAMPLE_RATE)
+        d = _DECODER
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
+        d.set_align_text(" ".join(words_in))
+        for _ in range(2):  # first pass: word alignment; second: phones within words
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            if _ == 0:
+                d.set_alignment()
+        words, phones = [], []
+        for w in d.get_alignment():
+            name = w.name.split("(")[0]
+            if name.startswith("<") or name in ("</s>", "[noise]"):
+                continue
+            words.append((name, w.start / 100.0, (w.start + w.duration) / 100.0))
+            for ph in w:
+                phones.append((ph.name, ph.start / 100.0, (ph.start + ph.duration) / 100.0))
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    return (words, phones) if words else None

@@ -183,9 +183,13 @@ def _speak(rng: np.random.Generator, cfg: CorpusConfig, max_s: float, real: bool
         if prompts:
             p = prompts[int(rng.integers(len(prompts)))]
             x = assets.trim_silence(assets.load_audio(p.path))
-            return _Utt(
-                x, p.transcript, REAL_SPEAKER, None, None, assets.ASTERISK_LICENCE, f"asterisk:{p.name}", len(SPEAKERS)
-            )
+            ph = wd = None
+            aligned = assets.align_speech(x, p.transcript)  # pocketsphinx, when installed
+            if aligned is not None:
+                wd = tuple(TimedLabel(*w) for w in aligned[0])
+                ph = tuple(TimedLabel(*q) for q in aligned[1] if q[0] != "SIL")
+            src = f"asterisk:{p.name}" + ("; aligned:pocketsphinx" if aligned else "")
+            return _Utt(x, p.transcript, REAL_SPEAKER, ph, wd, assets.ASTERISK_LICENCE, src, len(SPEAKERS))
     spk = int(rng.integers(cfg.n_speakers))
     voice = SPEAKERS[spk]
     order = rng.permutation(len(SENTENCES))
@@ -282,10 +286,12 @@ def make_clip(cfg: CorpusConfig, index: int, task: str, out: Path, refs: dict[st
     if box is not None:
         k_obj = int(rng.integers(1, 4)) if task == "v2s" else int(rng.integers(1, 3))
         classes = [CLASSES[j] for j in rng.choice(len(CLASSES), size=k_obj, replace=False)]
-        tracks, impacts = scenes.simulate(rng, n, box, classes)
-        scenes.draw_tracks(frames, tracks)
         snd = {c.name: assets.event_sound(c.name, allow_real=cfg.real_sounds) for c in classes}
-        sound = scenes.place_events(n_samples, impacts, fps, {k: v.audio for k, v in snd.items()})
+        waves = {k: v.audio for k, v in snd.items()}
+        clear = lambda imps: scenes.onsets_clear(imps, waves, fps, n_samples)  # noqa: E731
+        tracks, impacts = scenes.simulate(rng, n, box, classes, accept=clear)
+        scenes.draw_tracks(frames, tracks)
+        sound = scenes.place_events(n_samples, impacts, fps, waves)
         events = [Event(round(i.frame / fps, 4), i.cls) for i in impacts]
         for c in classes:
             licences.add(snd[c.name].licence)

@@ -56,8 +56,10 @@ def simulate(
     *,
     min_gap: int = 4,
     tries: int = 60,
+    accept=None,
 ) -> tuple[list[Track], list[Impact]]:
-    """Simulate one object per class in ``classes``; retry until impacts are >= ``min_gap`` frames apart.
+    """Simulate one object per class in ``classes``; retry until impacts are >= ``min_gap`` frames apart (and
+    ``accept(impacts)`` holds, e.g. :func:`onsets_clear`).
 
     Returns tracks and the impacts sorted by frame. With fewer objects on failure (down to one), so it always
     returns; a single object's bounces are naturally spaced.
@@ -69,7 +71,8 @@ def simulate(
             frames = sorted(i.frame for i in impacts)
             appear = {tr.cls.name: tr.appear for tr in tracks}
             seen = all(i.frame - appear[i.cls] >= 3 for i in impacts)  # visible before it hits anything
-            if impacts and seen and all(b - a >= min_gap for a, b in zip(frames, frames[1:], strict=False)):
+            spaced = all(b - a >= min_gap for a, b in zip(frames, frames[1:], strict=False))
+            if impacts and seen and spaced and (accept is None or accept(impacts)):
                 return tracks, sorted(impacts, key=lambda i: i.frame)
         if len(classes) == 1:
             return tracks, _thin(impacts, min_gap)
@@ -199,6 +202,19 @@ def place_events(n_samples: int, impacts: list[Impact], fps: int, sounds: dict[s
     return out
 
 
+def onsets_clear(impacts: list[Impact], sounds: dict[str, np.ndarray], fps: int, n_samples: int, ratio=2.0) -> bool:
+    """True when every impact's first 10 ms is ``ratio`` x louder (RMS) than the 20 ms of mix before it, i.e. no
+    event hides in the tail of an earlier one (so each onset is audible, and learnable)."""
+    mix = place_events(n_samples, impacts, fps, sounds)
+    for imp in impacts:
+        s = int(round(imp.frame * SAMPLE_RATE / fps))
+        pre = mix[max(0, s - SAMPLE_RATE // 50) : s]
+        own = sounds[imp.cls][: SAMPLE_RATE // 100] * (0.5 + 0.5 * imp.strength)
+        if pre.size and np.sqrt(np.mean(own**2)) < ratio * np.sqrt(np.mean(pre**2)):
+            return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------- mouth
 _OPEN_WIDE = set("aɑæɐɒ")
 _OPEN_MID = set("eɛʌɜɔoœø")
@@ -207,8 +223,19 @@ _CLOSED = set("pbm")
 _LABIODENTAL = set("fv")
 
 
+_ARPABET = {
+    **dict.fromkeys(("AA", "AE", "AH", "AW", "AY"), 1.0),
+    **dict.fromkeys(("EH", "ER", "EY", "AO", "OW", "OY"), 0.75),
+    **dict.fromkeys(("IH", "IY", "UH", "UW"), 0.55),
+    **dict.fromkeys(("P", "B", "M", "SIL"), 0.0),
+    **dict.fromkeys(("F", "V"), 0.1),
+}
+
+
 def phoneme_openness(label: str) -> float:
-    """How far the mouth opens for an IPA phoneme (0 closed .. 1 wide); vowels open, bilabials close."""
+    """How far the mouth opens for a phoneme (IPA, or ARPAbet from pocketsphinx): 0 closed .. 1 wide."""
+    if label.isascii() and label[:1].isupper():
+        return _ARPABET.get(label.rstrip("012"), 0.3)
     chars = set(label)
     if chars & _OPEN_WIDE:
         return 1.0
