@@ -353,6 +353,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     mcfg = cfg.model_config()
     model = build_model(cfg)
+    if cfg.use_gpu:
+        import ray.train.torch
+
+        model = model.to(ray.train.torch.get_device())
     engine, engine_name = build_engine(model, cfg, world)
     stage = int(engine_name[-1]) if engine_name.startswith("zero") else 0
     ema = None
@@ -385,6 +389,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # ZeRO-3 parameters are partitioned outside their module's forward; every worker runs the same modules anyway.
     trainable = [p for p in engine.module.parameters() if p.requires_grad] if stage != 3 else []
+    device = next(engine.module.parameters()).device
     shard = ray.train.get_dataset_shard("train")
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     step, acc_metrics, t_last, clips_since = position["step"], [], time.perf_counter(), 0
@@ -405,9 +410,10 @@ def train_loop_per_worker(config: dict) -> None:
                 samples_log.write(json.dumps({"step": step, "epoch": epoch, "task": batch.task,
                                               "ids": batch.source_ids}) + "\n")  # fmt: skip
                 samples_log.flush()
-            tb = encode_batch(batch.clips, codec, mcfg)
+            tb = encode_batch(batch.clips, codec, mcfg).to(device)
             boundary = engine.is_gradient_accumulation_boundary()
-            loss, metrics = training_step(engine.module, tb, flow_cfg, gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.use_gpu):  # bf16 weights on GPU
+                loss, metrics = training_step(engine.module, tb, flow_cfg, gen)
             engine.backward(loss + _touch(trainable))
             engine.step()
             position["batch_in_epoch"] += 1
