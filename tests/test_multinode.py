@@ -112,14 +112,18 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
     (tmp_path / "job.py").write_text(JOB)
 
     dashboard_port = _free_port()
-    # Loopback only: every node of this cluster lives on 127.0.0.1.
-    node_args = {"num_cpus": 1, "object_store_memory": 300 * 1024**2, "node_ip_address": "127.0.0.1"}
+
+    def node_args() -> dict:
+        # Loopback only, and ports of its own: other Ray instances may be running on this machine.
+        ports = {k: _free_port() for k in ("dashboard_agent_listen_port", "metrics_export_port")}
+        return {"num_cpus": 1, "object_store_memory": 300 * 1024**2, "node_ip_address": "127.0.0.1", **ports}
+
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={**node_args, "include_dashboard": True, "dashboard_port": dashboard_port},
+        head_node_args={**node_args(), "include_dashboard": True, "dashboard_port": dashboard_port},
     )
     try:
-        workers = [cluster.add_node(**node_args) for _ in range(2)]
+        workers = [cluster.add_node(**node_args()) for _ in range(2)]
         cluster.wait_for_nodes()
         # This process only talks to the head's dashboard (jobs, state API); it is not a Ray driver.
         dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -153,7 +157,7 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
         victim = next(w for w in workers if w.unique_id in trainer_nodes)
         cluster.remove_node(victim, allow_graceful=False)
         killed_at = len(_checkpoints(work / "run"))
-        cluster.add_node(**node_args)  # the replacement KubeRay / the autoscaler would bring up
+        cluster.add_node(**node_args())  # the replacement KubeRay / the autoscaler would bring up
 
         while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
                                                                  JobStatus.STOPPED):  # fmt: skip
