@@ -123,6 +123,9 @@ def make_toy_shards(
 # ---- the benchmark -------------------------------------------------------------------------------------------------
 
 
+BENCH_MODEL = {"sem_dim": TOY_SEM_DIM}  # the real tiny preset (condition width set by the toy shards)
+
+
 def bare_loop_samples_per_s(data: str, *, steps: int, batch_size: int, threads: int, seed: int = 0) -> float:
     """Samples/s of a single-process PyTorch loop (same model, clips, batch size, AdamW, no Ray, no DeepSpeed)."""
     import torch
@@ -133,7 +136,7 @@ def bare_loop_samples_per_s(data: str, *, steps: int, batch_size: int, threads: 
     from vssflow.training import training_step
 
     torch.set_num_threads(threads)
-    cfg = TrainJobConfig(data=data, model_overrides=TOY_MODEL, batch_size=batch_size, seed=seed)
+    cfg = TrainJobConfig(data=data, model_overrides=BENCH_MODEL, batch_size=batch_size, seed=seed)
     paths, _, _ = shard_paths(data)
     clips = _read_rows(paths, "train")
     import tempfile
@@ -163,19 +166,19 @@ def bare_loop_samples_per_s(data: str, *, steps: int, batch_size: int, threads: 
     return n / (time.perf_counter() - t0)
 
 
-def bench_train(*, steps: int = 20, workers: int = 2, root: str | os.PathLike = "runs/bench_train") -> dict:
+def bench_train(*, steps: int = 30, workers: int = 2, root: str | os.PathLike = "runs/bench_train") -> dict:
     """Run the comparison and the ZeRO sweep; returns (and prints) a JSON-able report."""
     from pipelines.mlflow_utils import run_metrics
     from pipelines.train import run_training
     from pipelines.train_loop import TrainJobConfig
 
     root = Path(root).resolve()
-    data = str(make_toy_shards(root / "shards", n_v2s=32, n_tts=32))
-    report: dict = {"steps": steps, "workers": workers, "batch_size": 4, "model": TOY_MODEL}
+    data = str(make_toy_shards(root / "shards", n_v2s=64, n_tts=64))
+    report: dict = {"steps": steps, "workers": workers, "batch_size": 4, "model": {"preset": "tiny", **BENCH_MODEL}}
     report["bare_samples_per_s"] = bare_loop_samples_per_s(data, steps=steps, batch_size=4, threads=1)
     report["zero"] = {}
     for engine in ("zero0", "zero1", "zero2", "zero3"):
-        cfg = TrainJobConfig(data=data, model_overrides=TOY_MODEL, workers=workers, engine=engine, max_steps=steps,
+        cfg = TrainJobConfig(data=data, model_overrides=BENCH_MODEL, workers=workers, engine=engine, max_steps=steps,
                              checkpoint_every=steps, eval_every=0, batch_size=4)  # fmt: skip
         res = run_training(cfg, out=root / f"model_{engine}", run_dir=root / f"run_{engine}", register_as=None,
                            n_val_clips=0)  # fmt: skip
@@ -196,7 +199,7 @@ def bench_train(*, steps: int = 20, workers: int = 2, root: str | os.PathLike = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_train")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench_train.json")
     args = p.parse_args(argv)
