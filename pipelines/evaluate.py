@@ -207,7 +207,9 @@ def _init_ray(cfg: EvalConfig) -> bool:
     if cfg.ray_address:
         ray.init(address=cfg.ray_address)
     else:
-        ray.init(num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        # address="local": always a new local cluster, never another job's cluster found on this machine
+        ray.init(address="local", num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False)  # fmt: skip
     return True
 
 

@@ -213,6 +213,13 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
         (root / "mlflow").mkdir(exist_ok=True)
         tracking = default_tracking_uri(root / "mlflow")
     t0 = time.perf_counter()
+    import ray
+
+    if not ray.is_initialized():  # one Ray for every training and evaluation of the experiment
+        if cfg.ray_address:
+            ray.init(address=cfg.ray_address)
+        else:
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, scale.workers + 2), include_dashboard=False)
     vs = [v for v in variants(cfg.name) if cfg.only is None or v.name in cfg.only]
     if cfg.eval_tasks is not None:
         vs = [replace(v, tasks=tuple(t for t in v.tasks if t in cfg.eval_tasks) or v.tasks) for v in vs]
