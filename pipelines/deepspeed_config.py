@@ -1,15 +1,29 @@
-"""DeepSpeed configuration for the training loop: ZeRO stage, precision, optimizer, accumulation, clipping.
+"""DeepSpeed configuration and the training engines: ZeRO stage, precision, optimizer, accumulation, clipping.
 
 One function builds the JSON-like dict ``deepspeed.initialize`` takes. On CPU we train in fp32 (DeepSpeed's CPU
 accelerator has no fast bf16 path) and use PyTorch's AdamW (``torch_adam``) instead of DeepSpeed's JIT-compiled
 CPU Adam; on GPU bf16 is on. The learning-rate schedule is a torch ``LambdaLR`` passed to ``deepspeed.initialize``
 (the same schedule drives the DDP fallback and the bare-PyTorch benchmark loop), see :func:`lr_lambda`.
+
+:func:`build_engine` returns a DeepSpeed engine, or :class:`DDPEngine` (plain data parallel with the same small
+interface) when asked for or when DeepSpeed cannot start on this machine, which it says in the log.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from pipelines.train_loop import TrainJobConfig
+
+log = logging.getLogger("vssflow.train")
 
 ZERO_STAGES = {"zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3}
 
@@ -78,3 +92,117 @@ def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---- engines --------------------------------------------------------------------------------------------------------
+
+
+class DDPEngine:
+    """The plain data-parallel fallback with the DeepSpeed engine's small interface (backward / step / save / load).
+
+    Gradients are averaged across workers with one flat all-reduce per optimizer step (what DDP does, without its
+    forward wrapper, since the training step calls ``preprocess_conditions`` / ``predict_flow`` directly).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainJobConfig, schedule):
+        self.module = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.grad_accum, self.grad_clip = cfg.grad_accum, cfg.grad_clip
+        self.micro_steps, self._grad_norm = 0, 0.0
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        return (self.micro_steps + 1) % self.grad_accum == 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def _all_reduce_grads(self) -> None:
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for p, g in zip(self.params, _unflatten_dense_tensors(flat, grads), strict=True):
+            p.grad = g
+
+    def step(self) -> None:
+        if self.is_gradient_accumulation_boundary():
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                self._all_reduce_grads()
+            clip = self.grad_clip if self.grad_clip > 0 else float("inf")
+            self._grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.micro_steps += 1
+
+    def get_global_grad_norm(self) -> float:
+        return self._grad_norm
+
+    def save_checkpoint(self, directory: str, tag: str, client_state: dict) -> None:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            state = {
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "micro_steps": self.micro_steps,
+                **client_state,
+            }
+            torch.save(state, Path(directory) / f"{tag}_ddp.pt")
+
+    def load_checkpoint(self, directory: str, tag: str) -> dict:
+        state = torch.load(Path(directory) / f"{tag}_ddp.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.micro_steps = state["micro_steps"]
+        return state
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainJobConfig, world: int):
+    """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
+    schedule = partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    if cfg.engine == "ddp":
+        log.warning("engine: plain PyTorch DDP (asked for with --deepspeed ddp)")
+        return DDPEngine(model, cfg, schedule), "ddp"
+    try:
+        import deepspeed
+
+        ds_config = build_deepspeed_config(
+            stage=zero_stage(cfg.engine),
+            micro_batch_per_gpu=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            world_size=world,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            use_gpu=cfg.use_gpu,
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            dist_init_required=False,
+        )
+        return engine, cfg.engine
+    except Exception as e:  # noqa: BLE001 - any DeepSpeed start-up failure means "fall back", loudly
+        log.warning("engine: DeepSpeed cannot run here (%s: %s); FALLING BACK to plain PyTorch DDP",
+                    type(e).__name__, e)  # fmt: skip
+        return DDPEngine(model, cfg, schedule), "ddp"
+
+
+def optimizer_state_bytes(engine) -> int:
+    """Bytes of optimizer state tensors held by this worker (ZeRO 1/2/3 shard them across workers)."""
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)  # DeepSpeed ZeRO wraps the torch optimizer
+    total = 0
+    for state in inner.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and v.numel() > 1:
+                total += v.numel() * v.element_size()
+    return total

@@ -19,13 +19,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipelines.deepspeed_config import build_engine, optimizer_state_bytes
 from vssflow.audio.codec import MelCodec
 from vssflow.constants import TASKS
 from vssflow.data.sampler import BucketSampler, SamplerConfig
@@ -132,128 +132,6 @@ def encode_batch(clips: list[ClipFeatures], codec: MelCodec, cfg: ModelConfig):
     """Clips -> TrainBatch: mel (T_mel, 64) -> codec latent (N, C) per clip, conditions collated."""
     latents = [codec.encode(torch.from_numpy(c.mel)[None])[0] for c in clips]  # each (N, C)
     return make_train_batch(latents, clips, cfg)
-
-
-# ---- engine --------------------------------------------------------------------------------------------------------
-
-
-def lr_multiplier(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    from pipelines.deepspeed_config import lr_lambda
-
-    return lr_lambda(step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio)
-
-
-class DDPEngine:
-    """The plain data-parallel fallback with the DeepSpeed engine's small interface (backward / step / save / load).
-
-    Gradients are averaged across workers with one flat all-reduce per optimizer step (what DDP does, without its
-    forward wrapper, since the training step calls ``preprocess_conditions`` / ``predict_flow`` directly).
-    """
-
-    def __init__(self, model: torch.nn.Module, cfg: TrainJobConfig, schedule):
-        self.module = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.grad_accum, self.grad_clip = cfg.grad_accum, cfg.grad_clip
-        self.micro_steps, self._grad_norm = 0, 0.0
-
-    def is_gradient_accumulation_boundary(self) -> bool:
-        return (self.micro_steps + 1) % self.grad_accum == 0
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum).backward()
-
-    def _all_reduce_grads(self) -> None:
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for p, g in zip(self.params, _unflatten_dense_tensors(flat, grads), strict=True):
-            p.grad = g
-
-    def step(self) -> None:
-        if self.is_gradient_accumulation_boundary():
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                self._all_reduce_grads()
-            clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-            self._grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.micro_steps += 1
-
-    def get_global_grad_norm(self) -> float:
-        return self._grad_norm
-
-    def save_checkpoint(self, directory: str, tag: str, client_state: dict) -> None:
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            state = {
-                "module": self.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "micro_steps": self.micro_steps,
-                **client_state,
-            }
-            torch.save(state, Path(directory) / f"{tag}_ddp.pt")
-
-    def load_checkpoint(self, directory: str, tag: str) -> dict:
-        state = torch.load(Path(directory) / f"{tag}_ddp.pt", map_location="cpu", weights_only=False)
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.micro_steps = state["micro_steps"]
-        return state
-
-
-def build_engine(model: torch.nn.Module, cfg: TrainJobConfig, world: int):
-    """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
-    schedule = partial(lr_multiplier, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
-    if cfg.engine == "ddp":
-        log.warning("engine: plain PyTorch DDP (asked for with --deepspeed ddp)")
-        return DDPEngine(model, cfg, schedule), "ddp"
-    try:
-        import deepspeed
-
-        from pipelines.deepspeed_config import build_deepspeed_config, zero_stage
-
-        ds_config = build_deepspeed_config(
-            stage=zero_stage(cfg.engine),
-            micro_batch_per_gpu=cfg.batch_size,
-            grad_accum=cfg.grad_accum,
-            world_size=world,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            grad_clip=cfg.grad_clip,
-            use_gpu=cfg.use_gpu,
-        )
-        params = [p for p in model.parameters() if p.requires_grad]
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            model_parameters=params,
-            config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-            dist_init_required=False,
-        )
-        return engine, cfg.engine
-    except Exception as e:  # noqa: BLE001 - any DeepSpeed start-up failure means "fall back", loudly
-        log.warning("engine: DeepSpeed cannot run here (%s: %s); FALLING BACK to plain PyTorch DDP",
-                    type(e).__name__, e)  # fmt: skip
-        return DDPEngine(model, cfg, schedule), "ddp"
-
-
-def optimizer_state_bytes(engine) -> int:
-    """Bytes of optimizer state tensors held by this worker (ZeRO 1/2/3 shard them across workers)."""
-    opt = engine.optimizer
-    inner = getattr(opt, "optimizer", opt)  # DeepSpeed ZeRO wraps the torch optimizer
-    total = 0
-    for state in inner.state.values():
-        for v in state.values():
-            if torch.is_tensor(v) and v.numel() > 1:
-                total += v.numel() * v.element_size()
-    return total
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------

@@ -124,8 +124,8 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
     import numpy as np
 
     from bench.bench_train import TOY_MODEL, _tts_clip, _v2s_clip
+    from pipelines.deepspeed_config import DDPEngine
     from pipelines.train_loop import (
-        DDPEngine,
         TrainJobConfig,
         _models_for_export,
         _save_final,
