@@ -386,7 +386,9 @@ def _plot(report: dict, root: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    is_cfg = report["config"]["name"] == "cfg"
+    fig, axes = plt.subplots(1, 2 if is_cfg else 1, figsize=(10 if is_cfg else 6, 3.5), squeeze=False)
+    axes = axes[0]
     for v, seeds in report["results"].items():
         for k in ("loss/v2s", "loss/tts"):
             curves = [dict(e["train"]["losses"].get(k, [])) for e in seeds.values()]
@@ -397,7 +399,7 @@ def _plot(report: dict, root: Path) -> None:
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss (mean over seeds)")
     axes[0].legend(fontsize=7)
-    if report["config"]["name"] == "cfg":
+    if is_cfg:
         for v, by_cfg in report["summary"]["table"].items():
             for task in ("v2s", "tts"):
                 metric = PRIMARY[task][0]
