@@ -11,7 +11,8 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
   one-row Parquet file of our shard schema), ``steps``, ``cfg``, ``seed`` -> audio/wav.
 * ``GET /healthz`` (process up), ``/readyz`` (both model deployments answer), ``/v1/stats`` (in-flight requests and
   recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
-* Every response carries ``X-Request-Id``; generations also ``X-Seed`` (drawn when not given: send it back to get
+* Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
+  also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send it back to get
   the same audio), ``X-Batch-Size`` (requests in the @serve.batch call) and ``X-Group-Size`` (of those, the ones
   generated together in one tensor batch).
 
@@ -440,13 +441,13 @@ class Api:
     # ---- plumbing -------------------------------------------------------------------------------------------
 
     def _error(self, e: HTTPError, rid: str) -> JSONResponse:
-        headers = {"X-Request-Id": rid, **e.headers}
+        headers = dict(e.headers)  # X-Request-Id is added by Ray Serve's proxy to every response
         body = {"error": e.reason, "detail": e.detail, "request_id": rid}
         return JSONResponse(body, status_code=e.status, headers=headers)
 
     async def _handle(self, request: Request, route: str, work) -> Response:
         """Request id, size limit, load shedding, metrics and error mapping around ``work(form, rid)``."""
-        rid = request.headers.get("x-request-id", "")
+        rid = request.headers.get("x-request-id", "")  # set by Serve's proxy (the client's, or a new one)
         rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
         t0 = time.perf_counter()
         task, status = "-", 500
@@ -475,7 +476,6 @@ class Api:
                 self.inflight -= 1
                 self.m_inflight.set(self.inflight)
             status = response.status_code
-            response.headers["X-Request-Id"] = rid
             return response
         except HTTPError as e:
             status = e.status

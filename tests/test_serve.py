@@ -91,7 +91,8 @@ def _duration(video: str) -> float:
 
 def test_health_ready_openapi_page(server):
     url = server["url"]
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    r = httpx.get(f"{url}/healthz", headers={"X-Request-Id": "client-id-1"})
+    assert r.json() == {"status": "ok"} and r.headers["x-request-id"] == "client-id-1"
     assert httpx.get(f"{url}/readyz").json() == {"ready": True}
     spec = httpx.get(f"{url}/openapi.json").json()
     body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -118,6 +119,7 @@ def test_generate_each_task(server, task):
     assert sr == 16000 and len(wav) == round(_duration(clip["video"]) * 16000)
     assert np.isfinite(wav).all() and wav.std() > 0
     assert r.headers["x-seed"] == "42" and r.headers["x-task"] == task and len(r.headers["x-request-id"]) >= 8
+    assert "," not in r.headers["x-request-id"]
     # the same seed gives the same audio (whatever batch the request lands in); another seed does not
     again = _wav(_post(server["url"], video=clip["video"], ref=ref, **fields))[0]
     np.testing.assert_array_equal(again, wav)
@@ -250,7 +252,7 @@ def test_bad_input_burst(server, tmp_path):
         assert r.status_code == expected, (r.status_code, expected, r.text)
         detail = r.json()["detail"]
         assert detail and "\n" not in detail and str(server["uploads"]) not in detail, detail
-        assert r.headers["x-request-id"]
+        assert r.headers["x-request-id"] and r.json()["request_id"] == r.headers["x-request-id"]
     # the server still answers, and nothing of the requests is left on disk
     assert httpx.get(f"{url}/readyz").status_code == 200
     r = _post(url, video=clip["video"], task="v2s", steps=2)

@@ -1,0 +1,284 @@
+"""``vssflow generate-batch``: generate audio for a whole manifest (videos) or shard set (features) with Ray Data.
+
+    vssflow generate-batch MANIFEST.jsonl|SHARD_DIR|FILE.parquet --model MODEL --out DIR [--steps N --cfg S --seed K]
+        [--actors 2 --batch-size 4] [--mp4] [--split test] [--tasks v2s,tts]
+
+An actor pool (``ActorPoolStrategy``) holds the generator (and, for videos, the feature extractors), loaded once per
+actor; each actor takes batches of clips, builds their features, generates them together (grouped by task), and
+writes ``DIR/<clip_id>.wav`` (and ``.mp4`` with ``--mp4``: the video stream copied, for rows that use the whole
+video) atomically.
+
+Resumable like preprocessing: a clip whose output exists is complete (atomic writes) and is skipped, so rerunning
+after a crash or a kill does only the rest. Each clip's seed is derived from ``--seed`` and its ``clip_id``, so a
+resumed run writes the same audio as an uninterrupted one. Clips that fail (bad video, bad transcript) are listed in
+``DIR/_failed.jsonl`` with a one-line reason and retried by the next run; ``DIR/_summary.json`` has the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vssflow.constants import TASKS
+from vssflow.errors import InputError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Options of a batch generation run (see the module docstring)."""
+
+    source: str
+    model: str
+    out: str
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int = 0
+    actors: int = 1
+    actor_cpus: float = 1.0
+    batch_size: int = 4
+    mp4: bool = False
+    split: str | None = None
+    tasks: tuple[str, ...] | None = None
+    device: str = "cpu"
+
+
+def clip_seed(seed: int, clip_id: str) -> int:
+    """The seed of one clip: fixed by the run's seed and the clip id (not by batch, actor or resume)."""
+    return (zlib.crc32(clip_id.encode()) ^ int(seed)) & 0x7FFFFFFF
+
+
+def output_path(out: str | os.PathLike, clip_id: str, suffix: str = ".wav") -> Path:
+    """Where a clip's audio goes (the id made safe as a file name: no directories, no dot-dot)."""
+    name = _SAFE.sub("_", clip_id).strip("._") or f"clip-{zlib.crc32(clip_id.encode()):08x}"
+    return Path(out) / f"{name}{suffix}"
+
+
+# -------------------------------------------------------------------------------------------------------------- jobs
+
+
+def _parquet_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if (source / "_manifest.json").exists() or (source / "LATEST").exists():
+        from vssflow.data.shards import ShardManifest, resolve_shard_dir
+
+        man = ShardManifest(resolve_shard_dir(source))
+        return [man.vdir / e["file"] for e in sorted(man.shards, key=lambda e: e["file"])]
+    return sorted(source.glob("*.parquet"))
+
+
+def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None) -> list[dict]:
+    """One job per clip: ``{"clip_id", "kind": "video"|"shard", ...}`` from a manifest or Parquet shards."""
+    src = Path(source)
+    jobs = []
+    if src.suffix.lower() in (".jsonl", ".json", ".csv"):
+        from vssflow.data.manifest import read_manifest
+
+        for r in read_manifest(src):
+            if (split and r.split != split) or (tasks and r.task not in tasks):
+                continue
+            jobs.append({"clip_id": r.clip_id, "kind": "video", "video": r.video, "task": r.task,
+                         "transcript": r.transcript or "", "reference_audio": r.reference_audio or "",
+                         "start": float(r.start or 0.0), "end": float("nan") if r.end is None else float(r.end),
+                         "file": "", "row": -1})  # fmt: skip
+        return jobs
+    import pyarrow.parquet as pq
+
+    files = _parquet_files(src)
+    if not files:
+        raise InputError("no manifest (.jsonl/.csv) or Parquet shards found", source=str(src))
+    for f in files:
+        t = pq.read_table(f, columns=["clip_id", "task", "split"])
+        cols = [t.column(c).to_pylist() for c in ("clip_id", "task", "split")]
+        for i, (cid, task, sp) in enumerate(zip(*cols, strict=True)):
+            if (split and sp != split) or (tasks and task not in tasks):
+                continue
+            jobs.append({"clip_id": cid, "kind": "shard", "video": "", "task": task, "transcript": "",
+                         "reference_audio": "", "start": 0.0, "end": float("nan"), "file": str(f),
+                         "row": i})  # fmt: skip
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------------------------- actor
+
+
+class GenerateActor:
+    """Ray Data actor: loads the generator once; per batch of jobs: features -> generate (by task) -> files."""
+
+    def __init__(self, config: BatchConfig):
+        import torch
+
+        from vssflow.generator import Generator
+
+        torch.set_num_threads(max(1, int(config.actor_cpus)))
+        self.config = config
+        self.gen = Generator.from_pretrained(config.model, device=config.device)
+        self.extractors = None
+        self._table: tuple[str, object] | None = None
+
+    def _features(self, job: dict):
+        from vssflow.generator import slice_features
+
+        if job["kind"] == "shard":
+            import pyarrow.parquet as pq
+
+            from vssflow.data.schema import row_to_features, table_to_rows
+
+            if self._table is None or self._table[0] != job["file"]:
+                self._table = (job["file"], pq.read_table(job["file"]))
+            f = row_to_features(table_to_rows(self._table[1].slice(int(job["row"]), 1))[0])
+            f.mel = None
+            f.sem = None if f.sem is None else np.asarray(f.sem, np.float32)
+            return f
+        from vssflow.commands.generate import load_extractors_for, prepare_features
+
+        if self.extractors is None:
+            self.extractors = load_extractors_for(self.gen, device=self.config.device)
+        f = prepare_features(job["video"], task=job["task"], extractors=self.extractors,
+                             transcript=job["transcript"] or None, reference_voice=job["reference_audio"] or None,
+                             clip_id=job["clip_id"])  # fmt: skip
+        start, end = float(job["start"]), float(job["end"])
+        end = f.duration_s if math.isnan(end) else min(end, f.duration_s)
+        if start > 0 or end < f.duration_s - 1e-6:
+            f = slice_features(f, start, end)
+        return f
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vssflow.audio.io import write_audio
+
+        jobs = [{k: batch[k][i] for k in batch} for i in range(len(batch["clip_id"]))]
+        status, error, path, seconds = [""] * len(jobs), [""] * len(jobs), [""] * len(jobs), [0.0] * len(jobs)
+        feats: dict[int, object] = {}
+        for i, job in enumerate(jobs):
+            try:
+                feats[i] = self._features(job)
+            except InputError as e:
+                status[i], error[i] = "failed", str(e).splitlines()[0]
+        by_task: dict[str, list[int]] = {}
+        for i in feats:
+            by_task.setdefault(feats[i].task, []).append(i)
+        for idx in by_task.values():
+            t0 = time.perf_counter()
+            try:
+                seeds = [clip_seed(self.config.seed, str(jobs[i]["clip_id"])) for i in idx]
+                clips = [feats[i] for i in idx]
+                wavs = self.gen.generate(clips, steps=self.config.steps, cfg=self.config.cfg, seed=seeds)
+            except InputError as e:
+                for i in idx:
+                    status[i], error[i] = "failed", str(e).splitlines()[0]
+                continue
+            dt = (time.perf_counter() - t0) / len(idx)
+            for i, wav in zip(idx, wavs, strict=True):
+                cid = str(jobs[i]["clip_id"])
+                whole = "window" not in feats[i].meta  # slice_features marks a cut clip
+                if self.config.mp4 and jobs[i]["kind"] == "video" and whole:  # a cut clip has no video to copy
+                    from vssflow.media.mux import mux_audio
+
+                    mux_audio(str(jobs[i]["video"]), wav, output_path(self.config.out, cid, ".mp4"))
+                path[i] = str(write_audio(output_path(self.config.out, cid), wav))  # last: marks the clip done
+                status[i], seconds[i] = "ok", dt
+        return {"clip_id": np.array([str(j["clip_id"]) for j in jobs]), "status": np.array(status),
+                "error": np.array(error), "path": np.array(path), "seconds": np.array(seconds)}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------ driver
+
+
+def _atomic_json(path: Path, obj, *, lines: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = "".join(json.dumps(o) + "\n" for o in obj) if lines else json.dumps(obj, indent=2)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
+    """Generate every clip of ``config.source`` not already in ``config.out``. Ray must be initialised (or is
+    started locally). Returns the summary written to ``out/_summary.json``."""
+    import ray
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = load_jobs(config.source, split=config.split, tasks=config.tasks)
+    todo = [j for j in jobs if not output_path(out, j["clip_id"]).exists()]
+    log(f"vssflow generate-batch: {len(jobs)} clips in {config.source}; {len(jobs) - len(todo)} already done; "
+        f"{len(todo)} to generate with {config.actors} actor(s) -> {out}")  # fmt: skip
+    t0 = time.perf_counter()
+    results = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address="local", include_dashboard=False)
+        ds = ray.data.from_items(todo).map_batches(
+            GenerateActor,
+            fn_constructor_args=(config,),
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            num_cpus=config.actor_cpus,
+        )
+        for row in ds.iter_rows():
+            results.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            if len(results) % 10 == 0 or len(results) == len(todo):
+                log(f"  {len(results)}/{len(todo)} clips")
+    failed = [r for r in results if r["status"] != "ok"]
+    _atomic_json(out / "_failed.jsonl", [{"clip_id": r["clip_id"], "error": r["error"]} for r in failed], lines=True)
+    summary = {"clips": len(jobs), "skipped": len(jobs) - len(todo), "generated": len(results) - len(failed),
+               "failed": len(failed), "seconds": round(time.perf_counter() - t0, 2),
+               "config": {**asdict(config), "tasks": list(config.tasks or [])}}  # fmt: skip
+    _atomic_json(out / "_summary.json", summary)
+    log(f"vssflow generate-batch: generated {summary['generated']}, skipped {summary['skipped']}, failed "
+        f"{summary['failed']} in {summary['seconds']:.1f} s; outputs in {out}"
+        + (f"; failures in {out / '_failed.jsonl'}" if failed else ""))  # fmt: skip
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="manifest (.jsonl/.csv) of videos, or a shard set / Parquet file of features")
+    p.add_argument("--model", required=True, help="model directory or MLflow URI")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--out", required=True, help="output directory (<clip_id>.wav; rerun to resume)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--actors", type=int, default=1, help="generator actors (each loads the model once)")
+    p.add_argument("--actor-cpus", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
+    p.add_argument("--mp4", action="store_true", help="also write <clip_id>.mp4 (video copied + new audio)")
+    p.add_argument("--split", default=None, help="only rows of this split (e.g. test)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks to keep (v2s,tts,joint)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from pipelines.serve import resolve_model_dir
+    from vssflow.generator import read_model_config
+
+    tasks = tuple(t for t in (args.tasks or "").split(",") if t) or None
+    if tasks and set(tasks) - set(TASKS):
+        raise InputError(f"--tasks: unknown {sorted(set(tasks) - set(TASKS))}; use {TASKS}")
+    model = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    read_model_config(model)
+    if args.ray_address:
+        ray.init(address=args.ray_address)
+    elif not ray.is_initialized():
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    config = BatchConfig(source=args.source, model=str(Path(model).resolve()), out=args.out, steps=args.steps,
+                         cfg=args.cfg, seed=args.seed, actors=args.actors, actor_cpus=args.actor_cpus,
+                         batch_size=args.batch_size, mp4=args.mp4, split=args.split, tasks=tasks,
+                         device=args.device)  # fmt: skip
+    summary = run_generate_batch(config)
+    return 0 if summary["failed"] == 0 else 1

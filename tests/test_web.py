@@ -1,0 +1,156 @@
+"""The web page at ``/`` in real headless Chromium (Debian's chromium + chromedriver, driven by selenium).
+
+Upload a video, a transcript and a reference voice, choose the task, submit; the page shows progress, then plays
+the result (the browser decodes the returned audio: its duration equals the video's) next to the input video and
+offers a download. A bad upload shows the server's one-line reason. A screenshot is saved in the test's output
+directory and its path printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+selenium = pytest.importorskip("selenium")
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER) and shutil.which("ffmpeg")),
+    reason="needs Debian chromium + chromium-driver and ffmpeg",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from bench.bench_serve import free_port, make_tiny_serving_model, wait_ready
+    from pipelines.serve import Scaling, ServeConfig, start
+
+    root = tmp_path_factory.mktemp("web")
+    corpus = root / "corpus"
+    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", "1", "--seed", "8",
+           "--mix", "0,0,1", "--duration", "2.0", "--workers", "1"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    clip = json.loads((corpus / "manifest.jsonl").read_text().splitlines()[0])
+    model = make_tiny_serving_model(root / "model")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    config = ServeConfig(model=str(model), upload_dir=str(root / "uploads"), generator=Scaling(num_cpus=1),
+                         extractor=Scaling(num_cpus=1))  # fmt: skip
+    url = start(config, port=free_port())
+    try:
+        wait_ready(url)
+        yield {"url": url, "video": str(corpus / clip["video"]), "ref": str(corpus / clip["reference_audio"]),
+               "transcript": clip["transcript"], "root": root}  # fmt: skip
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+
+
+@pytest.fixture()
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--mute-audio",
+                 "--window-size=1200,1000"):  # fmt: skip
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_script_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+_RECORD_STATUS = """
+window.__statuses = [];
+new MutationObserver(() => window.__statuses.push(document.getElementById('status').textContent))
+  .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+"""
+
+
+def _wait_state(driver, timeout: float = 240.0) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.3).until(
+        lambda d: d.execute_script("return document.body.dataset.state") in ("done", "error")
+    )
+    return driver.execute_script("return document.body.dataset.state")
+
+
+def test_page_generates_plays_and_downloads(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from vssflow.media.video import probe
+
+    browser.get(server["url"] + "/")
+    assert "vssflow" in browser.title
+    browser.find_element(By.ID, "video").send_keys(server["video"])
+    Select(browser.find_element(By.ID, "task")).select_by_value("joint")
+    browser.find_element(By.ID, "transcript").send_keys(server["transcript"])
+    browser.find_element(By.ID, "reference_voice").send_keys(server["ref"])
+    browser.find_element(By.ID, "steps").send_keys("3")
+    browser.find_element(By.ID, "seed").send_keys("9")
+    browser.execute_script(_RECORD_STATUS)
+    browser.find_element(By.ID, "submit").click()
+    state = _wait_state(browser)
+    status = browser.find_element(By.ID, "status").text
+    assert state == "done", status
+    statuses = browser.execute_script("return window.__statuses")
+    assert any(s.startswith(("Uploading", "Generating")) for s in statuses), statuses  # progress was shown
+
+    # the browser decodes the result: an audio of the video's duration, playable next to the input video
+    duration = probe(server["video"]).duration
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.getElementById('result-audio').readyState") >= 1
+    )  # noqa: E501
+    audio_s = browser.execute_script("return document.getElementById('result-audio').duration")
+    assert abs(audio_s - duration) < 0.05, (audio_s, duration)
+    assert browser.execute_script("return document.getElementById('input-video').src").startswith("blob:")
+    assert not browser.find_element(By.ID, "result-audio").get_attribute("hidden")
+    link = browser.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("download").endswith(".wav")
+    size = browser.execute_async_script(
+        "const done = arguments[0]; fetch(document.getElementById('download').href)"
+        ".then(r => r.arrayBuffer()).then(b => done(b.byteLength));"
+    )
+    assert size == 44 + round(duration * 16000) * 2  # 16-bit mono WAV of exactly the video's length
+    assert "seed 9" in browser.find_element(By.ID, "meta").text
+
+    shot = tmp_path / "web_page.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot: {shot}")
+
+
+def test_page_shows_the_reason_of_a_bad_upload(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    junk = tmp_path / "holiday.mp4"
+    junk.write_bytes(b"not a video at all" * 64)
+    browser.get(server["url"] + "/")
+    browser.find_element(By.ID, "video").send_keys(str(junk))
+    Select(browser.find_element(By.ID, "task")).select_by_value("v2s")
+    browser.find_element(By.ID, "submit").click()
+    assert _wait_state(browser, 120) == "error"
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("HTTP 422") and "holiday.mp4" in status, status
+    shot = tmp_path / "web_page_error.png"
+    browser.save_screenshot(str(shot))
+    print(f"\nscreenshot: {shot}")
