@@ -1,0 +1,190 @@
+"""`make demo`: the whole system end to end on the embedded synthetic corpus, on this machine.
+
+    synth (mp4 + manifest) -> preprocess (Ray Data -> Parquet) -> train (Ray Train + DeepSpeed, MLflow)
+    -> evaluate (report) -> serve (Ray Serve over HTTP) -> audio (.wav) and videos (.mp4) for held-out clips
+
+Every step is the same `vssflow` command a user runs; this script only strings them together and prints where the
+outputs are. Sizes are for 2 CPU cores (a few minutes in all); pass --clips/--steps for a bigger run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _vssflow(*args: str) -> None:
+    cmd = [sys.executable, "-m", "vssflow.cli", *args]
+    print(f"\n$ vssflow {' '.join(args)}", flush=True)
+    t0 = time.perf_counter()
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise DemoError(
+            f"`vssflow {args[0]}` failed (exit {code}); its output is above; rerun with --keep to reuse "
+            "the finished steps"
+        )
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed (one line, naming the step)."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vssflow serve exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+def _held_out(manifest: Path, n: int) -> list[dict]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    test = [r for r in rows if r.get("split") == "test"] or rows[-n:]
+    picked, seen = [], set()
+    for r in test:  # one clip of each task first
+        if r["task"] not in seen:
+            picked.append(r)
+            seen.add(r["task"])
+    picked += [r for r in test if r not in picked]
+    return picked[:n]
+
+
+def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: int) -> list[Path]:
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(out / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    print(f"\n$ vssflow serve --model {model} --port {port}   (log: {out / 'serve.log'})", flush=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vssflow.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    written = []
+    try:
+        _wait_ready(url, proc)
+        gen_dir = out / "generated"
+        gen_dir.mkdir(exist_ok=True)
+        for row in _held_out(manifest, n):
+            video = (manifest.parent / row["video"]).resolve()
+            data = {"task": row["task"], "steps": str(steps), "seed": "0", "output": "mp4"}
+            if row.get("transcript"):
+                data["transcript"] = row["transcript"]
+            files = {"video": (video.name, video.read_bytes(), "video/mp4")}
+            if row.get("reference_audio"):
+                ref = (manifest.parent / row["reference_audio"]).resolve()
+                files["reference_voice"] = (ref.name, ref.read_bytes(), "audio/wav")
+            for output in ("mp4", "wav"):
+                data["output"] = output
+                r = httpx.post(f"{url}/v1/generate", data=data, files=files, timeout=600)
+                r.raise_for_status()
+                path = gen_dir / f"{row['clip_id']}.{row['task']}.{output}"
+                path.write_bytes(r.content)
+                written.append(path)
+                print(f"  {row['task']:<5} {row['clip_id']} -> {path}  (request {r.headers.get('x-request-id')})")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/demo", help="demo directory (recreated)")
+    parser.add_argument("--clips", type=int, default=160, help="embedded corpus size")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    parser.add_argument("--deepspeed", default="zero2")
+    parser.add_argument("--sample-steps", type=int, default=16, help="solver steps when generating")
+    parser.add_argument("--keep", action="store_true", help="reuse corpus/shards already in --out")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    if out.exists() and not args.keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus, shards, model, run_dir, report = (out / n for n in ("corpus", "shards", "model", "train", "report"))
+    mlflow_uri = f"sqlite:///{out / 'mlflow.db'}"
+    t0 = time.perf_counter()
+
+    if not (corpus / "manifest.jsonl").exists():
+        _vssflow("synth", "--out", str(corpus), "--clips", str(args.clips), "--seed", "0", "--duration", "2.0..4.0")
+    _vssflow("preprocess", str(corpus / "manifest.jsonl"), "--out", str(shards), "--mlflow-uri", mlflow_uri)
+    if not (args.keep and (model / "config.json").exists()):
+        _vssflow(
+            "train", "--data", str(shards), "--preset", "tiny", "--workers", str(args.workers),
+            "--max-steps", str(args.steps), "--deepspeed", args.deepspeed, "--out", str(model),
+            "--run-dir", str(run_dir), "--mlflow-uri", mlflow_uri,
+        )  # fmt: skip
+    _vssflow(
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(shards),
+        "--manifest",
+        str(corpus / "manifest.jsonl"),
+        "--out",
+        str(report),
+        "--mlflow-uri",
+        mlflow_uri,
+    )
+    written = _serve_and_generate(model, corpus / "manifest.jsonl", out, n=3, steps=args.sample_steps)
+
+    print(f"\n== demo finished in {time.perf_counter() - t0:.0f} s ==")
+    print(f"corpus          {corpus}/manifest.jsonl")
+    print(f"feature shards  {shards}")
+    print(f"model           {model}   (vssflow info {model})")
+    print(f"evaluation      {report}/report.md")
+    print(f"generated       {out / 'generated'}  ({len(written)} files: .wav and .mp4)")
+    print(f"MLflow runs     {mlflow_uri}   (mlflow ui --backend-store-uri {mlflow_uri})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except DemoError as e:
+        print(f"make demo: {e}", file=sys.stderr)
+        sys.exit(1)
