@@ -12,9 +12,9 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
 * ``GET /healthz`` (process up), ``/readyz`` (both model deployments answer), ``/v1/stats`` (in-flight requests and
   recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
 * Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
-  also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send it back to get
-  the same audio), ``X-Batch-Size`` (requests in the @serve.batch call) and ``X-Group-Size`` (of those, the ones
-  generated together in one tensor batch).
+  also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send
+  it back to get the same audio), ``X-Batch-Size`` (requests in the @serve.batch call) and ``X-Group-Size`` (of
+  those, the ones generated together in one tensor batch).
 
 The generator batches concurrent requests with ``@serve.batch`` and splits each batch into groups of one shape:
 same task, duration bucket (the shard buckets, so padding is bounded) and sampling options.
