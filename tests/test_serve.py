@@ -283,3 +283,23 @@ def test_overload_answers_503_with_retry_after(server):
     assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
     assert all(r.headers["retry-after"].isdigit() for r in responses if r.status_code == 503)
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_prometheus_metrics(server):
+    """Our counters and histograms reach Prometheus through Ray's metrics agent (exported every few seconds)."""
+    import time
+
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text, deadline = "", time.time() + 60
+    while time.time() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if "vssflow_requests_total" in text and "vssflow_batch_size" in text:
+            break
+        time.sleep(2)
+    assert "vssflow_requests_total" in text and "vssflow_batch_size_bucket" in text, text[:500]
+    assert 'status="422"' in text and 'status="200"' in text
