@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r['forward']:>8.3f} {r['decode']:>8.3f} {r['ratio']:>6.3f}",
                 flush=True,
             )
-    print(
-        "ratio = generate time / (steps x one DiT forward on the CFG-doubled batch + decode + vocoder); goal <= 1.1"
-    )
+    print("ratio = generate time / (steps x one DiT forward on the CFG-doubled batch + decode + vocoder); goal <= 1.1")
     return rows
 
 
