@@ -134,7 +134,7 @@ def mlflow_server(postgres_uri):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a readiness bound, not a speed check: the machine may be busy
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as r:

@@ -114,9 +114,10 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
     dashboard_port = _free_port()
 
     def node_args() -> dict:
-        # Loopback only, and ports of its own: other Ray instances may be running on this machine.
+        # Ports of its own: other Ray instances may be running on this machine. (All nodes run on this host, at
+        # the address Ray picks for it; forcing 127.0.0.1 leaves the head's GCS advertised elsewhere.)
         ports = {k: _free_port() for k in ("dashboard_agent_listen_port", "metrics_export_port")}
-        return {"num_cpus": 1, "object_store_memory": 300 * 1024**2, "node_ip_address": "127.0.0.1", **ports}
+        return {"num_cpus": 1, "object_store_memory": 300 * 1024**2, **ports}
 
     cluster = Cluster(
         initialize_head=True,
@@ -154,7 +155,7 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
         trainers = list_actors(address=dashboard, filters=alive)
         trainer_nodes = {a.node_id for a in trainers}
         assert len(trainers) == 2 and len(trainer_nodes) == 2, f"trainers must run on two nodes: {trainers}"
-        victim = next(w for w in workers if w.unique_id in trainer_nodes)
+        victim = next(w for w in workers if w.node_id in trainer_nodes)  # (the head hosts at most one)
         cluster.remove_node(victim, allow_graceful=False)
         killed_at = len(_checkpoints(work / "run"))
         cluster.add_node(**node_args())  # the replacement KubeRay / the autoscaler would bring up
