@@ -31,6 +31,7 @@ from vssflow.constants import TASKS
 from vssflow.data.sampler import BucketSampler, SamplerConfig
 from vssflow.data.schema import META, row_to_features, table_to_rows
 from vssflow.ema import EMA
+from vssflow.errors import InputError
 from vssflow.lora import LoRAConfig, apply_lora
 from vssflow.model.config import PRESETS, ModelConfig
 from vssflow.model.dit import VSSFlowDiT
@@ -329,6 +330,12 @@ def train_loop_per_worker(config: dict) -> None:
                     _log_samples(tracker, averaged, codec, val_clips, cfg, step)
             if step % cfg.checkpoint_every == 0 or step == stop_at:
                 _report(engine, ema, position, gen, rank, step)
+        if epoch_done and position["batch_in_epoch"] == 0:
+            # Without this an epoch that forms no batch would start the next (identical) epoch forever.
+            raise InputError(
+                f"the training data cannot form one batch of {cfg.batch_size} clips of a task per worker "
+                f"({world} workers); lower --batch-size or --workers, or add clips"
+            )
         if epoch_done:  # some worker ran out of clips: every worker starts the next epoch together
             position = {"step": step, "epoch": epoch + 1, "batch_in_epoch": 0}
     if samples_log is not None:
