@@ -97,6 +97,7 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("ray/*/step_*") if any(p.glob("worker_*.pt")))
 
 
+@pytest.mark.timeout(3600)  # three nodes, preprocess, a restarted training and Serve on a shared 2-core machine
 @pytest.mark.skipif(bool(_missing), reason=f"not importable yet: {', '.join(_missing)} (other helpers' pipelines)")
 def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
     from ray.cluster_utils import Cluster
