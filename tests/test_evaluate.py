@@ -28,7 +28,7 @@ TINY = {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "lip_dim": 8, "pho
 def cluster():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
@@ -128,12 +128,16 @@ def test_experiment_smoke(cluster, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_experiment_cfg_tiny_end_to_end(cluster, tmp_path):
-    """The CFG experiment at the tiny scale: joint vs separate models, 2 seeds, guidance 1 and 4, both tasks."""
+    """The CFG experiment at the tiny scale: the joint and the V2S-only model, 2 seeds, guidance 1 and 4."""
     data = _toy_shards(tmp_path)
     cfg = ExperimentConfig(name="cfg", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,
+                           only=("v2s", "joint"), eval_tasks=("v2s",),
                            scale_overrides={"model_overrides": TINY | {"sem_dim": 32}})  # fmt: skip
     rep = run_experiment(cfg)
-    _check_experiment(rep, tmp_path / "exp", 3, 2)
+    _check_experiment(rep, tmp_path / "exp", 2, 2)
     table = rep["summary"]["table"]
-    assert set(table["joint"]) == {"1", "4"}
+    assert set(table["joint"]) == {"1", "4"} and table["joint"]["4"]["v2s"]["fd"]["n"] == 2
+    spread = rep["summary"]["comparisons"]["v2s/fd spread over cfg: joint vs v2s-only"]
+    assert spread["n"] == 2 and spread["verdict"] in ("better", "worse", "no difference")
