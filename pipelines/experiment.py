@@ -399,16 +399,21 @@ def _plot(report: dict, root: Path) -> None:
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss (mean over seeds)")
     axes[0].legend(fontsize=7)
-    if is_cfg:
+    if is_cfg:  # V2S FD on the left axis, TTS WER on the right one (different scales)
+        twin = axes[1].twinx()
         for v, by_cfg in report["summary"]["table"].items():
-            for task in ("v2s", "tts"):
+            for task, ax, style in (("v2s", axes[1], "-o"), ("tts", twin, "--s")):
                 metric = PRIMARY[task][0]
                 xs = sorted(float(c) for c in by_cfg if metric in by_cfg[c].get(task, {}))
                 if xs:
-                    axes[1].plot(xs, [by_cfg[f"{x:g}"][task][metric]["mean"] for x in xs], marker="o",
-                                 label=f"{v} {task}/{metric}")  # fmt: skip
+                    ax.plot(xs, [by_cfg[f"{x:g}"][task][metric]["mean"] for x in xs], style,
+                            label=f"{v} {task}/{metric}")  # fmt: skip
         axes[1].set_xlabel("guidance scale")
-        axes[1].legend(fontsize=7)
+        axes[1].set_ylabel(f"V2S {PRIMARY['v2s'][0]} (solid)")
+        twin.set_ylabel(f"TTS {PRIMARY['tts'][0]} (dashed)")
+        lines = axes[1].get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        axes[1].legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "curves.png", dpi=80)
     plt.close(fig)
