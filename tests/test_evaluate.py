@@ -94,7 +94,7 @@ def test_confidence_intervals_and_verdicts():
 def _toy_shards(root: Path) -> Path:
     from bench.bench_train import make_toy_shards
 
-    return make_toy_shards(root / "shards", n_v2s=6, n_tts=6, n_val=1)
+    return make_toy_shards(root / "shards", n_v2s=6, n_tts=6, n_val=2)  # 2 val clips per task: FD needs 2
 
 
 def _check_experiment(rep: dict, root: Path, n_variants: int, seeds: int) -> None:
