@@ -224,9 +224,10 @@ def download_registered_model_dir(model_uri: str, *, tracking_uri: str, dst: str
     """Local path of the ``save_pretrained`` directory of a registered model (``models:/name/version``)."""
     mlflow.set_tracking_uri(tracking_uri)
     root = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None if dst is None else str(dst))
-    hits = [p for p in Path(root).rglob("config.json") if MODEL_ARTIFACT in p.parts]
+    # pyfunc stores the artifact under artifacts/<the logged directory's own name>, so find it by its content.
+    hits = sorted(p for p in Path(root).rglob("config.json") if (p.parent / "model.safetensors").exists())
     if not hits:
-        raise FileNotFoundError(f"{model_uri}: no {MODEL_ARTIFACT}/config.json in the registered model")
+        raise FileNotFoundError(f"{model_uri}: no vssflow model directory (config.json + model.safetensors) in it")
     return hits[0].parent
 
 
