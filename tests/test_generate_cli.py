@@ -147,3 +147,22 @@ def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, cap
         lines = [ln for ln in err.splitlines() if ln.startswith("vssflow generate: error")]
         assert len(lines) == 1 and needle in lines[0], err
         assert not out.exists()
+
+
+def test_generate_from_the_mlflow_registry(corpus, model_dir, tmp_path, capsys):
+    """--model models:/NAME/VERSION: the registered copy of the model directory is downloaded and used."""
+    pytest.importorskip("mlflow")
+    from pipelines.mlflow_utils import create_run, default_tracking_uri, log_and_register_model
+    from vssflow.cli import main
+
+    uri = default_tracking_uri(tmp_path / "runs")
+    run_id = create_run(uri, run_name="tiny")
+    model_uri = log_and_register_model(model_dir, run_id=run_id, tracking_uri=uri, registered_name="tiny-gen")
+    assert model_uri == "models:/tiny-gen/1"
+    out = tmp_path / "reg.wav"
+    code = main(["generate", "--model", model_uri, "--tracking-uri", uri, "--video", corpus["video"], "--task", "v2s",
+                 "--steps", "1", "--no-progress", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    from vssflow.media.video import probe
+
+    assert sf.info(out).frames == round(probe(corpus["video"]).duration * 16000)
