@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -700,6 +701,11 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     read_model_config(model_dir)  # fail fast, one line, before starting Ray
     config = config_from_args(args, str(model_dir))
+    # Handlers first: a SIGINT/SIGTERM that arrives while Ray and the app start (the app answers /readyz before
+    # serve.run returns) stops the server once it is up, instead of being swallowed inside Ray's start-up code.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     if args.ray_address:
         ray.init(address=args.ray_address)
     else:
@@ -708,10 +714,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"vssflow serve: model {model_dir}; {url}/ (web page), {url}/docs (API), {url}/readyz", flush=True)
     print(f"vssflow serve: config {json.dumps(asdict(config), default=str)}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(1.0):
+            pass
+        print("vssflow serve: stopping", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
