@@ -267,8 +267,11 @@ def run(args: argparse.Namespace) -> int:
     t_feat = time.perf_counter() - t0
     plan = stem_plan(features, stems=args.stems)
     per_window = steps * (2 if method == "midpoint" else 1)
-    windows = len(window_starts(info.duration, gen.config.max_frames / LATENT_HZ, gen.sampling.window_overlap_s))
-    bar = _StepProgress(per_window * windows * len(plan), enabled=not args.no_progress and method != "dopri5")
+    win = gen.config.max_frames / LATENT_HZ  # as Generator._generate_long cuts a long clip
+    windows = len(window_starts(info.duration, win, min(gen.sampling.window_overlap_s, win / 4)))
+    # one batched sampling for a clip within the window; each window of each generation for a longer clip
+    total = per_window if windows == 1 else per_window * windows * len(plan)
+    bar = _StepProgress(total, enabled=not args.no_progress and method != "dopri5")
     t1 = time.perf_counter()
     wavs = gen.generate(
         [f for _, f in plan], steps=args.steps, cfg=args.cfg, seed=args.seed, method=args.method, progress=bar
