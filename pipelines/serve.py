@@ -133,21 +133,12 @@ def resolve_model_dir(spec: str, *, tracking_uri: str | None = None) -> Path:
         return Path(spec)
     if not tracking_uri:
         raise InputError(f"{spec}: an MLflow URI needs a tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI)")
-    # Not pipelines.mlflow_utils.download_registered_model_dir: it looks for an artifact folder named "model_dir",
-    # but MLflow names a pyfunc artifact after the logged directory's basename. Here: any saved vssflow model.
-    import mlflow
+    from pipelines.mlflow_utils import download_registered_model_dir
 
-    from vssflow.generator import FORMAT
-
-    mlflow.set_tracking_uri(tracking_uri)
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
-    for cfg in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):
-        try:
-            if json.loads(cfg.read_text()).get("format") == FORMAT:
-                return cfg.parent
-        except (OSError, ValueError):
-            continue
-    raise InputError(f"{spec}: the downloaded artifacts hold no vssflow model directory (config.json)")
+    try:
+        return download_registered_model_dir(spec, tracking_uri=tracking_uri)
+    except FileNotFoundError as e:
+        raise InputError(str(e).splitlines()[0]) from e
 
 
 # -------------------------------------------------------------------------------------------------- request schemas
