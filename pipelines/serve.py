@@ -638,6 +638,16 @@ def build_app(config: ServeConfig):
     return Api.options(name="Api", **config.ingress.options()).bind(extractor, generator, config)
 
 
+def build_app_from_args(args: dict):
+    """Application builder for a Serve config file or a KubeRay RayService (``pipelines.serve:build_app_from_args``).
+
+    Args:
+        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``.
+    """
+    model = resolve_model_dir(str(args["model"]), tracking_uri=args.get("tracking_uri") or None)
+    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu")))
+
+
 def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
     """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be initialised). Returns the URL."""
     serve.start(http_options={"host": host, "port": port})
