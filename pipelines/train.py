@@ -239,6 +239,8 @@ def run_training(
         "run_dir": str(run_dir),
         "codec_dir": str(codec_dir),
         "lip_dim": lip_dim,
+        # the preprocessing config of the shards, recorded in the model so generation extracts features the same way
+        "extract": (read_metadata(pq.read_schema(paths[0])).get("config") or {}).get("extract", {}),
         "tracking_uri": tracking_uri,
         "mlflow_run_id": state["mlflow_run_id"],
         "out": state["out"],

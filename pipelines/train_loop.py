@@ -430,7 +430,7 @@ def _save_final(raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: dict, 
     if out.joinpath("lora").is_dir():  # save_pretrained replaces the directory: keep the adapter across it
         adapter = {f.name: f.read_bytes() for f in out.joinpath("lora").iterdir()}
     info = {"engine": engine_name, "data": cfg.data, "mlflow_run_id": run.get("mlflow_run_id"),
-            "init": cfg.init or None, "lora_rank": cfg.lora_rank}  # fmt: skip
+            "init": cfg.init or None, "lora_rank": cfg.lora_rank, "extractors": run.get("extract") or {}}  # fmt: skip
     gen.save_pretrained(out, ema_state=averaged.state_dict(), **info)
     if adapter:
         out.joinpath("lora").mkdir(exist_ok=True)
