@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mlflow-uri",
         mlflow_uri,
     )
+    timing = _timing_summary(report / "report.json")
     written = _serve_and_generate(model, corpus / "manifest.jsonl", out, n=3, steps=args.sample_steps)
 
     print(f"\n== demo finished in {time.perf_counter() - t0:.0f} s ==")
@@ -179,7 +180,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluation      {report}/report.md")
     print(f"generated       {out / 'generated'}  ({len(written)} files: .wav and .mp4)")
     print(f"MLflow runs     {mlflow_uri}   (mlflow ui --backend-store-uri {mlflow_uri})")
+    if timing:
+        print(timing)
     return 0
+
+
+def _timing_summary(report_json: Path) -> str | None:
+    """One line: does the trained model's V2S output put sound on the visual events more often than chance?"""
+    if not report_json.exists():
+        return None
+    v2s = json.loads(report_json.read_text()).get("metrics", {}).get("v2s", {})
+    if "onset_f1" not in v2s or "onset_f1_over_chance" not in v2s:
+        return None
+
+    def fmt(k: str) -> str:
+        return f"{v2s[k]['mean']:.3f} ± {v2s[k]['ci95']:.3f}"
+
+    gain = v2s["onset_f1_over_chance"]
+    verdict = "above chance" if gain["mean"] - gain["ci95"] > 0 else "not shown to be above chance"
+    return (
+        f"V2S timing      onset F1 {fmt('onset_f1')} vs chance {fmt('onset_f1_chance')} (same number of onsets at "
+        f"random times); difference {fmt('onset_f1_over_chance')} over {gain['n']} held-out clips: {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -330,11 +330,12 @@ def _fmt(v: dict | None) -> str:
 
 
 PRIMARY = {
-    "v2s": ["fd", "kl", "onset_f1", "onset_precision", "onset_recall", "av_offset_abs_s", "class_acc"],
+    "v2s": ["fd", "kl", "onset_f1", "onset_f1_chance", "onset_f1_over_chance", "onset_precision", "onset_recall",
+            "av_offset_abs_s", "class_acc"],
     "tts": ["wer", "cer", "spk_sim", "mcd", "lipsync_corr", "lipsync_conf", "lipsync_offset_abs_s",
             "speech_span_err_s", "duration_err_s", "fd"],
-    "joint": ["wer", "cer", "spk_sim", "mcd", "lipsync_corr", "lipsync_offset_abs_s", "onset_f1", "av_offset_abs_s",
-              "class_acc", "kl", "fd"],
+    "joint": ["wer", "cer", "spk_sim", "mcd", "lipsync_corr", "lipsync_offset_abs_s", "onset_f1", "onset_f1_chance",
+              "onset_f1_over_chance", "av_offset_abs_s", "class_acc", "kl", "fd"],
 }  # fmt: skip
 
 

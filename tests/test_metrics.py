@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+from vssflow.constants import SAMPLE_RATE
 from vssflow.data.manifest import read_manifest
 from vssflow.metrics import classifier as C
 from vssflow.metrics.audio_embed import frechet_distance, kl_paired
 from vssflow.metrics.duration import speech_span
 from vssflow.metrics.lipsync import lipsync_scores, mouth_opening_from_crops
 from vssflow.metrics.mcd import dtw_path, mcd
-from vssflow.metrics.onsets import av_offset, detect_onsets, match_events, onset_prf
+from vssflow.metrics.onsets import av_offset, chance_onset_f1, detect_onsets, match_events, onset_prf
 from vssflow.metrics.perturb import EXPECTED, perturb, validate_metrics
 from vssflow.metrics.references import reference_from_row
 from vssflow.metrics.suite import MetricSuite, shift, silence_like
@@ -80,6 +81,23 @@ def test_fd_and_kl_basics():
 def test_onset_matching_tolerance():
     assert match_events(np.array([0.50, 1.03]), np.array([0.52, 1.10]), 0.04) == 1
     assert match_events(np.array([]), np.array([0.5]), 0.04) == 0
+
+
+def test_chance_onset_f1_matches_the_analytic_rate():
+    # One random onset in a 4 s clip with one event hits it with probability 2 * 0.04 / 4 = 0.02 (F1 = hit rate).
+    assert chance_onset_f1(1, [2.0], 4.0, draws=4000) == pytest.approx(0.02, abs=0.007)
+    assert chance_onset_f1(0, [2.0], 4.0) == 0.0
+    # Clicks placed uniformly at random score about chance; clicks on the events score far above it.
+    rng = np.random.default_rng(1)
+    events = [0.5, 1.3, 2.2, 3.1]
+    for times, above in ((events, True), (sorted(rng.uniform(0.1, 3.9, 4)), False)):
+        wav = np.zeros(4 * SAMPLE_RATE, np.float32)
+        for t in times:
+            s = int(t * SAMPLE_RATE)
+            wav[s : s + 800] = np.random.default_rng(s).normal(0, 0.3, 800) * np.exp(-np.arange(800) / 200)
+        m = onset_prf(wav, events)
+        assert m["onset_f1_over_chance"] == pytest.approx(m["onset_f1"] - m["onset_f1_chance"])
+        assert (m["onset_f1_over_chance"] > 0.5) == above, m
 
 
 # ---- on real corpus clips ----------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
   log-magnitude differences summed over frequency, peaks picked above a relative and an absolute threshold.
 * :func:`onset_prf`: precision / recall / F1 of detected onsets against the ground-truth event times with a
   tolerance of +-1 video frame (40 ms at 25 fps), one-to-one matching (closest pairs first).
+* :func:`chance_onset_f1`: the F1 that the same number of onsets placed uniformly at random in the clip would get
+  (Monte Carlo mean); ``onset_prf`` reports it with each clip, and ``onset_f1_over_chance`` = F1 - chance F1, so a
+  mean over clips with its interval says whether sound lands on the visual events more often than chance.
 * :func:`av_offset`: a DeSync-like audio-visual offset: the lag (within +-``max_lag_s``) that maximises the
   correlation between the audio's onset strength and a smoothed impulse train at the visual event times; its sign
   says whether the audio is late (> 0) or early (< 0).
@@ -73,20 +76,46 @@ def match_events(detected: np.ndarray, truth: np.ndarray, tolerance: float) -> i
     return n
 
 
+def _f1(hits: int, n_det: int, n_truth: int) -> tuple[float, float, float]:
+    p = hits / n_det if n_det else 0.0
+    r = hits / n_truth if n_truth else float("nan")
+    f1 = 2 * p * r / (p + r) if (p + r) > 0 else 0.0
+    return p, r, f1
+
+
+def chance_onset_f1(
+    n_detected: int, event_times, duration_s: float, *, fps: float = 25.0, draws: int = 200, seed: int = 0
+) -> float:
+    """Expected onset F1 of ``n_detected`` onsets drawn uniformly at random over [0, ``duration_s``) against
+    ``event_times``, with the tolerance of :func:`onset_prf` (Monte Carlo mean over ``draws``, fixed ``seed``).
+
+    This is the chance level of a generator that makes the right *number* of sounds at the wrong times.
+    """
+    truth = np.asarray(sorted(float(t) for t in event_times))
+    if n_detected <= 0 or not len(truth) or duration_s <= 0:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    f1s = [
+        _f1(match_events(rng.uniform(0.0, duration_s, n_detected), truth, 1.0 / fps), n_detected, len(truth))[2]
+        for _ in range(draws)
+    ]
+    return float(np.mean(f1s))
+
+
 def onset_prf(wav: np.ndarray, event_times, *, fps: float = 25.0, **detect_kw) -> dict[str, float]:
     """Onset precision / recall / F1 of ``wav`` against ``event_times`` (seconds), tolerance +-1 frame at ``fps``.
 
     Returns:
-        {"onset_precision", "onset_recall", "onset_f1", "onsets_detected"}; precision is 0 when nothing is
-        detected (and F1 0), recall is NaN for a clip without events.
+        {"onset_precision", "onset_recall", "onset_f1", "onsets_detected", "onset_f1_chance",
+        "onset_f1_over_chance"}; precision is 0 when nothing is detected (and F1 0), recall is NaN for a clip
+        without events. ``onset_f1_chance`` is :func:`chance_onset_f1` for the number of detected onsets.
     """
     truth = np.asarray(sorted(float(t) for t in event_times))
     det = detect_onsets(wav, **detect_kw)
-    hits = match_events(det, truth, 1.0 / fps)
-    p = hits / len(det) if len(det) else 0.0
-    r = hits / len(truth) if len(truth) else float("nan")
-    f1 = 2 * p * r / (p + r) if (p + r) > 0 else 0.0
-    return {"onset_precision": p, "onset_recall": r, "onset_f1": f1, "onsets_detected": float(len(det))}
+    p, r, f1 = _f1(match_events(det, truth, 1.0 / fps), len(det), len(truth))
+    chance = chance_onset_f1(len(det), truth, len(np.asarray(wav).reshape(-1)) / SAMPLE_RATE, fps=fps)
+    return {"onset_precision": p, "onset_recall": r, "onset_f1": f1, "onsets_detected": float(len(det)),
+            "onset_f1_chance": chance, "onset_f1_over_chance": f1 - chance}  # fmt: skip
 
 
 def av_offset(wav: np.ndarray, event_times, *, max_lag_s: float = 0.5, sigma_s: float = 0.01) -> dict[str, float]:

@@ -35,8 +35,8 @@ SOUND_TASKS = ("v2s", "joint")
 HIGHER_IS_BETTER = {
     "wer": False, "cer": False, "spk_sim": True, "mcd": False, "lipsync_corr": True, "lipsync_conf": True,
     "lipsync_offset_abs_s": False, "duration_err_s": False, "speech_span_err_s": False, "onset_precision": True,
-    "onset_recall": True, "onset_f1": True, "av_offset_abs_s": False, "av_sync_conf": True, "class_acc": True,
-    "kl": False, "fd": False,
+    "onset_recall": True, "onset_f1": True, "onset_f1_chance": True, "onset_f1_over_chance": True,
+    "av_offset_abs_s": False, "av_sync_conf": True, "class_acc": True, "kl": False, "fd": False,
 }  # fmt: skip
 
 
