@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vssflow.errors import InputError, MissingFileError
+from vssflow.files import write_text_atomic
 
 TASKS = ("v2s", "tts", "joint")
 
@@ -341,8 +342,8 @@ PRIMARY = {
 
 def write_report(report: dict, out: Path) -> None:
     """report.json and report.md, atomically."""
-    _atomic(out / "report.json", json.dumps(report, indent=1, default=_json_default))
-    _atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=_json_default))
+    write_text_atomic(out / "report.md", render_markdown(report))
 
 
 def _json_default(o):
@@ -351,12 +352,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def render_markdown(report: dict) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vssflow.errors import InputError
+from vssflow.files import write_text_atomic
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -243,17 +244,11 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
     summary = summarise(cfg.name, results, cfg_values)
     report = {"config": asdict(cfg), "scale": asdict(scale), "tracking_uri": tracking, "results": results,
               "summary": summary, "seconds": time.perf_counter() - t0}  # fmt: skip
-    _write(root / "experiment.json", json.dumps(report, indent=1, default=str))
-    _write(root / "experiment.md", render(report))
+    write_text_atomic(root / "experiment.json", json.dumps(report, indent=1, default=str))
+    write_text_atomic(root / "experiment.md", render(report))
     _plot(report, root)
     log(f"vssflow experiment {cfg.name}: {summary['claim']['verdict']} -- {root / 'experiment.md'}")
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _values(results: dict, variant: str, cfg: str, task: str, metric: str) -> list[float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from vssflow.data.manifest import FROM_VIDEO, ManifestRow, resolve_path, row_from_dict
+from vssflow.data.manifest import resolve_row, row_from_dict
 from vssflow.data.schema import quarantine_schema
 from vssflow.data.shards import QUARANTINE_DIR, write_table_atomic
 from vssflow.errors import InputError, ManifestError, MissingFileError
@@ -63,19 +63,6 @@ def write_quarantine(records: list[dict], vdir: Path) -> dict:
     return entry
 
 
-def _resolve(row: ManifestRow, base: Path, roots: list[Path], where: str) -> ManifestRow:
-    from dataclasses import replace
-
-    changes = {}
-    for name in ("video", "audio", "reference_audio"):
-        v = getattr(row, name)
-        if v is not None and v != FROM_VIDEO:
-            changes[name] = resolve_path(v, base, roots, where, name)
-    if row.stems:
-        changes["stems"] = {k: resolve_path(v, base, roots, where, f"stems.{k}") for k, v in row.stems.items()}
-    return replace(row, **changes)
-
-
 def read_manifest_lenient(path: str | Path, *, allowed_roots: list[str] | None = None) -> tuple[list, list[dict]]:
     """Read a manifest (.jsonl or .csv), keeping going past bad lines.
 
@@ -110,7 +97,7 @@ def read_manifest_lenient(path: str | Path, *, allowed_roots: list[str] | None =
                 cid = f"{cid}#line:{n}"  # the record needs an id of its own: a clip is in one file only
                 raise ManifestError(f"clip_id: {first!r} is used twice; ids must be unique", source=where)
             seen.add(cid)
-            rows.append(_resolve(row_from_dict(rec, where), base, roots, where))
+            rows.append(resolve_row(row_from_dict(rec, where), base, roots, where))
         except Exception as e:  # noqa: BLE001 - any bad line is quarantined
             err = e if isinstance(e, InputError) else ManifestError(f"not valid JSON ({e})", source=where)
             bad.append(record({"clip_id": cid, **error_fields("manifest", err)}))

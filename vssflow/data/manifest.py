@@ -12,13 +12,13 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from vssflow.constants import TASKS
 from vssflow.errors import ManifestError, PathEscapeError
+from vssflow.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 FROM_VIDEO = "from_video"
@@ -237,7 +237,7 @@ def resolve_path(value: str, base: Path, roots: Sequence[Path], where: str, name
     return os.path.normpath(str(p))
 
 
-def _resolve_row(row: ManifestRow, base: Path, roots: Sequence[Path], where: str) -> ManifestRow:
+def resolve_row(row: ManifestRow, base: Path, roots: Sequence[Path], where: str) -> ManifestRow:
     changes = {}
     for name in _PATH_FIELDS:
         v = getattr(row, name)
@@ -306,23 +306,10 @@ def read_manifest(
                 where, "clip_id", f"{row.clip_id!r} already used on line {seen[row.clip_id]}; ids must be unique"
             )
         seen[row.clip_id] = line
-        rows.append(_resolve_row(row, base, roots, where))
+        rows.append(resolve_row(row, base, roots, where))
     if not rows:
         raise EmptyFileError("manifest has no rows; add one JSON object (or CSV record) per clip", source=str(path))
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(rows: Sequence[ManifestRow], path: str | os.PathLike) -> Path:
@@ -349,5 +336,5 @@ def write_manifest(rows: Sequence[ManifestRow], path: str | os.PathLike) -> Path
         text = buf.getvalue()
     else:
         text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dicts)
-    _atomic_write(path, text)
+    write_text_atomic(path, text)
     return path

