@@ -6,7 +6,8 @@
 An actor pool (``ActorPoolStrategy``) holds the generator (and, for videos, the feature extractors), loaded once per
 actor; each actor takes batches of clips, builds their features, generates them together (grouped by task), and
 writes ``DIR/<clip_id>.wav`` (and ``.mp4`` with ``--mp4``: the video stream copied, for rows that use the whole
-video) atomically.
+video) atomically. A shard set or Parquet file may be an ``s3://``/``gs://`` URI (:mod:`vssflow.storage`); the
+output directory is local.
 
 Resumable like preprocessing: a clip whose output exists is complete (atomic writes) and is skipped, so rerunning
 after a crash or a kill does only the rest. Each clip's seed is derived from ``--seed`` and its ``clip_id``, so a
@@ -30,6 +31,7 @@ import numpy as np
 
 from vssflow.constants import TASKS
 from vssflow.errors import InputError
+from vssflow.storage import Location, location
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -67,7 +69,7 @@ def output_path(out: str | os.PathLike, clip_id: str, suffix: str = ".wav") -> P
 # -------------------------------------------------------------------------------------------------------------- jobs
 
 
-def _parquet_files(source: Path) -> list[Path]:
+def _parquet_files(source: Location) -> list[Location]:
     if source.is_file():
         return [source]
     if (source / "_manifest.json").exists() or (source / "LATEST").exists():
@@ -75,7 +77,15 @@ def _parquet_files(source: Path) -> list[Path]:
 
         man = ShardManifest(resolve_shard_dir(source))
         return [man.vdir / e["file"] for e in sorted(man.shards, key=lambda e: e["file"])]
-    return sorted(source.glob("*.parquet"))
+    return source.glob("*.parquet")
+
+
+def _read_table(uri: str, columns: list[str] | None = None):
+    """A Parquet file by local path or URI (through :mod:`vssflow.storage`: the S3 endpoint and credentials)."""
+    import pyarrow.parquet as pq
+
+    with location(uri).open_input() as f:
+        return pq.read_table(f, columns=columns)
 
 
 def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None) -> list[dict]:
@@ -93,19 +103,17 @@ def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None
                          "start": float(r.start or 0.0), "end": float("nan") if r.end is None else float(r.end),
                          "file": "", "row": -1})  # fmt: skip
         return jobs
-    import pyarrow.parquet as pq
-
-    files = _parquet_files(src)
+    files = _parquet_files(location(source))
     if not files:
         raise InputError("no manifest (.jsonl/.csv) or Parquet shards found", source=str(src))
     for f in files:
-        t = pq.read_table(f, columns=["clip_id", "task", "split"])
+        t = _read_table(f.uri, columns=["clip_id", "task", "split"])
         cols = [t.column(c).to_pylist() for c in ("clip_id", "task", "split")]
         for i, (cid, task, sp) in enumerate(zip(*cols, strict=True)):
             if (split and sp != split) or (tasks and task not in tasks):
                 continue
             jobs.append({"clip_id": cid, "kind": "shard", "video": "", "task": task, "transcript": "",
-                         "reference_audio": "", "start": 0.0, "end": float("nan"), "file": str(f),
+                         "reference_audio": "", "start": 0.0, "end": float("nan"), "file": f.uri,
                          "row": i})  # fmt: skip
     return jobs
 
@@ -131,12 +139,10 @@ class GenerateActor:
         from vssflow.generator import slice_features
 
         if job["kind"] == "shard":
-            import pyarrow.parquet as pq
-
             from vssflow.data.schema import row_to_features, table_to_rows
 
             if self._table is None or self._table[0] != job["file"]:
-                self._table = (job["file"], pq.read_table(job["file"]))
+                self._table = (job["file"], _read_table(job["file"]))
             f = row_to_features(table_to_rows(self._table[1].slice(int(job["row"]), 1))[0])
             f.mel = None
             f.sem = None if f.sem is None else np.asarray(f.sem, np.float32)
@@ -243,7 +249,11 @@ def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="manifest (.jsonl/.csv) of videos, or a shard set / Parquet file of features")
+    p.add_argument(
+        "source",
+        help="manifest (.jsonl/.csv) of videos, or a shard set / Parquet file of features "
+        "(a local path or an s3:// / gs:// URI)",
+    )
     p.add_argument("--model", required=True, help="model directory or MLflow URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--out", required=True, help="output directory (<clip_id>.wav; rerun to resume)")

@@ -14,6 +14,9 @@ over :mod:`vssflow.features.extract`, one clip per row::
 A row that fails a stage carries its error to the writer and lands in ``quarantine/``; the job goes on. Rerunning
 the same command skips clips already in a listed shard (or quarantine), so a crash or ``kill -9`` at any moment is
 finished by a rerun with no duplicate and no missing row. See ``docs/data.md``.
+
+``--out`` is a local directory or an ``s3://``/``gs://`` URI (:mod:`vssflow.storage`; the S3 endpoint of MinIO from
+``AWS_ENDPOINT_URL``): writers on any node put shards straight into it, atomically.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +58,7 @@ from vssflow.features.extract import (
     row_dict,
     to_features,
 )
+from vssflow.storage import Location, location
 
 # Every row has every key at every stage (Ray Data builds Arrow blocks from rows): an absent array is empty.
 _DEFAULTS = {
@@ -78,6 +81,9 @@ _DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "wav", "ref_au
 _MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "ref_audio", "phonemes", "mel")
 _ENCODED = ("duration_s", "bucket_s", "phonemes", "mel", "sem", "lip", "speaker")
 _NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
+# Memory reserved by one decode task (frames of a few clips at 10 and 25 fps, their audio): a scheduling hint, and
+# what keeps Ray Data from fusing the decode tasks into the encoder actor pool (see _run_ray).
+DECODE_TASK_MEMORY = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,9 @@ class EncodeActor:
         return out
 
 
-def write_stage(batch: dict, *, vdir: str, sem_dim: int, lip_dim: int, file_md: dict, row_group_rows: int) -> dict:
+def write_stage(
+    batch: dict, *, vdir: str | Location, sem_dim: int, lip_dim: int, file_md: dict, row_group_rows: int
+) -> dict:
     """Write a batch of encoded rows: one shard per (task, bucket) present, one quarantine file for failures.
 
     Returns:
@@ -181,11 +189,11 @@ def write_stage(batch: dict, *, vdir: str, sem_dim: int, lip_dim: int, file_md: 
         md = {**file_md, S.META["task"]: task, S.META["bucket_s"]: f"{bucket:g}"}
         schema = S.build_schema(sem_dim=sem_dim, lip_dim=lip_dim, metadata=md)
         ids = [r["clip_id"] for r in feats]
-        path = Path(vdir) / shard_name(task, bucket, ids)
+        path = location(vdir) / shard_name(task, bucket, ids)
         e = write_table_atomic(S.rows_to_table(feats, schema), path, row_group_rows=row_group_rows)
         entries.append({**e, "kind": "data", "task": task, "bucket_s": bucket, "clip_ids": ids})
     if failed:
-        entries.append(write_quarantine(failed, Path(vdir)))
+        entries.append(write_quarantine(failed, vdir))
     return {"entry": np.array([json.dumps(e) for e in entries], dtype=object)}
 
 
@@ -231,10 +239,6 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def _spread() -> dict:
-    return {"scheduling_strategy": "SPREAD"}
-
-
 def _resources(total_cpus: float, actors: int) -> tuple[float, float]:
     """(cpus per task, cpus per actor): actors take one CPU each when the cluster has room, else they share."""
     if total_cpus >= actors + 1:
@@ -243,15 +247,16 @@ def _resources(total_cpus: float, actors: int) -> tuple[float, float]:
     return share, share
 
 
-def _dedupe(entry: dict, seen: set[str], vdir: Path) -> dict | None:
+def _dedupe(entry: dict, seen: set[str], vdir: str | os.PathLike | Location) -> dict | None:
     """A shard whose clips are already listed (a retried task): rewrite it without them, or drop it."""
     import pyarrow.parquet as pq
 
     dup = set(entry["clip_ids"]) & seen
     if not dup:
         return entry
-    path = vdir / entry["file"]
-    table = pq.read_table(path)
+    path = location(vdir) / entry["file"]
+    with path.open_input() as f:
+        table = pq.read_table(f)
     keep = [i for i, c in enumerate(table.column("clip_id").to_pylist()) if c not in dup]
     if not keep:
         path.unlink(missing_ok=True)
@@ -320,10 +325,11 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             config_hash=chash, config=config, extractors=described, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
         ds = ray.data.from_items(todo, override_num_blocks=blocks)
-        # The CPU stages run as one task per block, spread over every node, and are kept out of the encoder actors
-        # (a ray_remote_args_fn stops Ray Data from fusing them into the actor pool): decoding scales with the
+        # The CPU stages run as one task per block (Ray Data spreads tasks over the nodes by default) and are kept
+        # out of the encoder actors: Ray Data fuses a task stage into the next actor pool only when their resource
+        # requests are equal, and the decode tasks ask for memory the actors do not. Decoding then scales with the
         # cluster's CPUs while the encoders stay a pool of loaded models (on GPUs when the device is cuda).
-        ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=task_cpus, ray_remote_args_fn=_spread)
+        ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=task_cpus, memory=DECODE_TASK_MEMORY)
         ds = ds.map(
             EncodeActor,
             fn_constructor_kwargs={"config": ec},
@@ -331,7 +337,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             num_cpus=actor_cpus,
             num_gpus=gpus,
         )
-        wkw = {"vdir": str(vdir), "sem_dim": sem_dim, "lip_dim": 0, "file_md": file_md}
+        wkw = {"vdir": vdir, "sem_dim": sem_dim, "lip_dim": 0, "file_md": file_md}
         ds = ds.map_batches(
             write_stage,
             fn_kwargs={**wkw, "row_group_rows": cfg.row_group_rows},
@@ -369,7 +375,7 @@ def read_shards(path: str | os.PathLike, *, tasks: tuple[str, ...] | None = None
     """The Ray Data path for Ray Train: a Dataset over the complete shards of a shard set (``--out`` or version).
 
     Args:
-        path: the ``--out`` directory (follows ``LATEST``) or a version directory.
+        path: the ``--out`` directory (follows ``LATEST``) or a version directory; a local path or a URI.
         tasks, buckets: keep only shards of these tasks / duration buckets (seconds).
     """
     import ray
@@ -380,7 +386,7 @@ def read_shards(path: str | os.PathLike, *, tasks: tuple[str, ...] | None = None
         for e in sorted(man.shards, key=lambda e: e["file"])
         if (tasks is None or e.get("task") in tasks) and (buckets is None or float(e.get("bucket_s", 0)) in buckets)
     ]
-    return ray.data.read_parquet([str(man.vdir / e["file"]) for e in entries])
+    return ray.data.read_parquet([(man.vdir / e["file"]).path for e in entries], filesystem=man.vdir.fs)
 
 
 def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None:
@@ -389,7 +395,7 @@ def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None
 
     mlflow.set_tracking_uri(cfg.mlflow_uri)
     mlflow.set_experiment("vssflow-preprocess")
-    with mlflow.start_run(run_name=f"preprocess-{Path(summary.out_dir).name}"):
+    with mlflow.start_run(run_name=f"preprocess-{location(summary.out_dir).name}"):
         flat = {f"extract.{k}": v for k, v in config["extract"].items()}
         mlflow.log_params({**flat, "manifest": cfg.manifest, "out": summary.out_dir, "actors": cfg.actors})
         metrics = {
@@ -409,7 +415,8 @@ def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest of clips (.jsonl or .csv)")
-    p.add_argument("--out", required=True, help="shard directory (a versioned subdirectory per config)")
+    p.add_argument("--out", required=True,
+                   help="shard directory or s3:// / gs:// URI (a versioned subdirectory per config)")  # fmt: skip
     p.add_argument("--ray-address", default=None, help="Ray cluster to use (e.g. 'auto'); default: start a local Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--encoder", default="mobilenetv2", help="'mobilenetv2' or a local CLIPVisionModel directory")

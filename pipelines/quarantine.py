@@ -24,6 +24,7 @@ from vssflow.data.manifest import resolve_row, row_from_dict
 from vssflow.data.schema import quarantine_schema
 from vssflow.data.shards import QUARANTINE_DIR, write_table_atomic
 from vssflow.errors import InputError, ManifestError, MissingFileError
+from vssflow.storage import Location, location
 
 ERROR_KEYS = ("error_stage", "error_reason", "error_type", "error_message")
 
@@ -49,13 +50,13 @@ def record(row: dict) -> dict:
     }
 
 
-def write_quarantine(records: list[dict], vdir: Path) -> dict:
+def write_quarantine(records: list[dict], vdir: str | Path | Location) -> dict:
     """Write records as one quarantine file (atomic); return its ``_manifest.json`` entry."""
     ids = sorted(r["clip_id"] for r in records)
     name = "q-" + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16] + ".parquet"
     schema = quarantine_schema()
     table = pa.Table.from_pylist(records, schema=schema)
-    entry = write_table_atomic(table, Path(vdir) / QUARANTINE_DIR / name)
+    entry = write_table_atomic(table, location(vdir) / QUARANTINE_DIR / name)
     entry["file"] = f"{QUARANTINE_DIR}/{name}"
     entry["kind"] = "quarantine"
     entry["clip_ids"] = ids

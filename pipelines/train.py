@@ -11,6 +11,10 @@ written with ``save_pretrained`` and registered in the MLflow model registry.
 
 A run directory (``runs/<name>`` by default) holds ``run.json`` (what ``--resume`` needs), the MLflow SQLite store
 (unless ``--mlflow-uri``), Ray Train's checkpoints (``ray/<name>/step_*``) and the codec statistics.
+
+Shared storage by URI (:mod:`vssflow.storage`): ``--data`` may be an ``s3://``/``gs://`` URI of a shard set, and
+``--storage`` puts Ray Train's checkpoints there instead of ``<run-dir>/ray`` (``RunConfig(storage_path=...,
+storage_filesystem=...)``), so a worker group restarted on another node resumes from the bucket.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from vssflow.data.schema import read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, resolve_shard_dir
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import PRESETS
+from vssflow.storage import Location, location
 from vssflow.types import ClipFeatures
 
 RUN_JSON = "run.json"
@@ -59,7 +64,17 @@ class TrainResult:
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 
-def shard_paths(data: str | os.PathLike) -> tuple[list[Path], str, int]:
+def _read_table(path: Location, columns: list[str] | None = None):
+    with path.open_input() as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _read_schema(path: Location):
+    with path.open_input() as f:
+        return pq.read_schema(f)
+
+
+def shard_paths(data: str | os.PathLike) -> tuple[list[Location], str, int]:
     """(shard files, data version, lip_dim) of a shard set written by ``vssflow preprocess``."""
     vdir = resolve_shard_dir(data)
     manifest = ShardManifest(vdir)
@@ -68,14 +83,14 @@ def shard_paths(data: str | os.PathLike) -> tuple[list[Path], str, int]:
         raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(vdir))
     digest = hashlib.sha256("".join(sorted(e["sha256"] for e in manifest.shards)).encode()).hexdigest()[:12]
     version = f"{vdir.name}:{digest}"
-    lip_dim = int(read_metadata(pq.read_schema(paths[0])).get("lip_dim", 0))
+    lip_dim = int(read_metadata(_read_schema(paths[0])).get("lip_dim", 0))
     return paths, version, lip_dim
 
 
-def _read_rows(paths: list[Path], split: str | None, limit: int | None = None) -> list[ClipFeatures]:
+def _read_rows(paths: list[Location], split: str | None, limit: int | None = None) -> list[ClipFeatures]:
     clips: list[ClipFeatures] = []
     for p in paths:
-        table = pq.read_table(p)
+        table = _read_table(p)
         if split is not None:
             table = table.filter(pc.equal(pc.cast(table["split"], "string"), split))
         for row in table_to_rows(table):
@@ -88,12 +103,12 @@ def _read_rows(paths: list[Path], split: str | None, limit: int | None = None) -
     return clips
 
 
-def fit_codec(paths: list[Path], out_dir: Path) -> MelCodec:
+def fit_codec(paths: list[Location], out_dir: Path) -> MelCodec:
     """Fit the MelCodec's per-channel statistics on the training split's mels (one streaming pass on the driver)."""
 
     def mels():
         for p in paths:
-            t = pq.read_table(p, columns=["split", "mel"])
+            t = _read_table(p, columns=["split", "mel"])
             t = t.filter(pc.equal(pc.cast(t["split"], "string"), "train"))
             for row in table_to_rows(t):
                 yield np.asarray(row["mel"], np.float32)
@@ -103,7 +118,7 @@ def fit_codec(paths: list[Path], out_dir: Path) -> MelCodec:
     return codec
 
 
-def validation_clips(paths: list[Path], n: int) -> list[ClipFeatures]:
+def validation_clips(paths: list[Location], n: int) -> list[ClipFeatures]:
     """Fixed clips for audio samples during training: the val split (else train), one per task first."""
     pool = _read_rows(paths, "val") or _read_rows(paths, "train", limit=64)
     pool.sort(key=lambda c: str(c.meta.get("clip_id")))
@@ -117,7 +132,7 @@ def validation_clips(paths: list[Path], n: int) -> list[ClipFeatures]:
     return chosen[:n]
 
 
-def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8, cache: bool = False):
+def build_dataset(paths: list[Location], seed: int, *, rows_per_block: int = 8, cache: bool = False):
     """Ray dataset of the training rows in a fixed pseudo-random order (the same in every execution).
 
     Shards hold one task and one duration bucket each, so whole-file blocks would hand a worker a single task.
@@ -128,7 +143,8 @@ def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8, cach
     import ray.data
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet([str(p) for p in paths]).select_columns(TRAIN_COLUMNS + ["split"])
+    ds = ray.data.read_parquet([p.path for p in paths], filesystem=paths[0].fs)
+    ds = ds.select_columns(TRAIN_COLUMNS + ["split"])
     ds = ds.filter(expr=col("split") == "train").drop_columns(["split"])
     ds = ds.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
     if cache:  # small enough for the object store: read and cut once, every epoch then only streams the blocks
@@ -136,13 +152,13 @@ def build_dataset(paths: list[Path], seed: int, *, rows_per_block: int = 8, cach
     return ds
 
 
-def fit_model_to_data(cfg: TrainJobConfig, paths: list[Path]) -> TrainJobConfig:
+def fit_model_to_data(cfg: TrainJobConfig, paths: list[Location]) -> TrainJobConfig:
     """Condition sizes follow the shards (semantic encoder width, lip crops vs features); said when changed.
 
     Raises:
         FeatureShapeError: when fine-tuning (``--init``) a model whose condition sizes differ from the shards'.
     """
-    md = read_metadata(pq.read_schema(paths[0]))
+    md = read_metadata(_read_schema(paths[0]))
     want = {"sem_dim": int(md.get("sem_dim", 0))}
     lip_dim = int(md.get("lip_dim", 0))
     want.update({"lip_input": "crops"} if lip_dim == 0 else {"lip_input": "features", "lip_feature_dim": lip_dim})
@@ -161,9 +177,9 @@ def fit_model_to_data(cfg: TrainJobConfig, paths: list[Path]) -> TrainJobConfig:
 # ---- the job -------------------------------------------------------------------------------------------------------
 
 
-def _latest_checkpoint(storage: Path) -> str | None:
-    steps = sorted(p for p in storage.glob("step_*") if any(p.glob("worker_*.pt")))
-    return str(steps[-1]) if steps else None
+def _latest_checkpoint(storage: Location) -> Location | None:
+    steps = [p for p in storage.glob("step_*") if p.glob("worker_*.pt")]
+    return steps[-1] if steps else None
 
 
 def run_training(
@@ -171,6 +187,7 @@ def run_training(
     *,
     out: str | os.PathLike | None,
     run_dir: str | os.PathLike | None = None,
+    storage: str | None = None,
     tracking_uri: str | None = None,
     experiment: str = "vssflow",
     register_as: str | None = "vssflow",
@@ -198,6 +215,7 @@ def run_training(
         # A resumed run keeps its config; only how far to go and where to stop may change.
         cfg = replace(stored, max_steps=cfg.max_steps or stored.max_steps, stop_after=cfg.stop_after)
         out = out or state.get("out")
+        storage = storage or state.get("storage")
         tracking_uri = tracking_uri or state["tracking_uri"]
     name = state.get("name") or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = Path(run_dir or Path("runs") / name).resolve()
@@ -209,7 +227,7 @@ def run_training(
         raise InputError(f"unknown engine {cfg.engine!r}; use one of {ENGINES}", source="--deepspeed")
 
     paths, data_version, lip_dim = shard_paths(cfg.data)
-    data_mb = sum(p.stat().st_size for p in paths) / 2**20
+    data_mb = sum(p.size() for p in paths) / 2**20
     if not state.get("config"):
         cfg = fit_model_to_data(cfg, paths)
     codec_dir = run_dir / "codec"
@@ -223,12 +241,13 @@ def run_training(
         state["mlflow_run_id"] = mlflow_utils.create_run(
             tracking_uri, experiment=experiment, run_name=name, params=params, tags={"data_version": data_version}
         )
+    storage = location(storage or run_dir / "ray")  # Ray Train's checkpoints: <storage>/<name>/step_*
     state.update({"name": name, "config": cfg.to_dict(), "tracking_uri": tracking_uri, "data_version": data_version,
-                  "out": None if out is None else str(Path(out).resolve())})  # fmt: skip
+                  "out": None if out is None else str(Path(out).resolve()), "storage": storage.uri})  # fmt: skip
     _write_json(run_dir / RUN_JSON, state)
-    storage = run_dir / "ray"
     print(f"vssflow train: {cfg.preset} preset, {cfg.workers} workers, engine {cfg.engine}, "
-          f"{cfg.max_steps} steps, data {data_version} ({len(paths)} shards); run dir {run_dir}")  # fmt: skip
+          f"{cfg.max_steps} steps, data {data_version} ({len(paths)} shards); run dir {run_dir}; "
+          f"checkpoints {storage.uri}")  # fmt: skip
 
     if not ray.is_initialized():
         if ray_address:
@@ -240,13 +259,16 @@ def run_training(
         "codec_dir": str(codec_dir),
         "lip_dim": lip_dim,
         # the preprocessing config of the shards, recorded in the model so generation extracts features the same way
-        "extract": (read_metadata(pq.read_schema(paths[0])).get("config") or {}).get("extract", {}),
+        "extract": (read_metadata(_read_schema(paths[0])).get("config") or {}).get("extract", {}),
         "tracking_uri": tracking_uri,
         "mlflow_run_id": state["mlflow_run_id"],
         "out": state["out"],
         "val_clips": val,
-        "resume_checkpoint": _latest_checkpoint(storage / name) if resume is not None else None,
+        "resume_checkpoint": None,
+        "storage_filesystem": None if storage.is_local else storage.fs,  # how a worker opens resume_checkpoint
     }
+    if resume is not None and (last := _latest_checkpoint(storage / name)) is not None:
+        run["resume_checkpoint"] = last.path
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     trainer = TorchTrainer(
@@ -257,7 +279,8 @@ def run_training(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage.path,
+            storage_filesystem=None if storage.is_local else storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
@@ -275,7 +298,8 @@ def run_training(
         model_uri = mlflow_utils.log_and_register_model(
             final["out"], run_id=state["mlflow_run_id"], tracking_uri=tracking_uri, registered_name=register_as
         )
-    state.update({"model_uri": model_uri, "steps": steps, "checkpoint": _latest_checkpoint(storage / name)})
+    last = _latest_checkpoint(storage / name)
+    state.update({"model_uri": model_uri, "steps": steps, "checkpoint": last.uri if last else None})
     _write_json(run_dir / RUN_JSON, state)
     return TrainResult(
         run_dir=run_dir,
@@ -301,7 +325,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainJobConfig()
-    parser.add_argument("--data", help="shard directory written by `vssflow preprocess` (or its --out root)")
+    parser.add_argument("--data", help="shard set of `vssflow preprocess` (its --out: a path or s3:// gs:// URI)")
     parser.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     parser.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (one per CPU/GPU)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16)")
@@ -313,6 +337,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register-as", default="vssflow", help="MLflow registered model name ('' = don't)")
     parser.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 'auto')")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    parser.add_argument("--storage", default=None, metavar="URI",
+                        help="where Ray Train writes checkpoints: a shared path or s3:// gs:// URI "
+                             "(default <run-dir>/ray)")  # fmt: skip
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--init", default="", metavar="MODEL_DIR", help="fine-tune from a trained model")
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (with --init)")
@@ -360,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
                          source="--mix") from None  # fmt: skip
     cfg = TrainJobConfig(
         model_overrides=_parse_overrides(args.model),
-        data=str(Path(args.data).resolve()) if args.data else "",
+        data=location(args.data).uri if args.data else "",
         preset=args.preset,
         workers=args.workers,
         use_gpu=args.gpu,
@@ -384,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         out=args.out,
         run_dir=args.run_dir,
+        storage=args.storage,
         tracking_uri=args.mlflow_uri,
         experiment=args.experiment,
         register_as=args.register_as or None,

@@ -250,7 +250,7 @@ def train_loop_per_worker(config: dict) -> None:
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and run.get("resume_checkpoint"):
-        ckpt = Checkpoint(run["resume_checkpoint"])
+        ckpt = Checkpoint(run["resume_checkpoint"], filesystem=run.get("storage_filesystem"))
     if ckpt is not None:
         with ckpt.as_directory() as d:
             position = load_checkpoint(engine, ema, gen, d, rank)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from vssflow.data.schema import SCHEMA_VERSION, check_features, read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, resolve_shard_dir
 from vssflow.errors import FeatureShapeError
+from vssflow.storage import Location
 from vssflow.types import ClipFeatures
 
 __all__ = ["ShardDataset", "BucketBatchSampler"]
@@ -32,7 +32,8 @@ class ShardDataset(Dataset):
     """Clips of a shard set as :class:`ClipFeatures` (or row dicts).
 
     Args:
-        path: the ``--out`` directory of ``vssflow preprocess`` (follows ``LATEST``) or a version directory.
+        path: the ``--out`` directory of ``vssflow preprocess`` (follows ``LATEST``) or a version directory; a local
+            path or an ``s3://``/``gs://`` URI.
         tasks: keep only these tasks ("v2s", "tts", "joint").
         buckets: keep only these duration buckets (seconds).
         split: keep only this split ("train", "val", "test").
@@ -45,7 +46,7 @@ class ShardDataset(Dataset):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Location,
         *,
         tasks: Sequence[str] | None = None,
         buckets: Sequence[float] | None = None,
@@ -65,7 +66,7 @@ class ShardDataset(Dataset):
                 source=str(self.root),
             )
         self.as_dict, self.float32, self.check = as_dict, float32, check
-        self.files: list[Path] = []
+        self.files: list[Location] = []
         self.meta: list[dict] = []
         self.index: list[tuple[int, int, int]] = []  # (file, row group, row in group)
         self.keys: list[tuple[str, float]] = []  # (task, bucket_s) of each index entry
@@ -75,7 +76,7 @@ class ShardDataset(Dataset):
                 continue
             if buckets is not None and float(e.get("bucket_s", 0)) not in {float(b) for b in buckets}:
                 continue
-            f = pq.ParquetFile(self.root / e["file"])
+            f = pq.ParquetFile((self.root / e["file"]).open_input())
             md = read_metadata(f.schema_arrow)
             if sem_dim is not None and md.get("sem_dim") != sem_dim:
                 raise FeatureShapeError(
@@ -117,7 +118,8 @@ class ShardDataset(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        rows = table_to_rows(pq.ParquetFile(self.files[fi]).read_row_group(g))
+        with self.files[fi].open_input() as src:
+            rows = table_to_rows(pq.ParquetFile(src).read_row_group(g))
         self._cache[key] = rows
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -8,9 +8,13 @@ Layout of ``vssflow preprocess MANIFEST --out OUT``::
         v2s-2s-<id>.parquet         one task and one duration bucket per shard; <id> hashes its clip ids
         quarantine/q-<id>.parquet   rows that failed, with stage, reason and message
 
-Invariants: a shard file appears only complete (written to a hidden temporary name in the same directory, fsynced,
-then ``os.replace``d); readers use only the shards listed in ``_manifest.json``; a clip appears in at most one
-listed file (data or quarantine). A shard renamed into place but not yet listed when the job died is *adopted* by
+``OUT`` is a local directory or an ``s3://``/``gs://`` URI (:mod:`vssflow.storage`); paths here are
+:class:`~vssflow.storage.Location` objects (a local one is also ``os.PathLike``).
+
+Invariants: a shard file appears only complete (written to a hidden temporary name in the same directory, then
+``os.replace``d locally, or copied server-side to its final key on an object store: see :mod:`vssflow.storage`);
+readers use only the shards listed in ``_manifest.json``; a clip appears in at most one listed file (data or
+quarantine). A shard renamed into place but not yet listed when the job died is *adopted* by
 :func:`recover` on the next run (it is complete by construction), unless it overlaps listed shards, then deleted.
 """
 
@@ -20,15 +24,14 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterable
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vssflow.data.schema import META, SCHEMA_VERSION
 from vssflow.errors import InputError, MissingFileError
+from vssflow.storage import TMP_MARK, Location, location
 
 __all__ = [
     "MANIFEST_NAME",
@@ -47,7 +50,6 @@ __all__ = [
 MANIFEST_NAME = "_manifest.json"
 QUARANTINE_DIR = "quarantine"
 LATEST_NAME = "LATEST"
-_TMP_MARK = ".tmp-"
 
 
 def config_hash(config: dict) -> str:
@@ -56,29 +58,19 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def version_dir(out: str | os.PathLike, cfg_hash: str) -> Path:
+def version_dir(out: str | os.PathLike | Location, cfg_hash: str) -> Location:
     """``out/v<schema>-<hash>``: where shards of this config live."""
-    return Path(out) / f"v{SCHEMA_VERSION}-{cfg_hash}"
+    return location(out) / f"v{SCHEMA_VERSION}-{cfg_hash}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def set_latest(out: str | os.PathLike, vdir: Path) -> None:
+def set_latest(out: str | os.PathLike | Location, vdir: Location) -> None:
     """Point ``out/LATEST`` at ``vdir`` (atomic)."""
-    _atomic_text(Path(out) / LATEST_NAME, vdir.name + "\n")
+    (location(out) / LATEST_NAME).write_text_atomic(vdir.name + "\n")
 
 
-def resolve_shard_dir(path: str | os.PathLike) -> Path:
+def resolve_shard_dir(path: str | os.PathLike | Location) -> Location:
     """A version directory (has ``_manifest.json``) from itself or from the ``--out`` root (via ``LATEST``)."""
-    p = Path(path)
+    p = location(path)
     if (p / MANIFEST_NAME).is_file():
         return p
     latest = p / LATEST_NAME
@@ -98,33 +90,20 @@ def shard_name(task: str, bucket_s: float, clip_ids: Iterable[str]) -> str:
     return f"{task}-{bucket_s:g}s-{digest}.parquet"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def write_table_atomic(table: pa.Table, path: str | os.PathLike | Location, *, row_group_rows: int = 32) -> dict:
+    """Write ``table`` as zstd Parquet to ``path`` (local or object store), atomically (:mod:`vssflow.storage`).
 
-
-def write_table_atomic(table: pa.Table, path: str | os.PathLike, *, row_group_rows: int = 32) -> dict:
-    """Write ``table`` as zstd Parquet to a hidden temp name beside ``path``, fsync, then rename.
+    The file is serialised in memory (a shard is tens of MB), hashed, then written through a temporary name.
 
     Returns:
         entry dict: file (name), rows, bytes, sha256.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, row_group_rows), write_statistics=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        digest, size = _sha256(tmp), tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"file": path.name, "rows": table.num_rows, "bytes": size, "sha256": digest}
+    path = location(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=max(1, row_group_rows), write_statistics=False)
+    data = sink.getvalue().to_pybytes()
+    path.write_bytes_atomic(data)
+    return {"file": path.name, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 class ShardManifest:
@@ -133,8 +112,8 @@ class ShardManifest:
     Only the driver of a job writes it (atomically); workers write shard files and return their entries.
     """
 
-    def __init__(self, vdir: str | os.PathLike, *, config_hash: str = "", config: dict | None = None):
-        self.vdir = Path(vdir)
+    def __init__(self, vdir: str | os.PathLike | Location, *, config_hash: str = "", config: dict | None = None):
+        self.vdir = location(vdir)
         self.path = self.vdir / MANIFEST_NAME
         self.data: dict = {
             "schema_version": SCHEMA_VERSION,
@@ -172,13 +151,12 @@ class ShardManifest:
         entries.append({k: v for k, v in entry.items() if k != "clip_ids"})
 
     def save(self) -> None:
-        self.vdir.mkdir(parents=True, exist_ok=True)
         self.data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.data["rows"] = sum(e["rows"] for e in self.shards)
         self.data["quarantined"] = sum(e["rows"] for e in self.quarantine)
-        _atomic_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        self.path.write_text_atomic(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 
-    def shard_paths(self) -> list[Path]:
+    def shard_paths(self) -> list[Location]:
         """Absolute paths of the listed data shards, in a stable order."""
         return [self.vdir / e["file"] for e in sorted(self.shards, key=lambda e: e["file"])]
 
@@ -190,22 +168,27 @@ class ShardManifest:
             if not p.is_file():
                 problems.append(f"{e['file']}: listed but missing")
                 continue
-            if _sha256(p) != e["sha256"]:
+            if p.sha256() != e["sha256"]:
                 problems.append(f"{e['file']}: checksum mismatch")
-            for cid in pq.read_table(p, columns=["clip_id"]).column(0).to_pylist():
+            for cid in _clip_ids(p):
                 if cid in seen:
                     problems.append(f"{cid}: in {seen[cid]} and {e['file']}")
                 seen[cid] = e["file"]
         return problems
 
 
-def _clip_ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["clip_id"]).column(0).to_pylist()
+def _clip_ids(path: Location) -> list[str]:
+    return _read_table(path, columns=["clip_id"]).column(0).to_pylist()
 
 
-def _candidates(vdir: Path) -> list[tuple[Path, str]]:
-    out = [(p, "data") for p in sorted(vdir.glob("*.parquet"))]
-    out += [(p, "quarantine") for p in sorted((vdir / QUARANTINE_DIR).glob("*.parquet"))]
+def _read_table(path: Location, columns: list[str] | None = None) -> pa.Table:
+    with path.open_input() as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _candidates(vdir: Location) -> list[tuple[Location, str]]:
+    out = [(p, "data") for p in vdir.glob("*.parquet")]
+    out += [(p, "quarantine") for p in (vdir / QUARANTINE_DIR).glob("*.parquet")]
     return [(p, k) for p, k in out if not p.name.startswith(".")]
 
 
@@ -221,23 +204,24 @@ def recover(manifest: ShardManifest) -> dict:
     vdir = manifest.vdir
     counts = {"temp_removed": 0, "adopted": 0, "deleted": 0}
     for d in (vdir, vdir / QUARANTINE_DIR):
-        for p in d.glob(f".*{_TMP_MARK}*") if d.is_dir() else []:
+        for p in d.glob(f".*{TMP_MARK}*"):
             p.unlink(missing_ok=True)
             counts["temp_removed"] += 1
     listed = manifest.files()
     done = done_clip_ids(manifest)
     for path, kind in _candidates(vdir):
-        rel = str(path.relative_to(vdir))
+        rel = path.relative_to(vdir)
         if rel in listed:
             continue
         try:
-            md = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
+            with path.open_input() as f:
+                md = {k.decode(): v.decode() for k, v in (pq.read_schema(f).metadata or {}).items()}
             same = kind == "quarantine" or md.get(META["config_hash"]) == manifest.data["config_hash"]
             ids = _clip_ids(path)
         except Exception:  # unreadable: cannot be ours complete, remove it
             same, ids = False, []
         if same and not (set(ids) & done):
-            entry = {"file": rel, "rows": len(ids), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            entry = {"file": rel, "rows": len(ids), "bytes": path.size(), "sha256": path.sha256()}
             if kind == "data":
                 entry.update(task=md.get(META["task"]), bucket_s=float(md.get(META["bucket_s"], 0) or 0))
             manifest.add(entry, kind=kind)
