@@ -245,8 +245,9 @@ def _check_subset_within(sub: dict, full: dict, defs: dict, path: str) -> None:
 
 @pytest.mark.skipif(
     _crd_dir() is None,
-    reason="official KubeRay CRD files not present: set VSSFLOW_KUBERAY_CRDS to a directory with "
-    "ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml (kuberay helm-chart/kuberay-operator/crds)",
+    reason="official KubeRay CRD files not present (no PyPI/npm/Debian package ships them: docs/cluster.md, "
+    "'Validation, offline'): set VSSFLOW_KUBERAY_CRDS to a directory with ray.io_rayclusters.yaml, "
+    "ray.io_rayjobs.yaml, ray.io_rayservices.yaml (kuberay helm-chart/kuberay-operator/crds)",
 )
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kuberay_kinds_validate_against_the_official_crds(overlay):
