@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.net import free_port, wait_ready
+
 
 def _vssflow(*args: str) -> None:
     cmd = [sys.executable, "-m", "vssflow.cli", *args]
@@ -37,30 +39,6 @@ class DemoError(RuntimeError):
     """A step of the demo failed (one line, naming the step)."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vssflow serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
-
-
 def _held_out(manifest: Path, n: int) -> list[dict]:
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     test = [r for r in rows if r.get("split") == "test"] or rows[-n:]
@@ -76,7 +54,7 @@ def _held_out(manifest: Path, n: int) -> list[dict]:
 def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: int) -> list[Path]:
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(out / "serve.log", "w")  # noqa: SIM115 - closed in finally
     print(f"\n$ vssflow serve --model {model} --port {port}   (log: {out / 'serve.log'})", flush=True)
@@ -99,7 +77,7 @@ def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: i
     )
     written = []
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc, interval=2.0)
         gen_dir = out / "generated"
         gen_dir.mkdir(exist_ok=True)
         for row in _held_out(manifest, n):

@@ -13,17 +13,17 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from pipelines.net import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "start_postgres.sh"
@@ -46,12 +46,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mlflow_uri(libpq_uri: str) -> str:
     # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; name the psycopg2 driver (psycopg2-binary) explicitly.
     return libpq_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
@@ -61,7 +55,7 @@ def _mlflow_uri(libpq_uri: str) -> str:
 def postgres_uri():
     # Not pytest's tmp_path: its parents are private to root, and the server runs as `postgres` when we are root.
     data = tempfile.mkdtemp(prefix="vssflow-pg-")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PG_BIN": _postgres_bin()}
     out = subprocess.run(
         ["bash", str(SCRIPT), "start", data, str(port)], capture_output=True, text=True, env=env, timeout=120
@@ -121,7 +115,7 @@ def test_tracking_store_on_postgres(postgres_uri, tmp_path):
 @pytest.fixture(scope="module")
 def mlflow_server(postgres_uri):
     """``mlflow server`` on PostgreSQL with proxied artifacts, as cluster/mlflow/docker-compose.yaml runs it."""
-    port = _free_port()
+    port = free_port()
     artifacts = Path(tempfile.mkdtemp(prefix="vssflow-mlartifacts-"))
     log = artifacts.parent / f"{artifacts.name}.log"
     cmd = [
@@ -134,17 +128,10 @@ def mlflow_server(postgres_uri):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600  # a readiness bound, not a speed check: the machine may be busy
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"mlflow server exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"mlflow server did not answer /health: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
+        try:  # a readiness bound, not a speed check: the machine may be busy
+            wait_ready(url, proc, timeout=600, path="/health")
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"mlflow server not ready ({e}): {log.read_text()[-2000:]}")
         yield url, artifacts
     finally:
         proc.terminate()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pipelines.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,16 +54,8 @@ JOB = textwrap.dedent(
                              "127.0.0.1", "--port", port, "--ray-address", "auto"], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, f"vssflow serve exited with {proc.returncode}"
-            assert time.time() < deadline, "vssflow serve not ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        from pipelines.net import wait_ready
+        wait_ready(url, proc, timeout=600, interval=2)
         import json
         rows = [json.loads(l) for l in open(f"{corpus}/manifest.jsonl") if l.strip()]
         row = next(r for r in rows if r["task"] == "v2s")
@@ -80,12 +73,6 @@ JOB = textwrap.dedent(
             os.killpg(proc.pid, signal.SIGKILL)
     """
 ) % {"steps": MAX_STEPS, "every": CHECKPOINT_EVERY}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -112,12 +99,12 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
     )  # fmt: skip
     (tmp_path / "job.py").write_text(JOB)
 
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
 
     def node_args() -> dict:
         # Ports of its own: other Ray instances may be running on this machine. (All nodes run on this host, at
         # the address Ray picks for it; forcing 127.0.0.1 leaves the head's GCS advertised elsewhere.)
-        ports = {k: _free_port() for k in ("dashboard_agent_listen_port", "metrics_export_port")}
+        ports = {k: free_port() for k in ("dashboard_agent_listen_port", "metrics_export_port")}
         return {"num_cpus": 1, "object_store_memory": 300 * 1024**2, **ports}
 
     cluster = Cluster(
@@ -136,7 +123,7 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
         for _ in range(60):
             sub = _ray_cli(
                 "job", "submit", "--address", dashboard, "--no-wait", "--submission-id", "vssflow-multinode",
-                "--", sys.executable, str(tmp_path / "job.py"), str(corpus), str(work), str(_free_port()),
+                "--", sys.executable, str(tmp_path / "job.py"), str(corpus), str(work), str(free_port()),
             )  # fmt: skip
             if sub.returncode == 0 or "No available agent" not in sub.stderr:
                 break
