@@ -321,3 +321,42 @@ def test_corpus_without_the_debian_packages(tmp_path, monkeypatch):
     assert all(r.speaker_id.startswith("espeak-") for r in rows if r.task == "tts")
     assert not list((tmp_path / "c" / "refs").glob(f"{REAL_SPEAKER}*"))
     assert all(r.licence == "CC0-1.0" for r in rows)
+
+
+def test_worker_pool_starts_clean_while_another_thread_speaks(tmp_path):
+    """`vssflow synth --workers 2` from a process whose other thread holds espeak's engine lock most of the time.
+
+    Forked pool workers would inherit that lock held and wait for it forever (the hang once seen on a loaded
+    machine); spawned workers load their own engine. Run in a subprocess with a timeout: it finishes if it works.
+    """
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, threading
+        from vssflow.synth import espeak
+        from vssflow.synth.corpus import CorpusConfig, write_corpus
+
+        stop = threading.Event()
+
+        def speak():
+            while not stop.is_set():
+                espeak.synthesize("a busy parent keeps on speaking")
+
+        threading.Thread(target=speak, daemon=True).start()
+        cfg = CorpusConfig(out=sys.argv[1], clips=4, seed=5, duration=(2.0, 2.0), mix=(0.0, 1.0, 0.0),
+                           real_speech=0.0, workers=2)
+        report = write_corpus(cfg)
+        stop.set()
+        print("clips", len(report.rows))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["clips", "4"]
+    alone = write_corpus(CorpusConfig(out=str(tmp_path / "alone"), clips=4, seed=5, duration=(2.0, 2.0),
+                                      mix=(0.0, 1.0, 0.0), real_speech=0.0, workers=1))  # fmt: skip
+    pooled = read_manifest(tmp_path / "c" / "manifest.jsonl")
+    assert [r.phonemes for r in pooled] == [r.phonemes for r in alone.rows]  # same speech with or without the pool

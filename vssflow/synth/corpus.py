@@ -379,7 +379,10 @@ def write_corpus(cfg: CorpusConfig, *, progress=None) -> CorpusReport:
             if progress:
                 progress(len(rows), len(jobs))
     else:
-        ctx = mp.get_context("fork")
+        # spawn, not fork: this process may have threads (a progress bar, a library's thread pool, a caller's own
+        # threads) holding locks at fork time - espeak's engine lock, OpenMP's, an allocator's - and a forked child
+        # inherits them held and hangs. Spawned workers start clean and load their own pristine espeak engine.
+        ctx = mp.get_context("spawn")
         with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
             for row in pool.imap(_worker, jobs, chunksize=1):
                 rows.append(row)

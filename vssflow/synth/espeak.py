@@ -7,7 +7,9 @@ resampled to 16 kHz (:data:`vssflow.constants.SAMPLE_RATE`) and the event positi
 libespeak-ng keeps global state, and an utterance depends slightly on what the engine spoke before (noise, pause
 lengths, a sample or two of timing). To make speech a function of (text, voice) alone, the engine is initialised
 once per process and never speaks there: each utterance is spoken in a forked child of that pristine state, which
-sends the samples and events back through a pipe (about 5 ms per utterance).
+sends the samples and events back through a pipe (about 5 ms per utterance). A child that has not answered within
+:data:`CHILD_TIMEOUT_S` (forked from a process whose other threads held a lock it needs) is killed and the utterance
+is spoken again in a new child once, then an :class:`AssetError` says so: never a silent hang.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import ctypes
 import ctypes.util
 import os
 import pickle
+import select
+import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +31,7 @@ from vssflow.constants import SAMPLE_RATE
 from vssflow.errors import AssetError, TranscriptError
 
 ESPEAK_RATE = 22_050  # Hz, the native rate of espeak-ng voices
+CHILD_TIMEOUT_S = 60.0  # an utterance takes ~5 ms; a minute covers a heavily loaded machine
 
 # espeak_EVENT_TYPE
 _EV_WORD, _EV_PHONEME, _EV_END, _EV_MSG_TERMINATED = 1, 7, 5, 6
@@ -175,6 +181,24 @@ class _Engine:
         """:meth:`synth` in a forked child, so this process's engine stays pristine (see the module docstring)."""
         if not hasattr(os, "fork"):
             return self.synth(text, voice)
+        for attempt in (1, 2):
+            data, status = self._speak_in_child(text, voice)
+            if data is not None:
+                break
+            if attempt == 2:
+                raise AssetError(
+                    f"espeak-ng did not answer within {CHILD_TIMEOUT_S:.0f} s for {text!r} (twice); "
+                    "is this process forking while another thread holds a lock?"
+                )
+        if not data or os.waitstatus_to_exitcode(status) != 0:
+            raise AssetError(f"espeak-ng failed in a child process for {text!r} (exit status {status})")
+        result = pickle.loads(data)
+        if isinstance(result, TranscriptError):
+            raise result
+        return result
+
+    def _speak_in_child(self, text: str, voice: Voice) -> tuple[bytes | None, int]:
+        """(pickled result, wait status) from a forked child; (None, 0) when it timed out (it is killed)."""
         with self.lock:
             r, w = os.pipe()
             pid = os.fork()
@@ -194,24 +218,33 @@ class _Engine:
                 finally:
                     os._exit(code)
             os.close(w)
-            with os.fdopen(r, "rb") as f:
-                data = f.read()
+            chunks, deadline = [], time.monotonic() + CHILD_TIMEOUT_S
+            with os.fdopen(r, "rb", buffering=0) as f:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([f], [], [], left)[0]:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        return None, 0
+                    chunk = f.read(1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
             _, status = os.waitpid(pid, 0)
-        if not data or os.waitstatus_to_exitcode(status) != 0:
-            raise AssetError(f"espeak-ng failed in a child process for {text!r} (exit status {status})")
-        result = pickle.loads(data)
-        if isinstance(result, TranscriptError):
-            raise result
-        return result
+        return b"".join(chunks), status
 
 
 _ENGINE: _Engine | None = None
+_ENGINE_LOCK = threading.Lock()
 
 
 def _engine() -> _Engine:
+    # One engine per process: two threads initialising at once would each register a callback, and the engine
+    # whose callback lost would "speak" into nothing (empty audio).
     global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = _Engine()
+    with _ENGINE_LOCK:
+        if _ENGINE is None:
+            _ENGINE = _Engine()
     return _ENGINE
 
 
