@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class RunLogger:
         run_name: shown in the UI.
         run_id: continue this run (``--resume``) instead of starting a new one.
         system_metrics: sample CPU / memory / disk / network every few seconds into the run (``system/*``).
+        flush_every: per-step metrics are kept in memory and written in one ``log_batch`` once they span this many
+            steps (and by :meth:`flush` / :meth:`end`): one store transaction per N steps instead of one per step,
+            which on a SQLite store cost ~25 ms of a ~65 ms tiny-preset step. 1 writes every call.
     """
 
     def __init__(
@@ -106,8 +110,12 @@ class RunLogger:
         run_id: str | None = None,
         system_metrics: bool = True,
         tags: Mapping[str, str] | None = None,
+        flush_every: int = 1,
     ):
         self.tracking_uri = tracking_uri
+        self.flush_every = max(1, flush_every)
+        self._pending: list[mlflow.entities.Metric] = []
+        self._pending_from: int | None = None  # first step in the buffer
         experiment_id = get_or_create_experiment(tracking_uri, experiment)
         self.client = MlflowClient(tracking_uri)
         if system_metrics:
@@ -131,7 +139,18 @@ class RunLogger:
             mlflow.log_params(new, run_id=self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        """Record ``metrics`` at ``step`` (timestamped now); written when the buffer spans ``flush_every`` steps."""
+        now = int(time.time() * 1000)
+        self._pending += [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._pending_from = step if self._pending_from is None else self._pending_from
+        if step - self._pending_from + 1 >= self.flush_every or len(self._pending) >= 900:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics (one ``log_batch``, at most 1000 metrics per call as MLflow requires)."""
+        items, self._pending, self._pending_from = self._pending, [], None
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def log_audio(self, wav: np.ndarray, sample_rate: int, name: str, *, step: int) -> None:
         """Write ``wav`` (N,) as ``samples/step_<step>/<name>.wav``."""
@@ -170,6 +189,7 @@ class RunLogger:
             self.client.set_tag(self.run_id, k, str(v))
 
     def end(self, status: str = "FINISHED") -> None:
+        self.flush()
         mlflow.end_run(status=status)
 
 

@@ -393,8 +393,11 @@ def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None
     """Optional hook: one MLflow run with the counts, timings and config (only with ``--mlflow-uri``)."""
     import mlflow
 
+    from pipelines.mlflow_utils import get_or_create_experiment
+
     mlflow.set_tracking_uri(cfg.mlflow_uri)
-    mlflow.set_experiment("vssflow-preprocess")
+    # created with its artifacts beside a SQLite store; set_experiment(name) would put them in ./mlruns of the cwd
+    mlflow.set_experiment(experiment_id=get_or_create_experiment(cfg.mlflow_uri, "vssflow-preprocess"))
     with mlflow.start_run(run_name=f"preprocess-{location(summary.out_dir).name}"):
         flat = {f"extract.{k}": v for k, v in config["extract"].items()}
         mlflow.log_params({**flat, "manifest": cfg.manifest, "out": summary.out_dir, "actors": cfg.actors})
