@@ -78,7 +78,10 @@ def build_deepspeed_config(
         "wall_clock_breakdown": False,
     }
     if stage >= 2:
-        config["zero_optimization"].update({"overlap_comm": False, "contiguous_gradients": True})
+        # contiguous_gradients copies every gradient into a flat buffer as backward produces it: it keeps GPU memory
+        # unfragmented, but on CPU it is one more copy per step (tiny preset, one process, best of 4 x 20 steps on a
+        # loaded machine: 114 -> 90 ms per step; the bare PyTorch step was 63 ms).
+        config["zero_optimization"].update({"overlap_comm": False, "contiguous_gradients": bool(use_gpu)})
     if stage == 3:
         # Keep the final model consolidatable without zero_to_fp32: gather 16-bit weights on save.
         config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True

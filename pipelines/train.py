@@ -258,6 +258,7 @@ def run_training(
         "run_dir": str(run_dir),
         "codec_dir": str(codec_dir),
         "lip_dim": lip_dim,
+        "worker_cache": data_mb <= cfg.worker_cache_mb,  # small shard sets: workers keep their split after epoch 0
         # the preprocessing config of the shards, recorded in the model so generation extracts features the same way
         "extract": (read_metadata(_read_schema(paths[0])).get("config") or {}).get("extract", {}),
         "tracking_uri": tracking_uri,

@@ -168,3 +168,67 @@ def test_zero2_shards_optimizer_state_across_workers(reference, data, tmp_path, 
     m = run_metrics(reference.mlflow_run_id, tracking_uri=reference.tracking_uri)
     zero2, zero2_max = m["optimizer_state_mb"][-1][1], m["optimizer_state_mb_max"][-1][1]
     assert 0.4 < zero2 / ddp < 0.6 and 0.4 < zero2_max / ddp < 0.6, (zero2, zero2_max, ddp)
+
+
+# ---- no Ray needed ----------------------------------------------------------------------------------------------
+
+
+def test_deepspeed_config_is_bf16_on_gpu_and_fp32_on_cpu():
+    from pipelines.deepspeed_config import build_deepspeed_config
+
+    common = dict(micro_batch_per_gpu=4, grad_accum=2, world_size=2, lr=1e-3, weight_decay=0.01, grad_clip=1.0)
+    cpu = build_deepspeed_config(stage=2, use_gpu=False, **common)
+    gpu = build_deepspeed_config(stage=2, use_gpu=True, **common)
+    assert cpu["bf16"] == {"enabled": False} and cpu["fp16"] == {"enabled": False}  # fp32 on CPU
+    assert gpu["bf16"] == {"enabled": True} and gpu["fp16"] == {"enabled": False}
+    for c in (cpu, gpu):
+        assert c["train_batch_size"] == 4 * 2 * 2 and c["gradient_accumulation_steps"] == 2
+        assert c["gradient_clipping"] == 1.0 and c["zero_optimization"]["stage"] == 2
+        assert c["optimizer"]["type"] == "AdamW" and c["optimizer"]["params"]["torch_adam"]
+    # the flat gradient buffer only where it pays (GPU memory); on CPU it is one more copy per step
+    assert gpu["zero_optimization"]["contiguous_gradients"] and not cpu["zero_optimization"]["contiguous_gradients"]
+    z3 = build_deepspeed_config(stage=3, use_gpu=True, **common)["zero_optimization"]
+    assert z3["stage3_gather_16bit_weights_on_model_save"]
+
+
+def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
+    """Nothing lands in ./mlruns of the current directory (MLflow's default artifact root with a SQLite store)."""
+    from collections import Counter
+
+    from pipelines import mlflow_utils
+    from pipelines.preprocess import PreprocessConfig, Summary, log_to_mlflow
+    from vssflow.features.extract import ExtractConfig
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    summary = Summary(rows_in=2, skipped=0, written=2, quarantined=Counter(), shards=1, seconds=1.0)
+    summary.out_dir = str(tmp_path / "out")
+    cfg = PreprocessConfig(manifest="m.jsonl", out=str(tmp_path / "out"), mlflow_uri=uri)
+    log_to_mlflow(cfg, summary, {"extract": ExtractConfig().to_dict(), "extractors": {}})
+    logger = mlflow_utils.RunLogger(uri, run_name="t", system_metrics=False, flush_every=5)
+    for step in range(7):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.log_audio(np.zeros(1600, np.float32), 16000, "clip", step=6)
+    logger.end()
+    assert not (cwd / "mlruns").exists() and list(cwd.iterdir()) == []
+    assert any((tmp_path / "store" / "mlartifacts").rglob("preprocess_config.json"))
+    assert any((tmp_path / "store" / "mlartifacts").rglob("clip.wav"))
+    # buffered metrics: every step arrives (5 in one batch, the rest at end())
+    assert [s for s, _ in run_metrics(logger.run_id, tracking_uri=uri)["loss"]] == list(range(7))
+
+
+@pytest.mark.gpu
+def test_gpu_training_runs_in_bf16_with_deepspeed(data, tmp_path):
+    """On a CUDA machine: one GPU worker, ZeRO-2, bf16 (the config's GPU path); skipped without a GPU."""
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        cfg = _cfg(data, workers=1, use_gpu=True, max_steps=4, checkpoint_every=4, eval_every=0, log_samples=False)
+        res = run_training(cfg, out=tmp_path / "model", run_dir=tmp_path / "run", register_as=None, n_val_clips=0)
+    finally:
+        ray.shutdown()
+    assert res.steps == 4 and res.engine == "zero2"
+    loss = [v for _, v in run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)["loss"]]
+    assert len(loss) == 4 and np.isfinite(loss).all()
