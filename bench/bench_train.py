@@ -1,15 +1,24 @@
 """Training throughput and memory: Ray Train + DeepSpeed vs a bare single-process PyTorch loop.
 
-    python -m bench.bench_train [--steps 20] [--workers 2] [--out runs/bench_train.json]
+    python -m bench.bench_train [--steps 40] [--clips 40] [--out runs/bench_train.json]
 
-* samples/s of the full distributed path (Ray Data shard -> sampler -> DeepSpeed ZeRO-2 engine -> report) against a
-  plain ``for`` loop in one process on the same model, the same clips, the same batch size (goal: ratio >= 0.9
-  per worker-CPU, i.e. the distributed overheads cost < 10 %);
-* per-worker optimizer-state bytes and peak RSS for ZeRO 0/1/2/3.
+The model is the real ``tiny`` preset (what ``make demo`` trains) on real shards of the embedded corpus: ``vssflow
+synth`` + ``vssflow preprocess`` once (2 s clips), cached under ``<out>/shards-c<clips>`` and reused by later runs.
+
+* **bare loop**: one process, no Ray, no DeepSpeed: the same model, the same train clips (decoded once), the same
+  sampler and batch size, the same step (AdamW + clipping + lr schedule + EMA), one intra-op thread;
+* **Ray Train + DeepSpeed ZeRO-2** with 1 worker (one CPU, one thread: directly comparable to the bare loop) and with
+  2 workers (2 CPUs: compared per CPU, i.e. total samples/s / 2 against the one-thread bare loop; the bare loop with
+  2 threads is printed for reference). Goal: ratio >= 0.9, the distributed machinery costs < 10 %;
+* per-worker peak RSS and optimizer-state bytes for ZeRO 0/1/2/3 on 2 workers.
+
+Throughput is measured after warm-up (the first steps: imports, DeepSpeed set-up, first epoch's data execution);
+Ray start-up and each run's set-up time are reported apart. The machine is shared: the load average is printed
+with the numbers, which are indicative when it is above the core count.
 
 Also home of :func:`make_toy_shards`, a small but real shard set (synthesized event sounds placed at visual events,
 espeak-ng speech with its phonemes, mouth crops following the speech envelope) written through the schema module;
-tests and the benchmark use it when no ``vssflow preprocess`` output is at hand.
+tests use it when no ``vssflow preprocess`` output is at hand.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import os
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,90 +133,204 @@ def make_toy_shards(
 # ---- the benchmark -------------------------------------------------------------------------------------------------
 
 
-BENCH_MODEL = {"sem_dim": TOY_SEM_DIM}  # the real tiny preset (condition width set by the toy shards)
+def bench_shards(root: Path, *, clips: int, seed: int = 0) -> str:
+    """Shards of the embedded corpus (``vssflow synth`` + ``vssflow preprocess``), made once under ``root``."""
+    import subprocess
+    import sys
+
+    from vssflow.data.shards import resolve_shard_dir
+
+    corpus, shards = root / f"corpus-c{clips}", root / f"shards-c{clips}"
+    try:
+        return str(resolve_shard_dir(shards))
+    except Exception:  # noqa: BLE001 - not made yet (or incomplete): make it
+        pass
+    t0 = time.perf_counter()
+    cli = [sys.executable, "-m", "vssflow.cli"]
+    subprocess.run([*cli, "synth", "--out", str(corpus), "--clips", str(clips), "--seed", str(seed),
+                    "--duration", "2.0", "--workers", "2"], check=True)  # fmt: skip
+    subprocess.run([*cli, "preprocess", str(corpus / "manifest.jsonl"), "--out", str(shards), "--num-cpus", "2",
+                    "--no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    print(f"bench_train: shards of {clips} clips made in {time.perf_counter() - t0:.0f} s (cached in {shards})")
+    return str(resolve_shard_dir(shards))
 
 
-def bare_loop_samples_per_s(data: str, *, steps: int, batch_size: int, threads: int, seed: int = 0) -> float:
-    """Samples/s of a single-process PyTorch loop (same model, clips, batch size, AdamW, no Ray, no DeepSpeed)."""
+def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
+    """Samples/s of a single-process PyTorch loop over the run's model, clips, sampler and optimizer settings.
+
+    What DeepSpeed does inside ``engine.backward/step`` is done here by hand: AdamW (same hyper-parameters),
+    gradient clipping, the lr schedule, and the EMA update of the Ray loop. No Ray, no DeepSpeed, no MLflow.
+    """
+    import tempfile
+    from functools import partial
+
     import torch
 
-    from pipelines.train import _read_rows, fit_codec, shard_paths
-    from pipelines.train_loop import TrainJobConfig, build_model, encode_batch
+    from pipelines.deepspeed_config import lr_lambda
+    from pipelines.train import _read_rows, fit_codec, fit_model_to_data, shard_paths
+    from pipelines.train_loop import build_model, encode_batch
     from vssflow.data.sampler import BucketSampler
+    from vssflow.ema import EMA
     from vssflow.training import training_step
 
     torch.set_num_threads(threads)
-    cfg = TrainJobConfig(data=data, model_overrides=BENCH_MODEL, batch_size=batch_size, seed=seed)
-    paths, _, _ = shard_paths(data)
+    paths, _, _ = shard_paths(cfg.data)
+    cfg = fit_model_to_data(cfg, paths)
     clips = _read_rows(paths, "train")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         codec = fit_codec(paths, Path(tmp))
     model = build_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    done, t0, epoch, warm = 0, None, 0, 2
-    while done < steps + warm:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    )
+    ema = EMA(model.named_parameters(), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mcfg, flow_cfg = cfg.model_config(), cfg.flow_config()
+    done, n, t0, epoch = 0, 0, 0.0, 0
+    while done < warmup + steps:
         for batch in BucketSampler(cfg.sampler_config(), epoch=epoch).batches(iter(clips)):
-            if done == warm:
+            if done == warmup:
                 t0, n = time.perf_counter(), 0
-            tb = encode_batch(batch.clips, codec, cfg.model_config())
-            loss, _ = training_step(model, tb, cfg.flow_config(), gen)
-            opt.zero_grad()
+            loss, _ = training_step(model, encode_batch(batch.clips, codec, mcfg), flow_cfg, gen)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            if t0 is not None:
-                n += len(batch.clips)
+            sched.step()
+            ema.update(model.named_parameters())
+            n += len(batch.clips)
             done += 1
-            if done >= steps + warm:
+            if done >= warmup + steps:
                 break
         epoch += 1
-    return n / (time.perf_counter() - t0)
+    return {"samples_per_s": n / (time.perf_counter() - t0), "threads": threads, "train_clips": len(clips)}
 
 
-def bench_train(*, steps: int = 30, workers: int = 2, root: str | os.PathLike = "runs/bench_train") -> dict:
-    """Run the comparison and the ZeRO sweep; returns (and prints) a JSON-able report."""
+def _steady_samples_per_s(metrics: dict, warmup: int) -> float:
+    """Aggregate samples/s over the steps after ``warmup`` (each logged value covers one step of equal size)."""
+    values = [v for s, v in sorted(metrics["samples_per_s"]) if s > warmup]
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def ray_run(cfg, root: Path, *, warmup: int) -> dict:
+    """One ``run_training`` (no validation audio, one checkpoint at the end); its steady samples/s and memory."""
     from pipelines.mlflow_utils import run_metrics
     from pipelines.train import run_training
+
+    name = f"{cfg.engine}-w{cfg.workers}"
+    t0 = time.perf_counter()
+    res = run_training(cfg, out=root / f"model_{name}", run_dir=root / f"run_{name}", register_as=None, n_val_clips=0)
+    wall = time.perf_counter() - t0
+    m = run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)
+    sps = _steady_samples_per_s(m, warmup)
+    steady_s = sum(1.0 / v for s, v in m["samples_per_s"] if s > warmup) * cfg.batch_size * cfg.workers
+    return {
+        "engine": res.engine,
+        "workers": cfg.workers,
+        "steps": res.steps,
+        "samples_per_s": sps,
+        "wall_s": wall,
+        "setup_s": wall - steady_s,  # workers, imports, DeepSpeed, first epoch, warm-up steps, final save
+        "optimizer_state_mb_rank0": m["optimizer_state_mb"][-1][1],
+        "optimizer_state_mb_max": m["optimizer_state_mb_max"][-1][1],
+        "peak_rss_mb_max": max(v for _, v in m["peak_rss_mb"]),
+    }
+
+
+def bench_train(
+    *,
+    steps: int = 40,
+    memory_steps: int = 8,
+    warmup: int = 8,
+    clips: int = 40,
+    root: str | os.PathLike = "runs/bench_train",
+) -> dict:
+    """Run the comparison and the ZeRO sweep; returns a JSON-able report (and prints the table)."""
+    import ray
+
     from pipelines.train_loop import TrainJobConfig
 
     root = Path(root).resolve()
-    data = str(make_toy_shards(root / "shards", n_v2s=64, n_tts=64))
-    report: dict = {"steps": steps, "workers": workers, "batch_size": 4, "model": {"preset": "tiny", **BENCH_MODEL}}
-    report["bare_samples_per_s"] = bare_loop_samples_per_s(data, steps=steps, batch_size=4, threads=1)
-    report["zero"] = {}
-    for engine in ("zero0", "zero1", "zero2", "zero3"):
-        cfg = TrainJobConfig(data=data, model_overrides=BENCH_MODEL, workers=workers, engine=engine, max_steps=steps,
-                             checkpoint_every=steps, eval_every=0, batch_size=4)  # fmt: skip
-        res = run_training(cfg, out=root / f"model_{engine}", run_dir=root / f"run_{engine}", register_as=None,
-                           n_val_clips=0)  # fmt: skip
-        m = run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)
-        sps = [v for s, v in sorted(m["samples_per_s"]) if s > 2]  # skip the warm-up steps
-        report["zero"][engine] = {
-            "samples_per_s": float(np.median(sps)),
-            "optimizer_state_mb_per_worker": m["optimizer_state_mb"][-1][1],
-            "peak_rss_mb_per_worker": max(v for _, v in m.get("peak_rss_mb", [(0, 0.0)])),
-            "wall_s": res.seconds,
-        }
-    z2 = report["zero"]["zero2"]["samples_per_s"]
-    # Each Ray worker runs on one CPU; the bare loop on one CPU too: the fair ratio is per worker.
-    report["ratio_ray_deepspeed_vs_bare_per_worker"] = z2 / workers / report["bare_samples_per_s"]
+    root.mkdir(parents=True, exist_ok=True)
+    data = bench_shards(root, clips=clips)
+    base = TrainJobConfig(data=data, preset="tiny", batch_size=4, max_steps=warmup + steps, warmup_steps=5,
+                          checkpoint_every=10**6, eval_every=0, threads=1)  # fmt: skip
+    report: dict = {"model": "tiny", "clips": clips, "batch_size_per_worker": 4, "steps": steps, "warmup": warmup,
+                    "load_before": os.getloadavg()}  # fmt: skip
+    bare = [bare_loop(base, steps=steps, warmup=warmup, threads=1)]
+    report["bare_2_threads"] = bare_loop(base, steps=steps, warmup=warmup, threads=2)
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    report["ray_init_s"] = time.perf_counter() - t0
+    runs = {}
+    try:
+        runs["zero2-w1"] = ray_run(replace(base, workers=1, engine="zero2"), root, warmup=warmup)
+        runs["zero2-w2"] = ray_run(replace(base, workers=2, engine="zero2"), root, warmup=warmup)
+        for engine in ("zero0", "zero1", "zero3"):
+            short = replace(base, workers=2, engine=engine, max_steps=warmup // 2 + memory_steps)
+            runs[f"{engine}-w2"] = ray_run(short, root, warmup=warmup // 2)
+    finally:
+        ray.shutdown()
+    bare.append(bare_loop(base, steps=steps, warmup=warmup, threads=1))  # again: the load may have changed
+    report["bare_1_thread"] = bare
+    report["runs"] = runs
+    report["load_after"] = os.getloadavg()
+    bare_sps = float(np.mean([b["samples_per_s"] for b in bare]))
+    report["ratio_1_worker"] = runs["zero2-w1"]["samples_per_s"] / bare_sps
+    report["ratio_2_workers_per_cpu"] = runs["zero2-w2"]["samples_per_s"] / 2 / bare_sps
     report["peak_rss_mb_driver"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(format_table(report))
     return report
+
+
+def format_table(r: dict) -> str:
+    """The report as the table ``make bench`` prints."""
+    bare = [b["samples_per_s"] for b in r["bare_1_thread"]]
+    bare_sps = float(np.mean(bare))
+    lines = [
+        f"tiny preset, {r['clips']}-clip corpus ({r['bare_1_thread'][0]['train_clips']} train clips), "
+        f"batch {r['batch_size_per_worker']} per worker per step, {r['steps']} steps measured after {r['warmup']} "
+        f"warm-up; load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after (2 cores)",
+        f"{'':44} {'samples/s':>10} {'CPUs':>5} {'per CPU':>8} {'vs bare':>8} {'set-up s':>9}",
+        f"{'bare PyTorch loop, 1 thread (before/after)':44} {bare_sps:10.1f} {1:5d} {bare_sps:8.1f} {1.0:8.2f} "
+        f"{'':>9}   ({bare[0]:.1f} / {bare[-1]:.1f})",
+        f"{'bare PyTorch loop, 2 threads (reference)':44} {r['bare_2_threads']['samples_per_s']:10.1f} {2:5d} "
+        f"{r['bare_2_threads']['samples_per_s'] / 2:8.1f} {r['bare_2_threads']['samples_per_s'] / 2 / bare_sps:8.2f}",
+    ]
+    for key, label in (
+        ("zero2-w1", "Ray Train + DeepSpeed ZeRO-2, 1 worker"),
+        ("zero2-w2", "Ray Train + DeepSpeed ZeRO-2, 2 workers"),
+    ):
+        x = r["runs"][key]
+        per_cpu = x["samples_per_s"] / x["workers"]
+        lines.append(f"{label:44} {x['samples_per_s']:10.1f} {x['workers']:5d} {per_cpu:8.1f} "
+                     f"{per_cpu / bare_sps:8.2f} {x['setup_s']:9.1f}")  # fmt: skip
+    lines.append(f"goal: per-CPU ratio >= 0.9 -> 1 worker {r['ratio_1_worker']:.2f}, 2 workers "
+                 f"{r['ratio_2_workers_per_cpu']:.2f}; Ray start-up (ray.init) {r['ray_init_s']:.1f} s")  # fmt: skip
+    lines.append("")
+    lines.append(f"{'2 workers':12} {'opt. state MB':>14} {'(max rank)':>11} {'peak RSS MB':>12} {'samples/s':>10}")
+    for engine in ("zero0", "zero1", "zero2", "zero3"):
+        x = r["runs"][f"{engine}-w2"]
+        name = f"{engine} ({x['engine']})" if x["engine"] != engine else engine  # says so if DeepSpeed fell back
+        lines.append(
+            f"{name:12} {x['optimizer_state_mb_rank0']:14.1f} {x['optimizer_state_mb_max']:11.1f} "
+            f"{x['peak_rss_mb_max']:12.0f} {x['samples_per_s']:10.1f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_train")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=40, help="measured steps per throughput run (after the warm-up)")
+    p.add_argument("--clips", type=int, default=40, help="clips of the embedded corpus to train on")
     p.add_argument("--out", default="runs/bench_train.json")
     args = p.parse_args(argv)
-    report = bench_train(steps=args.steps, workers=args.workers, root=Path(args.out).with_suffix(""))
+    report = bench_train(steps=args.steps, clips=args.clips, root=Path(args.out).with_suffix(""))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    print(f"(report: {args.out})")
     return 0
 
 
