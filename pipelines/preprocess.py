@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
-from vssflow.constants import LIP_SIZE, N_MELS
+from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
 from vssflow.data.shards import (
     ShardManifest,
@@ -72,14 +72,15 @@ _DEFAULTS = {
     "mel": np.zeros((0, N_MELS), np.float32),
     "sem": np.zeros((0, 0), np.float32),
     "lip": np.zeros((0, LIP_SIZE, LIP_SIZE), np.uint8),
+    "sync": np.zeros((0, SYNC_SIZE, SYNC_SIZE), np.uint8),
     "speaker": np.zeros(0, np.float32),
     "decode_node": "",
     "encode_node": "",
     **{k: "" for k in ERROR_KEYS},
 }
-_DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "wav", "ref_audio", "phonemes")
-_MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "ref_audio", "phonemes", "mel")
-_ENCODED = ("duration_s", "bucket_s", "phonemes", "mel", "sem", "lip", "speaker")
+_DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "wav", "ref_audio", "phonemes")
+_MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "ref_audio", "phonemes", "mel")
+_ENCODED = ("duration_s", "bucket_s", "phonemes", "mel", "sem", "lip", "sync", "speaker")
 _NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
 # Memory reserved by one decode task (frames of a few clips at 10 and 25 fps, their audio): a scheduling hint, and
 # what keeps Ray Data from fusing the decode tasks into the encoder actor pool (see _run_ray).
@@ -426,6 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speaker-encoder", default="resemblyzer", help="'resemblyzer' or a trained encoder directory")
     p.add_argument("--g2p", default="espeak", choices=("espeak", "gruut", "cmudict"), help="G2P backend")
     p.add_argument("--no-lips", action="store_true", help="do not extract mouth crops")
+    p.add_argument("--no-sync", action="store_true", help="do not extract the 25 fps sync thumbnails")
     p.add_argument("--device", default="cpu", help="torch device of the encoders (cuda: one GPU per actor)")
     p.add_argument("--actors", type=int, default=1, help="encoder actors (models load once per actor)")
     p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
@@ -444,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
             speaker_encoder=args.speaker_encoder,
             g2p_backend=args.g2p,
             lips=not args.no_lips,
+            sync=not args.no_sync,
             device=args.device,
         ),
         ray_address=args.ray_address,

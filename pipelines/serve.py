@@ -7,7 +7,7 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
 
 * ``POST /v1/generate``  multipart: ``video`` file, optional ``transcript``, optional ``reference_voice`` file,
   ``task``, ``steps``, ``cfg``, ``seed``, ``output`` ("wav" or "mp4") -> audio/wav or video/mp4 (video copied).
-* ``POST /v1/generate/features``  multipart: ``features`` (.npz with sem/lip/phonemes/speaker/duration_s/task, or a
+* ``POST /v1/generate/features``  multipart: ``features`` (.npz with sem/lip/sync/phonemes/speaker/duration_s/task, or a
   one-row Parquet file of our shard schema), ``steps``, ``cfg``, ``seed`` -> audio/wav.
 * ``GET /healthz`` (process up), ``/readyz`` (both model deployments answer), ``/v1/stats`` (in-flight requests and
   recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
@@ -385,7 +385,7 @@ def _load_npz(data: bytes):
     missing = [k for k in ("duration_s", "task", "sem") if k not in arrays]
     if missing:
         raise HTTPError(422, "bad_features", f"features: .npz lacks {missing}; expected duration_s, task, sem, ...")
-    unknown = sorted(set(arrays) - {"duration_s", "task", "sem", "lip", "phonemes", "speaker"})
+    unknown = sorted(set(arrays) - {"duration_s", "task", "sem", "lip", "sync", "phonemes", "speaker"})
     if unknown:
         raise HTTPError(422, "bad_features", f"features: unknown arrays {unknown}")
 
@@ -400,7 +400,7 @@ def _load_npz(data: bytes):
         duration = float(arrays["duration_s"])
     except (TypeError, ValueError) as e:
         raise HTTPError(422, "bad_features", "features: duration_s must be a number") from e
-    return ClipFeatures(duration_s=duration, task=task, sem=arrays["sem"], lip=opt("lip"),
+    return ClipFeatures(duration_s=duration, task=task, sem=arrays["sem"], lip=opt("lip"), sync=opt("sync"),
                         phonemes=opt("phonemes"), speaker=opt("speaker"))  # fmt: skip
 
 

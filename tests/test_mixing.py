@@ -37,6 +37,7 @@ def _sound(seconds=4.0):
         duration_s=seconds,
         task="v2s",
         sem=np.ones((int(seconds * 10), 8), np.float32),
+        sync=np.full((int(seconds * 25), 32, 32), 100, np.uint8),
         mel=_log_mel(_tone(300.0, seconds)),
         meta={"clip_id": "snd"},
     )
@@ -49,6 +50,7 @@ def _speech(seconds=1.6):
         task="tts",
         sem=np.full((int(seconds * 10), 8), 2.0, np.float32),
         lip=rng.integers(1, 255, (int(seconds * 25), 32, 32), dtype=np.uint8),
+        sync=np.full((int(seconds * 25), 32, 32), 200, np.uint8),
         phonemes=np.array([5, 6, 7, 8], np.int16),
         speaker=np.full(256, 0.0625, np.float32),
         mel=_log_mel(_tone(2000.0, seconds)),
@@ -73,6 +75,10 @@ def test_mix_places_speech_at_the_onset(mode):
     assert mix.lip.shape == (100, 32, 32) and mix.lip.dtype == np.uint8
     assert not mix.lip[:s25].any() and not mix.lip[s25 + 40 :].any()
     np.testing.assert_array_equal(mix.lip[s25 : s25 + 40], sp.lip)
+    # sync thumbnails: the two videos overlaid (add: pixel mean) or the speech video's (insert) inside the segment
+    assert mix.sync.shape == (100, 32, 32) and mix.sync.dtype == np.uint8
+    assert (mix.sync[s25 : s25 + 40] == (150 if mode == "add" else 200)).all()
+    assert (np.delete(mix.sync, range(s25, s25 + 40), axis=0) == 100).all()
     # phonemes: frame level on the 25 Hz grid, zero-padded by the offset
     assert mix.phonemes.shape == (latent_frames(4.0),)
     assert not mix.phonemes[:s25].any() and not mix.phonemes[s25 + 40 :].any()

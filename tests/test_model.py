@@ -25,7 +25,9 @@ from vssflow.types import ClipFeatures
 torch.set_num_threads(1)
 
 # A small config for the many combinations (same code paths as TINY, fewer channels).
-SMALLEST = TINY.replace(depth=2, width=64, heads=2, cross_dim=32, latent_dim=16, sem_dim=12, speaker_dim=8, lip_dim=8)
+SMALLEST = TINY.replace(
+    depth=2, width=64, heads=2, cross_dim=32, latent_dim=16, sem_dim=12, speaker_dim=8, lip_dim=8, sync_dim=8
+)
 
 
 def make_clip(cfg: ModelConfig, duration: float, *, seed: int = 0, task: str = "tts", **absent) -> ClipFeatures:
@@ -40,6 +42,7 @@ def make_clip(cfg: ModelConfig, duration: float, *, seed: int = 0, task: str = "
     feats = dict(
         sem=rng.standard_normal((n_sem, cfg.sem_dim)).astype(np.float32),
         lip=lip,
+        sync=rng.integers(0, 256, (n_lip, 32, 32), dtype=np.uint8),
         phonemes=rng.integers(1, cfg.phoneme_vocab, size=max(2, int(duration * 8))).astype(np.int16),
         speaker=rng.standard_normal(cfg.speaker_dim).astype(np.float32),
     )
@@ -70,8 +73,9 @@ def test_config_json_round_trip_and_unknown_key():
 
 
 def test_derived_sizes():
-    assert TINY.context_dim == 256 + TINY.lip_dim + TINY.phoneme_dim
-    assert TINY.replace(sem_placement="context", lip_placement="cross").context_dim == 256 + 32 + TINY.cross_dim
+    assert TINY.context_dim == 256 + TINY.lip_dim + TINY.sync_dim + TINY.phoneme_dim
+    assert TINY.replace(sem_placement="context", lip_placement="cross").context_dim == 256 + 32 + 32 + TINY.cross_dim
+    assert TINY.replace(sync_placement="cross").context_dim == 256 + TINY.lip_dim + TINY.phoneme_dim
     assert PAPER.head_dim == 64 and PAPER.rope_dim == 32 and PAPER.kv_heads == 12 and PAPER.ff_inner == 6144
     assert TINY.max_frames == 250
 
@@ -130,6 +134,27 @@ def test_every_placement_and_time_conditioning(sem, phonemes, lip, time):
     assert not torch.allclose(v1[0], v2[0]) and torch.allclose(v1[1], v2[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("placement", ["context", "cross"])
+def test_sync_stream_is_read_per_frame(placement):
+    """A change in the sync thumbnails around one moment changes the velocity there more than far from it."""
+    cfg = SMALLEST.replace(sync_placement=placement, depth=1)
+    model = randomised(VSSFlowDiT(cfg))
+    clip = make_clip(cfg, 2.0, task="v2s", lip=None, phonemes=None, speaker=None,
+                     sync=np.zeros((50, 32, 32), np.uint8))  # fmt: skip
+    flash = make_clip(cfg, 2.0, task="v2s", lip=None, phonemes=None, speaker=None,
+                      sync=np.zeros((50, 32, 32), np.uint8))  # fmt: skip
+    flash.sync[10:12, 8:24, 8:24] = 255  # something bright appears at 0.40-0.48 s
+    x, t = torch.zeros(1, 50, cfg.latent_dim), torch.full((1,), 0.5)
+    with torch.no_grad():
+        dv = (model(x, t, collate([flash], cfg)) - model(x, t, collate([clip], cfg))).abs().sum(-1)[0]  # (N,)
+    assert dv.sum() > 0
+    if placement == "context":  # one self-attention layer spreads it, but the frames themselves change most
+        assert dv[10:13].mean() > 2 * dv[30:].mean(), dv
+    # A model saved before the sync stream existed (config without sync_dim) ignores it.
+    old = ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "sync_dim"})
+    assert old.sync_dim == 0 and not hasattr(VSSFlowDiT(old).conditions, "sync_encoder")
+
+
 def test_lip_features_input():
     cfg = SMALLEST.replace(lip_input="features", lip_feature_dim=20)
     model = randomised(VSSFlowDiT(cfg))
@@ -155,7 +180,7 @@ def test_absent_conditions_use_learned_values_and_equal_dropout():
     assert torch.isfinite(v_bare).all() and not torch.allclose(v_bare, v_full)
     torch.testing.assert_close(v_dropped, v_bare, rtol=0, atol=1e-6)
     # Dropping one group is the same as not having it.
-    for group in ("sem", "lip", "phonemes", "speaker"):
+    for group in ("sem", "lip", "sync", "phonemes", "speaker"):
         drop = ConditionDrop.none(1)
         setattr(drop, group, torch.ones(1, dtype=torch.bool))
         without = make_clip(cfg, 0.8, **{group: None})
@@ -224,6 +249,8 @@ SEM_MESSAGE = "sem: expected (T, 12) float at 10 fps for a 4.00 s clip (T=40), g
         ("lip", np.zeros((100, 32, 32), np.float32), "lip: expected (T, 32, 32) uint8 mouth crops at 25 fps"),
         ("lip", np.zeros((120, 32, 32), np.uint8), "got (120, 32, 32) uint8"),  # 30 fps
         ("lip", np.zeros((100, 64, 64), np.uint8), "got (100, 64, 64) uint8"),
+        ("sync", np.zeros((100, 32, 32), np.float32), "sync: expected (T, 32, 32) uint8 frame thumbnails at 25 fps"),
+        ("sync", np.zeros((40, 32, 32), np.uint8), "got (40, 32, 32) uint8"),  # 10 fps given for 25 fps
         ("phonemes", np.zeros((3, 2), np.int64), "phonemes: expected (P,) integer ids"),
         ("phonemes", np.array([1.0, 2.0]), "got (2,) float64"),
         ("phonemes", np.array([1, 999]), "got ids in [1, 999]"),

@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 from pipelines.preprocess import PreprocessConfig, cpu_stages, read_shards, run_preprocess  # noqa: E402
 from vssflow.data.dataset import ShardDataset  # noqa: E402
 from vssflow.data.manifest import read_manifest  # noqa: E402
+from vssflow.data.schema import SCHEMA_VERSION  # noqa: E402
 from vssflow.data.shards import ShardManifest, resolve_shard_dir  # noqa: E402
 from vssflow.features.extract import ExtractConfig, Extractors, extract_clip, row_dict  # noqa: E402
 
@@ -149,7 +150,7 @@ def test_kill_9_midway_then_rerun_gives_exactly_one_row_per_clip(corpus, tiny_cl
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(p for p in out.glob("v1-*/*.parquet") if not p.name.startswith(".")):
+            if any(p for p in out.glob(f"v{SCHEMA_VERSION}-*/*.parquet") if not p.name.startswith(".")):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before it could be killed"
@@ -163,7 +164,7 @@ def test_kill_9_midway_then_rerun_gives_exactly_one_row_per_clip(corpus, tiny_cl
     finally:
         if proc.poll() is None:
             proc.kill()
-    vdir = next(out.glob("v1-*"))
+    vdir = next(out.glob(f"v{SCHEMA_VERSION}-*"))
     visible = [p for p in vdir.glob("*.parquet")]
     assert 1 <= len(visible) < 5, "killed midway: some shards, not all"
     for p in visible:  # whatever is visible is a complete Parquet file

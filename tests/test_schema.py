@@ -37,6 +37,7 @@ def make_clip(cid: str, task: str = "tts", duration: float = 2.0, seed: int = 0)
         task=task,
         sem=rng.standard_normal((fr["sem"], SEM_DIM)).astype(np.float32),
         lip=rng.integers(0, 256, (fr["lip"], 32, 32), dtype=np.uint8) if speech else None,
+        sync=rng.integers(0, 256, (fr["sync"], 32, 32), dtype=np.uint8) if seed % 2 else None,
         phonemes=rng.integers(7, 60, 12).astype(np.int16) if speech else None,
         speaker=rng.standard_normal(256).astype(np.float32) if speech else None,
         mel=(rng.standard_normal((fr["mel"], 64)) * 3 - 5).astype(np.float32),
@@ -72,6 +73,7 @@ def test_round_trip_keeps_values_dtypes_and_absent_conditions(tmp_path):
     assert table.schema.field("sem").type == pa.list_(pa.list_(pa.float16(), SEM_DIM))
     assert table.schema.field("mel").type == pa.list_(pa.list_(pa.float16(), 64))
     assert table.schema.field("lip").type == pa.list_(pa.list_(pa.uint8(), 1024))
+    assert table.schema.field("sync").type == pa.list_(pa.list_(pa.uint8(), 1024))
     meta = S.read_metadata(table.schema)
     assert meta["schema_version"] == S.SCHEMA_VERSION and meta["config_hash"] == "h1" and meta["sem_dim"] == SEM_DIM
     assert meta["extractors"] == {"visual": {"name": "m"}}
@@ -81,7 +83,7 @@ def test_round_trip_keeps_values_dtypes_and_absent_conditions(tmp_path):
         np.testing.assert_allclose(got.sem, want.sem, atol=4e-3, rtol=1e-3)  # float16
         np.testing.assert_allclose(got.mel, want.mel, atol=8e-3, rtol=1e-3)
         assert got.sem.dtype == np.float16
-        for name in ("lip", "phonemes", "speaker"):
+        for name in ("lip", "sync", "phonemes", "speaker"):
             w, g = getattr(want, name), getattr(got, name)
             assert (w is None) == (g is None), name
             if w is not None:
@@ -113,7 +115,7 @@ def test_buckets():
     assert S.bucket_for(9.99) == 10.0
     with pytest.raises(ClipTooLongError):
         S.bucket_for(10.5)
-    assert S.bucket_frames(4.0) == {"sem": 40, "lip": 100, "mel": 400}
+    assert S.bucket_frames(4.0) == {"sem": 40, "lip": 100, "sync": 100, "mel": 400}
 
 
 def test_config_hash_is_order_free_and_versions_the_directory(tmp_path):

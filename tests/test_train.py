@@ -25,6 +25,7 @@ from bench.bench_train import TOY_MODEL, make_toy_shards  # noqa: E402
 from pipelines.mlflow_utils import load_registered_generator, run_artifacts, run_metrics  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_loop import TrainJobConfig  # noqa: E402
+from vssflow.data.schema import SCHEMA_VERSION  # noqa: E402
 
 STEPS = 24
 TOL = 1e-6
@@ -100,7 +101,7 @@ def test_training_reduces_loss_and_tracks_everything(reference):
     gen = load_registered_generator(res.model_uri, tracking_uri=res.tracking_uri)
     assert gen.step == STEPS and gen.config.width == TOY_MODEL["width"]
     params = json.loads((res.run_dir / "run.json").read_text())
-    assert params["data_version"].startswith("v1-")
+    assert params["data_version"].startswith(f"v{SCHEMA_VERSION}-")
 
 
 def test_worker_killed_mid_run_recovers_to_the_same_result(reference, data, tmp_path):

@@ -18,6 +18,8 @@ MEL_PER_LATENT = MEL_FPS // LATENT_HZ  # 4
 SEM_FPS = 10  # semantic frame embeddings (CLIP / MobileNetV2)
 LIP_FPS = 25  # mouth crops / sync features, same rate as the latent grid
 LIP_SIZE = 32  # mouth crops are LIP_SIZE x LIP_SIZE uint8 grayscale
+SYNC_FPS = 25  # visual sync stream (whole-frame thumbnails), same rate as the latent grid
+SYNC_SIZE = 32  # sync thumbnails are SYNC_SIZE x SYNC_SIZE uint8 grayscale
 
 SPEAKER_DIM = 256  # GE2E (Resemblyzer) speaker embedding
 

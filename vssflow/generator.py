@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from vssflow import __version__, flow
 from vssflow.audio.codec import LatentCodec, MelCodec, load_codec
 from vssflow.audio.vocoder import Vocoder, load_vocoder
-from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, latent_frames
+from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, SYNC_FPS, latent_frames
 from vssflow.errors import AssetError, InputError, MissingFileError
 from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
 from vssflow.types import ClipFeatures
@@ -390,6 +390,7 @@ def slice_features(clip: ClipFeatures, start: float, end: float) -> ClipFeatures
         duration_s=end - start,
         sem=rows(clip.sem, SEM_FPS),
         lip=rows(clip.lip, LIP_FPS),
+        sync=rows(clip.sync, SYNC_FPS),
         mel=rows(clip.mel, MEL_FPS),
         phonemes=phonemes,
         meta={**clip.meta, "window": [start, end]},

@@ -30,8 +30,8 @@ class FlowConfig:
     Attributes:
         t_schedule: "uniform" (paper) or "logit_normal"; ``t_mean``/``t_std`` parametrise the latter.
         p_uncond: probability that a sample drops every condition at once (paper: 0.1, for CFG).
-        p_drop_sem, p_drop_lip, p_drop_phonemes, p_drop_speaker: independent per-sample dropout of one group, so the
-            model also learns each condition's absence (e.g. speech without a visible face).
+        p_drop_sem, p_drop_lip, p_drop_sync, p_drop_phonemes, p_drop_speaker: independent per-sample dropout of one
+            group, so the model also learns each condition's absence (e.g. speech without a visible face).
     """
 
     t_schedule: str = "uniform"
@@ -40,18 +40,19 @@ class FlowConfig:
     p_uncond: float = 0.1
     p_drop_sem: float = 0.05
     p_drop_lip: float = 0.05
+    p_drop_sync: float = 0.05
     p_drop_phonemes: float = 0.05
     p_drop_speaker: float = 0.05
 
     def __post_init__(self) -> None:
         if self.t_schedule not in flow.T_SCHEDULES:
             raise ValueError(f"FlowConfig.t_schedule={self.t_schedule!r}; expected one of {flow.T_SCHEDULES}")
-        for name in ("p_uncond", "p_drop_sem", "p_drop_lip", "p_drop_phonemes", "p_drop_speaker"):
+        for name in ("p_uncond", *(f"p_drop_{g}" for g in GROUPS)):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"FlowConfig.{name}={getattr(self, name)} is not a probability")
 
 
-NO_DROPOUT = FlowConfig(p_uncond=0.0, p_drop_sem=0.0, p_drop_lip=0.0, p_drop_phonemes=0.0, p_drop_speaker=0.0)
+NO_DROPOUT = FlowConfig(p_uncond=0.0, **{f"p_drop_{g}": 0.0 for g in GROUPS})
 
 
 @dataclass

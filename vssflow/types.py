@@ -21,6 +21,8 @@ class ClipFeatures:
         sem: (T_sem, D_sem) float, semantic frame embeddings at SEM_FPS (10 fps).
         lip: (T_lip, LIP_SIZE, LIP_SIZE) uint8 mouth crops at LIP_FPS (25 fps), or (T_lip, D_lip) float
             features from a frozen sync encoder.
+        sync: (T_sync, SYNC_SIZE, SYNC_SIZE) uint8 grayscale whole-frame thumbnails at SYNC_FPS (25 fps): the
+            dense visual stream that tells *when* things happen (the role of the paper's Synchformer features).
         phonemes: (P,) integer ids in the versioned phoneme vocabulary, no padding (0 is reserved for "none").
         speaker: (SPEAKER_DIM,) float32, L2-normalised embedding of the reference voice.
         mel: (T_mel, N_MELS) float32 target log-mel at MEL_FPS (training and evaluation only).
@@ -31,6 +33,7 @@ class ClipFeatures:
     task: str = "v2s"
     sem: np.ndarray | None = None
     lip: np.ndarray | None = None
+    sync: np.ndarray | None = None
     phonemes: np.ndarray | None = None
     speaker: np.ndarray | None = None
     mel: np.ndarray | None = None

@@ -43,7 +43,7 @@ __all__ = [
     "run",
 ]
 
-_EXTRACT_KEYS = ("encoder", "speaker_encoder", "g2p_backend", "lips", "max_short_side")
+_EXTRACT_KEYS = ("encoder", "speaker_encoder", "g2p_backend", "lips", "sync", "max_short_side")
 _URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 MAX_TRANSCRIPT_CHARS = 2000
 
@@ -118,8 +118,9 @@ def prepare_features(
         clip_id: name used in error messages and ``meta``.
 
     Returns:
-        ClipFeatures with ``sem`` (T_sem, D), and for speech tasks ``lip`` (T_lip, 32, 32) uint8, ``phonemes`` (P,)
-        and ``speaker`` (256,) when a reference voice is given; ``duration_s`` = the video's duration.
+        ClipFeatures with ``sem`` (T_sem, D), ``sync`` (T_sync, 32, 32) uint8 (unless the extraction config turns it
+        off), and for speech tasks ``lip`` (T_lip, 32, 32) uint8, ``phonemes`` (P,) and ``speaker`` (256,) when a
+        reference voice is given; ``duration_s`` = the video's duration.
 
     Raises:
         InputError subclasses (BadVideoError, TranscriptError, ReferenceVoiceError, ...), one line each.
@@ -134,11 +135,17 @@ def prepare_features(
     size = _frame_size(info.height, info.width, cfg.max_short_side)
     sem_frames = read_frames(video, SEM_FPS, size=size, info=info)  # (T_sem, H, W, 3)
     sem = np.asarray(extractors.visual.encode(sem_frames), np.float32)  # (T_sem, D)
-    lip = phonemes = speaker = None
+    lip = sync = phonemes = speaker = None
+    need_lips = speech and cfg.lips and extractors.mouth is not None
+    frames_25 = read_frames(video, LIP_FPS, size=size, info=info) if need_lips or cfg.sync else None  # (T, H, W, 3)
+    if cfg.sync:
+        from vssflow.features.sync import sync_thumbnails
+
+        sync = sync_thumbnails(frames_25)  # (T_sync, 32, 32) uint8
     if speech:
         phonemes = np.asarray(extractors.g2p(text, source=f"{cid}: transcript").ids, np.int16)
-        if cfg.lips and extractors.mouth is not None:
-            crops, _ = extractors.mouth(read_frames(video, LIP_FPS, size=size, info=info))
+        if need_lips:
+            crops, _ = extractors.mouth(frames_25)
             lip = np.asarray(crops, np.uint8)  # (T_lip, 32, 32)
         if reference_voice is not None:
             from vssflow.audio.io import read_audio
@@ -153,6 +160,7 @@ def prepare_features(
         task=task,
         sem=sem,
         lip=lip,
+        sync=sync,
         phonemes=phonemes,
         speaker=speaker,
         meta={"clip_id": cid, "transcript": transcript or None, "video": str(video)},
@@ -165,7 +173,7 @@ def stem_plan(features: ClipFeatures, *, stems: bool) -> list[tuple[str, ClipFea
     if not stems or features.task != "joint":
         return [("mix", features)]
     speech = dataclasses.replace(features, task="tts")
-    sound = dataclasses.replace(features, task="v2s", lip=None, phonemes=None, speaker=None)
+    sound = dataclasses.replace(features, task="v2s", lip=None, phonemes=None, speaker=None)  # sync stays: timing
     return [("speech", speech), ("sound", sound), ("mix", features)]
 
 

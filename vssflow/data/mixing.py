@@ -7,6 +7,9 @@ synthetic mixtures built from pre-extracted features, so no video is re-encoded:
 * mode ``"add"``: the target audio is the sound with its segment [s, s + dur_speech) scaled by ``g ~ U(0.3, 0.7)``
   plus the speech; the speech video's semantic frames are **added** to the sound video's at the offset;
 * mode ``"insert"``: the segment is **replaced** by the speech, semantic frames are overwritten;
+* the sync thumbnails (25 fps, the role of the paper's Synchformer features, which it adds or replaces at the
+  offset like the semantic frames): "add" overlays the two videos (pixel mean, so both motions stay visible and
+  the values stay in uint8 range), "insert" replaces;
 * phonemes and lip frames are zero-padded by the offset (0 = "no speech here"); the speaker is the speech clip's.
 
 We store log-mels, not waveforms, so the target is mixed in the mel magnitude domain: ``exp`` back to magnitudes,
@@ -16,14 +19,15 @@ the magnitude of their sum up to a phase term, which is the usual approximation 
 Phonemes leave the mix as a frame-level sequence on the 25 Hz latent grid (``latent_frames(duration)`` ids with 0
 where nobody speaks), so that the model's "spread the ids uniformly over the clip" leaves it unchanged.
 
-Shape letters: T_sem semantic frames (10 fps), T_lip lip frames (25 fps), T_mel mel frames (100 fps), P phonemes.
+Shape letters: T_sem semantic frames (10 fps), T_lip lip / T_sync sync frames (25 fps), T_mel mel frames (100 fps),
+P phonemes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SEM_FPS, latent_frames
+from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SEM_FPS, SYNC_FPS, latent_frames
 from vssflow.errors import FeatureShapeError
 from vssflow.types import ClipFeatures
 
@@ -143,6 +147,21 @@ def mix_clips(
             mode="insert",
         )
 
+    # Sync thumbnails (25 fps): overlay (add) or replace (insert) at the offset; the sound video is the timeline.
+    sync = None
+    n_sync = int(round(duration * SYNC_FPS))
+    if sound.sync is not None or speech.sync is not None:
+        base = sound.sync if sound.sync is not None else np.zeros((0, *speech.sync.shape[1:]), np.uint8)
+        sync = _fit(np.asarray(base, np.uint8), n_sync)
+        if speech.sync is not None:
+            seg = np.asarray(speech.sync, np.uint8)
+            k = int(onset * SYNC_FPS)
+            seg = seg[: max(0, n_sync - k)]
+            if mode == "add" and sound.sync is not None:
+                seg = ((sync[k : k + len(seg)].astype(np.uint16) + seg) // 2).astype(np.uint8)
+            sync = sync.copy()
+            sync[k : k + len(seg)] = seg
+
     # Lip frames (25 fps) and phonemes (on the 25 Hz latent grid): zero before the onset and after the speech.
     lip = None
     if speech.lip is not None:
@@ -171,6 +190,7 @@ def mix_clips(
         task="joint",
         sem=sem,
         lip=lip,
+        sync=sync,
         phonemes=phonemes,
         speaker=None if speech.speaker is None else np.asarray(speech.speaker, np.float32),
         mel=mel,

@@ -15,6 +15,7 @@ stored unpadded; readers pad to the clip's duration bucket (``bucket_frames``) s
 | events | list<struct<time: float64, class: string>> | known sound events (onset seconds, class) |
 | sem | list<fixed_size_list<float16, D_sem>> | (T_sem, D_sem) semantic frames at SEM_FPS |
 | lip | list<fixed_size_list<uint8, 1024>> or <float16, D_lip> (nullable) | (T_lip, 32, 32) crops at LIP_FPS |
+| sync | list<fixed_size_list<uint8, 1024>> (nullable) | (T_sync, 32, 32) grayscale frame thumbnails at SYNC_FPS |
 | phonemes | list<int16> (nullable) | (P,) ids of the versioned phoneme vocabulary |
 | speaker_emb | list<float32> (nullable) | (SPEAKER_DIM,) reference-voice embedding, length checked on read |
 | mel | list<fixed_size_list<float16, 64>> | (T_mel, 64) target log-mel at MEL_FPS |
@@ -22,7 +23,7 @@ stored unpadded; readers pad to the clip's duration bucket (``bucket_frames``) s
 
 float16 for ``sem`` and ``mel``: log-mel values lie in about [-11.5, 5] where float16 steps are <= 0.008 (under 1 %
 in amplitude), and encoder features are already noisy at that level. ``speaker_emb`` stays float32 (one vector).
-A null ``lip`` / ``phonemes`` / ``speaker_emb`` means "condition absent" (the model's learned null value).
+A null ``lip`` / ``sync`` / ``phonemes`` / ``speaker_emb`` means "condition absent" (the model's learned null value).
 ``speaker_emb`` is a plain list: a *nullable* fixed_size_list does not survive a Parquet round trip in pyarrow 25
 ("Expected all lists to be of size=256 but index 2 had size=0").
 """
@@ -36,7 +37,18 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from vssflow.constants import HOP_LENGTH, LIP_FPS, LIP_SIZE, MEL_FPS, N_MELS, SAMPLE_RATE, SEM_FPS, SPEAKER_DIM
+from vssflow.constants import (
+    HOP_LENGTH,
+    LIP_FPS,
+    LIP_SIZE,
+    MEL_FPS,
+    N_MELS,
+    SAMPLE_RATE,
+    SEM_FPS,
+    SPEAKER_DIM,
+    SYNC_FPS,
+    SYNC_SIZE,
+)
 from vssflow.errors import ClipTooLongError, FeatureShapeError
 from vssflow.types import ClipFeatures
 
@@ -58,9 +70,10 @@ __all__ = [
     "check_features",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the sync column
 BUCKETS_S: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
 LIP_CROP_DIM = LIP_SIZE * LIP_SIZE  # 1024: one flattened 32x32 crop
+SYNC_FRAME_DIM = SYNC_SIZE * SYNC_SIZE  # 1024: one flattened 32x32 thumbnail
 FRAME_TOLERANCE = 2  # frames a time series may differ from duration * rate (rounding of decoders)
 
 # File-metadata keys (bytes in Parquet; values are UTF-8 strings, JSON where structured).
@@ -76,7 +89,7 @@ META = {
     "lip_dim": "vssflow.lip_dim",  # 0 = uint8 crops, else float feature size
 }
 
-_TS_COLUMNS = ("sem", "lip", "mel")
+_TS_COLUMNS = ("sem", "lip", "sync", "mel")
 
 
 def _ts(dtype: pa.DataType, inner: int) -> pa.DataType:
@@ -106,6 +119,7 @@ def build_schema(*, sem_dim: int, lip_dim: int = 0, metadata: dict[str, str] | N
         pa.field("events", pa.list_(pa.struct([("time", pa.float64()), ("class", pa.string())]))),
         pa.field("sem", _ts(pa.float16(), sem_dim), nullable=False),
         pa.field("lip", lip_type),
+        pa.field("sync", _ts(pa.uint8(), SYNC_FRAME_DIM)),
         pa.field("phonemes", pa.list_(pa.int16())),
         pa.field("speaker_emb", pa.list_(pa.float32())),
         pa.field("mel", _ts(pa.float16(), N_MELS), nullable=False),
@@ -152,6 +166,7 @@ def expected_frames(duration_s: float) -> dict[str, int]:
     return {
         "sem": max(1, int(round(duration_s * SEM_FPS))),
         "lip": max(1, int(round(duration_s * LIP_FPS))),
+        "sync": max(1, int(round(duration_s * SYNC_FPS))),
         "mel": int(round(duration_s * SAMPLE_RATE)) // HOP_LENGTH,
     }
 
@@ -161,6 +176,7 @@ def bucket_frames(bucket_s: float) -> dict[str, int]:
     return {
         "sem": int(math.ceil(bucket_s * SEM_FPS)),
         "lip": int(math.ceil(bucket_s * LIP_FPS)),
+        "sync": int(math.ceil(bucket_s * SYNC_FPS)),
         "mel": int(math.ceil(bucket_s * MEL_FPS)),
     }
 
@@ -189,6 +205,9 @@ def check_features(f: ClipFeatures, *, sem_dim: int | None = None, lip_dim: int 
     if f.lip is not None and lip_dim == 0 and f.lip.dtype != np.uint8:
         raise bad(f"lip crops have dtype {f.lip.dtype}, expected uint8")
     check_ts("lip", f.lip, (LIP_SIZE, LIP_SIZE) if lip_dim == 0 else (lip_dim,), False)
+    if f.sync is not None and f.sync.dtype != np.uint8:
+        raise bad(f"sync thumbnails have dtype {f.sync.dtype}, expected uint8")
+    check_ts("sync", f.sync, (SYNC_SIZE, SYNC_SIZE), False)
     check_ts("mel", f.mel, (N_MELS,), True)
     if f.speaker is not None and f.speaker.shape != (SPEAKER_DIM,):
         raise bad(f"speaker has shape {tuple(f.speaker.shape)}, expected ({SPEAKER_DIM},)")
@@ -249,6 +268,7 @@ def features_to_row(f: ClipFeatures) -> dict:
         "events": list(m.get("events") or []),
         "sem": f.sem,
         "lip": f.lip,
+        "sync": f.sync,
         "phonemes": f.phonemes,
         "speaker_emb": f.speaker,
         "mel": f.mel,
@@ -267,6 +287,7 @@ def row_to_features(row: dict) -> ClipFeatures:
         task=row["task"],
         sem=row["sem"],
         lip=row["lip"],
+        sync=row.get("sync"),
         phonemes=row["phonemes"],
         speaker=row["speaker_emb"],
         mel=row["mel"],
@@ -316,6 +337,8 @@ def _column_rows(arr: pa.Array, name: str, lip_dim: int) -> list:
         frames = _fsl_rows(arr.values)  # (sum T, inner)
         if name == "lip" and lip_dim == 0:
             frames = frames.reshape(-1, LIP_SIZE, LIP_SIZE)  # (sum T, 32, 32)
+        elif name == "sync":
+            frames = frames.reshape(-1, SYNC_SIZE, SYNC_SIZE)  # (sum T, 32, 32)
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
         return [None if nulls[i] else frames[offs[i] : offs[i + 1]] for i in range(len(arr))]
     if name in ("speaker_emb", "phonemes"):

@@ -7,12 +7,12 @@ stage in a thin adapter). Models load once, in :class:`Extractors`.
 Stages and the keys they add (an absent condition is an empty array: zero rows):
 
 1. :func:`decode_clip`   -> ``duration_s, bucket_s, sem_frames (T_sem,H,W,3) uint8, lip_frames (T_lip,H,W,3) uint8,
-   wav (N,) float32 target audio, ref_audio (N_ref,) float32 reference voice``
+   sync (T_sync,32,32) uint8 thumbnails, wav (N,) float32 target audio, ref_audio (N_ref,) float32 reference voice``
 2. :func:`phonemize_clip` -> ``phonemes (P,) int16``
 3. :func:`encode_clip`   -> ``sem (T_sem,D) float32, lip (T_lip,32,32) uint8, speaker (256,) float32``; drops frames
 4. :func:`mel_clip`      -> ``mel (T_mel,64) float32``; drops ``wav``
 
-Conditions per task: v2s -> sem + mel; tts -> sem + lip + phonemes + speaker + mel; joint -> all of them.
+Conditions per task: v2s -> sem + sync + mel; tts -> sem + sync + lip + phonemes + speaker + mel; joint -> all of them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vssflow.constants import LIP_FPS, LIP_SIZE, MAX_SECONDS, SAMPLE_RATE, SEM_FPS, SPEAKER_DIM
+from vssflow.constants import LIP_FPS, LIP_SIZE, MAX_SECONDS, SAMPLE_RATE, SEM_FPS, SPEAKER_DIM, SYNC_FPS, SYNC_SIZE
 from vssflow.data.schema import BUCKETS_S, bucket_for
 from vssflow.errors import ClipTooLongError, InputError
 from vssflow.types import ClipFeatures
@@ -58,6 +58,7 @@ class ExtractConfig:
         speaker_encoder: "resemblyzer" or a TrainableSpeakerEncoder directory.
         g2p_backend: "espeak", "gruut" or "cmudict".
         lips: extract 25 fps mouth crops for speech clips (False: lip is always absent).
+        sync: extract the 25 fps sync thumbnails of every clip (False: sync is always absent).
         device: torch device of the encoders ("cpu", "cuda").
         frames_per_batch: frames per forward pass of the visual encoder.
         max_short_side: frames whose shorter side is larger are downscaled to it while decoding (aspect kept), so
@@ -70,6 +71,7 @@ class ExtractConfig:
     speaker_encoder: str = "resemblyzer"
     g2p_backend: str = "espeak"
     lips: bool = True
+    sync: bool = True
     device: str = "cpu"
     frames_per_batch: int = 32
     max_short_side: int | None = 360
@@ -83,6 +85,8 @@ class ExtractConfig:
         d.pop("frames_per_batch")
         d["buckets"] = list(self.buckets)
         d.update(sem_fps=SEM_FPS, lip_fps=LIP_FPS, lip_size=LIP_SIZE, sample_rate=SAMPLE_RATE)
+        if self.sync:
+            d.update(sync_fps=SYNC_FPS, sync_size=SYNC_SIZE)
         return d
 
 
@@ -204,7 +208,7 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
         config: extraction settings.
 
     Returns:
-        ``row`` plus ``duration_s, bucket_s, sem_frames, lip_frames, wav, ref_audio`` (see module docstring).
+        ``row`` plus ``duration_s, bucket_s, sem_frames, lip_frames, sync, wav, ref_audio`` (see module docstring).
 
     Raises:
         MissingFileError, EmptyFileError, BadVideoError, NoAudioTrackError, ClipTooLongError, ReferenceVoiceError.
@@ -252,12 +256,21 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
         from vssflow.features.speaker import check_reference_voice
 
         ref = check_reference_voice(ref, source=f"{cid}: reference voice")
+    assert SYNC_FPS == LIP_FPS
+    frames_25 = frames_at(LIP_FPS) if config.sync or (speech and config.lips) else _NO_FRAMES
+    if config.sync:
+        from vssflow.features.sync import sync_thumbnails
+
+        sync = sync_thumbnails(frames_25)  # (T_sync, 32, 32): small enough to carry through every stage
+    else:
+        sync = np.zeros((0, SYNC_SIZE, SYNC_SIZE), np.uint8)
     return {
         **row,
         "duration_s": float(duration),
         "bucket_s": float(bucket),
         "sem_frames": frames_at(SEM_FPS),
-        "lip_frames": frames_at(LIP_FPS) if speech and config.lips else _NO_FRAMES,
+        "lip_frames": frames_25 if speech and config.lips else _NO_FRAMES,
+        "sync": sync,
         "wav": audio,
         "ref_audio": np.asarray(ref, np.float32),
     }
@@ -327,6 +340,7 @@ def to_features(row: dict) -> ClipFeatures:
         task=str(row["task"]),
         sem=np.asarray(row["sem"]),
         lip=_present(row.get("lip")),
+        sync=_present(row.get("sync")),
         phonemes=_present(row.get("phonemes")),
         speaker=speaker,
         mel=np.asarray(row["mel"]),

@@ -1,7 +1,8 @@
 """Batching of per-clip features for the DiT: validation against the config, padding, presence masks.
 
 Shape legend:
-    B batch   N latent frames (25 Hz, padded)   S semantic frames (10 fps, padded)   P phonemes (padded)
+    B batch   N latent frames (25 Hz, padded; lip and sync frames share this grid)   S semantic frames (10 fps, padded)
+    P phonemes (padded)
 
 A condition a clip does not have (``None`` in :class:`~vssflow.types.ClipFeatures`) is marked absent in a per-sample
 presence mask; the model substitutes its learned "absent" value. A tensor field is ``None`` only when no clip in the
@@ -17,12 +18,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from vssflow.constants import LATENT_HZ, LIP_FPS, SEM_FPS, TASKS, latent_frames
+from vssflow.constants import LATENT_HZ, LIP_FPS, SEM_FPS, SYNC_FPS, SYNC_SIZE, TASKS, latent_frames
 from vssflow.errors import ClipTooLongError, FeatureShapeError, InputError
 from vssflow.model.config import ModelConfig
 from vssflow.types import ClipFeatures
 
-GROUPS = ("sem", "lip", "phonemes", "speaker")  # condition groups: presence, CFG dropout, absent embeddings
+GROUPS = ("sem", "lip", "sync", "phonemes", "speaker")  # condition groups: presence, CFG dropout, absent embeddings
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ConditionBatch:
         n_frames: (B,) long, latent frames of each clip (the rest of the N frames is padding).
         sem: (B, S, sem_dim) float32 semantic frames at 10 fps, zero-padded; ``sem_lengths`` (B,) long.
         lip: (B, N, 32, 32) uint8 crops or (B, N, lip_feature_dim) float32 features at 25 fps, zero-padded.
+        sync: (B, N, 32, 32) uint8 grayscale frame thumbnails at 25 fps, zero-padded.
         phonemes: (B, P) long ids, 0-padded; ``phoneme_lengths`` (B,) long.
         speaker: (B, speaker_dim) float32.
         *_present: (B,) bool presence masks (False = the clip has no such condition).
@@ -52,6 +54,8 @@ class ConditionBatch:
     phonemes_present: torch.Tensor
     speaker_present: torch.Tensor
     tasks: tuple[str, ...] = ()
+    sync: torch.Tensor | None = None
+    sync_present: torch.Tensor | None = None  # None: no sync field at all (same as all False)
 
     @property
     def batch_size(self) -> int:
@@ -68,7 +72,10 @@ class ConditionBatch:
         return torch.tensor([TASKS.index(t) for t in self.tasks], dtype=torch.long, device=self.n_frames.device)
 
     def present(self, group: str) -> torch.Tensor:
-        return getattr(self, f"{group}_present")
+        mask = getattr(self, f"{group}_present")
+        if mask is None:  # a batch built without that group
+            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.n_frames.device)
+        return mask
 
     def to(self, device: torch.device | str) -> ConditionBatch:
         moved = {
@@ -88,6 +95,7 @@ class ConditionDrop:
 
     sem: torch.Tensor
     lip: torch.Tensor
+    sync: torch.Tensor
     phonemes: torch.Tensor
     speaker: torch.Tensor
 
@@ -153,6 +161,14 @@ def _check_clip(clip: ClipFeatures, cfg: ModelConfig) -> None:
                 fail("lip", exp, a)
         if abs(a.shape[0] - t) > _rate_tolerance(t):
             fail("lip", exp, a)
+    if clip.sync is not None:
+        a = np.asarray(clip.sync)
+        t = int(round(d * SYNC_FPS))
+        exp = f"(T, {SYNC_SIZE}, {SYNC_SIZE}) uint8 frame thumbnails at {SYNC_FPS} fps for a {d:.2f} s clip (T={t})"
+        if a.ndim != 3 or a.shape[1:] != (SYNC_SIZE, SYNC_SIZE) or a.dtype != np.uint8:
+            fail("sync", exp, a)
+        if abs(a.shape[0] - t) > _rate_tolerance(t):
+            fail("sync", exp, a)
     if clip.phonemes is not None:
         a = np.asarray(clip.phonemes)
         exp = f"(P,) integer ids in [0, {cfg.phoneme_vocab})"
@@ -203,12 +219,12 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
     n = max(frames) if n_frames is None else int(n_frames)
     if n < max(frames):
         raise ValueError(f"collate: n_frames={n} is shorter than the longest clip ({max(frames)} frames)")
-    assert LIP_FPS == LATENT_HZ, "lip frames are stored on the latent grid"
+    assert LIP_FPS == LATENT_HZ == SYNC_FPS, "lip and sync frames are stored on the latent grid"
 
     def present(name: str) -> torch.Tensor:
         return torch.tensor([getattr(c, name) is not None and np.asarray(getattr(c, name)).size > 0 for c in clips])
 
-    sem_present, lip_present = present("sem"), present("lip")
+    sem_present, lip_present, sync_present = present("sem"), present("lip"), present("sync")
     ph_present, spk_present = present("phonemes"), present("speaker")
 
     sem, sem_len = None, torch.zeros(b, dtype=torch.long)
@@ -228,6 +244,13 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
             if lip_present[i]:
                 a = _fit_length(np.asarray(c.lip, dtype=np.uint8 if crops else np.float32), frames[i])
                 lip[i, : frames[i]] = torch.as_tensor(a)
+
+    sync = None
+    if sync_present.any():
+        sync = torch.zeros(b, n, SYNC_SIZE, SYNC_SIZE, dtype=torch.uint8)
+        for i, c in enumerate(clips):
+            if sync_present[i]:
+                sync[i, : frames[i]] = torch.as_tensor(_fit_length(np.asarray(c.sync, dtype=np.uint8), frames[i]))
 
     phonemes, ph_len = None, torch.zeros(b, dtype=torch.long)
     if ph_present.any():
@@ -259,4 +282,6 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
         phonemes_present=ph_present,
         speaker_present=spk_present,
         tasks=tuple(c.task for c in clips),
+        sync=sync,
+        sync_present=sync_present,
     )

@@ -2,9 +2,10 @@
 
 Shape legend:
     B batch    N latent frames (25 Hz)   S semantic frames (10 fps)   P phonemes   M cross-attention tokens
-    Dc cross_dim   Dl lip_dim   Dp phoneme_dim   Cc in-context condition channels (context_dim - latent_dim)
+    Dc cross_dim   Dl lip_dim   Dy sync_dim   Dp phoneme_dim
+    Cc in-context condition channels (context_dim - latent_dim)
 
-Each condition group (sem, lip, phonemes, speaker) has a learned "absent" value used when a clip lacks the
+Each condition group (sem, lip, sync, phonemes, speaker) has a learned "absent" value used when a clip lacks the
 condition (presence mask) or when it is dropped for classifier-free guidance (drop mask). Nothing here is random.
 """
 
@@ -17,7 +18,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from vssflow.constants import LATENT_HZ, SEM_FPS
-from vssflow.model.batch import ConditionBatch, ConditionDrop
+from vssflow.model.batch import GROUPS, ConditionBatch, ConditionDrop
 from vssflow.model.config import ModelConfig
 
 
@@ -84,6 +85,32 @@ class LipCNN(nn.Module):
         return self.proj(rearrange(self.convs(x), "k c h w -> k (c h w)"))
 
 
+class SyncCNN(nn.Module):
+    """Trainable encoder of the 25 fps sync thumbnails: (K, N, 32, 32) uint8 -> (K, N, sync_dim).
+
+    Each frame is encoded together with its difference to the previous frame (2 input channels), so motion and
+    its changes (an impact reverses it) are visible to a per-frame CNN; self-attention over the in-context stream
+    then relates frames across time.
+    """
+
+    def __init__(self, sync_dim: int, channels: tuple[int, int, int] = (16, 32, 32)):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(2, c1, 3, stride=2, padding=1), nn.SiLU(),  # (K*N, c1, 16, 16)
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),  # (K*N, c2, 8, 8)
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.SiLU(),  # (K*N, c3, 4, 4)
+        )  # fmt: skip
+        self.proj = nn.Linear(c3 * 16, sync_dim)  # keep the 4x4 layout: where the motion is matters
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.to(self.proj.weight.dtype) / 127.5 - 1.0  # (K, N, 32, 32) in [-1, 1]
+        diff = torch.diff(x, dim=1, prepend=x[:, :1])  # (K, N, 32, 32); 0 at the first frame
+        pairs = rearrange(torch.stack([x, diff], dim=2), "k n c h w -> (k n) c h w")  # (K*N, 2, 32, 32)
+        out = self.proj(rearrange(self.convs(pairs), "kn c h w -> kn (c h w)"))  # (K*N, Dy)
+        return rearrange(out, "(k n) d -> k n d", k=frames.shape[0])
+
+
 def spread_phonemes(phonemes: torch.Tensor, lengths: torch.Tensor, n_frames: torch.Tensor, n: int) -> torch.Tensor:
     """Spread each clip's phonemes uniformly over its latent frames (paper: repeat, then nearest-interpolate).
 
@@ -124,6 +151,11 @@ class ConditionEncoder(nn.Module):
         else:
             self.lip_encoder = mlp(cfg.lip_feature_dim, 2 * cfg.lip_dim, cfg.lip_dim)
         self.phoneme_emb = nn.Embedding(cfg.phoneme_vocab, cfg.phoneme_dim)
+        if cfg.sync_dim:
+            self.sync_encoder = SyncCNN(cfg.sync_dim)
+            self.absent_sync = nn.Parameter(torch.randn(cfg.sync_dim) * 0.02)
+            if cfg.sync_placement == "cross":
+                self.sync_to_cross = nn.Linear(cfg.sync_dim, cfg.cross_dim)
         if cfg.lip_placement == "cross":
             self.lip_to_cross = nn.Linear(cfg.lip_dim, cfg.cross_dim)
         if cfg.phoneme_placement == "cross":
@@ -139,7 +171,7 @@ class ConditionEncoder(nn.Module):
         b, n = cond.batch_size, cond.n_latent
         dev, dtype = cond.n_frames.device, self.absent_sem.dtype
         drop = drop if drop is not None else ConditionDrop.none(b, dev)
-        keep = {g: cond.present(g).to(dev) & ~getattr(drop, g).to(dev) for g in ("sem", "lip", "phonemes", "speaker")}
+        keep = {g: cond.present(g).to(dev) & ~getattr(drop, g).to(dev) for g in GROUPS}
         frame_mask = cond.frame_mask
         context: list[torch.Tensor] = []
         cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tokens (B, m, Dc), mask (B, m))
@@ -162,6 +194,18 @@ class ConditionEncoder(nn.Module):
             context.append(lip)
         else:
             cross.append((self.lip_to_cross(lip), frame_mask))
+
+        # sync: (B, N, Dy) stream on the latent grid (a model with sync_dim 0 ignores it)
+        if cfg.sync_dim:
+            sync = self.absent_sync.expand(b, n, -1)
+            if cond.sync is not None and keep["sync"].any():
+                rows = keep["sync"].nonzero().squeeze(1)
+                sync = sync.clone()
+                sync[rows] = self.sync_encoder(cond.sync[rows]).to(dtype)  # (K, N, Dy)
+            if cfg.sync_placement == "context":
+                context.append(sync)
+            else:
+                cross.append((self.sync_to_cross(sync), frame_mask))
 
         # phonemes: spread over the clip for context; the raw sequence as tokens for cross-attention
         if cfg.phoneme_placement == "context":

@@ -42,9 +42,11 @@ class ModelConfig:
             "features" = (T, lip_feature_dim) float features of a frozen encoder, projected by an MLP.
         lip_feature_dim: size of frozen lip features (only used when lip_input == "features").
         lip_dim: width of the encoded lip stream.
+        sync_dim: width of the encoded sync stream (25 fps frame thumbnails through a trainable CNN, the role of
+            the paper's Synchformer features); 0 = the model has no sync input (models saved before it existed).
         phoneme_vocab: size of the phoneme id vocabulary (id 0 = none / padding).
         phoneme_dim: phoneme embedding size.
-        sem_placement, phoneme_placement, lip_placement: "cross" or "context" (see module docstring).
+        sem_placement, phoneme_placement, lip_placement, sync_placement: "cross" or "context" (module docstring).
         time_conditioning: "token" (a prepended time token, as the paper's Stable-Audio backbone) or "adaln"
             (adaLN-Zero, as DiT).
         rope: fraction of each head's dims that get rotary position embedding (paper: 0.5 = 32 of 64).
@@ -64,18 +66,20 @@ class ModelConfig:
     lip_input: str = "crops"
     lip_feature_dim: int = 1024
     lip_dim: int = 32
+    sync_dim: int = 32
     phoneme_vocab: int = 256
     phoneme_dim: int = 32
     sem_placement: str = "cross"
     phoneme_placement: str = "context"
     lip_placement: str = "context"
+    sync_placement: str = "context"
     time_conditioning: str = "token"
     rope: float = 0.5
     time_freq_dim: int = 256
     max_seconds: float = MAX_SECONDS
 
     def __post_init__(self) -> None:
-        for name in ("sem_placement", "phoneme_placement", "lip_placement"):
+        for name in ("sem_placement", "phoneme_placement", "lip_placement", "sync_placement"):
             if getattr(self, name) not in PLACEMENTS:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {PLACEMENTS}")
         if self.time_conditioning not in TIME_CONDITIONING:
@@ -128,6 +132,7 @@ class ModelConfig:
         return (
             self.latent_dim
             + (self.lip_dim if self.lip_placement == "context" else 0)
+            + (self.sync_dim if self.sync_placement == "context" else 0)
             + (self.phoneme_dim if self.phoneme_placement == "context" else 0)
             + (self.cross_dim if self.sem_placement == "context" else 0)
         )
@@ -138,12 +143,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Rebuild from ``to_dict()`` output (config.json); an unknown key is an error, a missing one a default."""
+        """Rebuild from ``to_dict()`` output (config.json); an unknown key is an error, a missing one a default
+        (except ``sync_dim``: a config written before the sync stream existed describes a model without it)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return cls(**{"sync_dim": 0, **d})
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -151,9 +157,10 @@ class ModelConfig:
 
 # ---- presets ---------------------------------------------------------------------------------------------------
 TINY = ModelConfig()
-SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64)
+SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64, sync_dim=64)
 # The paper's backbone size (10 blocks, 24 heads x 64, GQA cross-attention with 12 kv heads of width 768, SwiGLU 4x);
-# the condition front-ends follow our features (MobileNetV2 semantics, mouth crops), not the paper's frozen encoders.
-PAPER = ModelConfig(depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024)
+# the condition front-ends follow our features (MobileNetV2 semantics, mouth crops, sync thumbnails), not the
+# paper's frozen encoders (CLIP, AV-HuBERT, Synchformer); the sync stream is as wide as the paper's (768).
+PAPER = ModelConfig(depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024, sync_dim=768)
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "small": SMALL, "paper": PAPER}
