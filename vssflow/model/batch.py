@@ -250,7 +250,8 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
         sync = torch.zeros(b, n, SYNC_SIZE, SYNC_SIZE, dtype=torch.uint8)
         for i, c in enumerate(clips):
             if sync_present[i]:
-                sync[i, : frames[i]] = torch.as_tensor(_fit_length(np.asarray(c.sync, dtype=np.uint8), frames[i]))
+                a = _fit_length(np.asarray(c.sync, dtype=np.uint8), frames[i])
+                sync[i, : frames[i]] = torch.from_numpy(np.array(a))  # a copy: shard arrays are read-only views
 
     phonemes, ph_len = None, torch.zeros(b, dtype=torch.long)
     if ph_present.any():
