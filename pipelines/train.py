@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
-from vssflow.data.schema import read_metadata, row_to_features, table_to_rows
+from vssflow.data.schema import SCHEMA_VERSION, read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, resolve_shard_dir
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import PRESETS
@@ -42,7 +42,7 @@ from vssflow.storage import Location, location
 from vssflow.types import ClipFeatures
 
 RUN_JSON = "run.json"
-TRAIN_COLUMNS = ["clip_id", "task", "duration_s", "sem", "lip", "phonemes", "speaker_emb", "mel"]
+TRAIN_COLUMNS = ["clip_id", "task", "duration_s", "sem", "lip", "sync", "phonemes", "speaker_emb", "mel"]
 WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -78,6 +78,12 @@ def shard_paths(data: str | os.PathLike) -> tuple[list[Location], str, int]:
     """(shard files, data version, lip_dim) of a shard set written by ``vssflow preprocess``."""
     vdir = resolve_shard_dir(data)
     manifest = ShardManifest(vdir)
+    if manifest.data.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(
+            f"shard schema version {manifest.data.get('schema_version')} is not {SCHEMA_VERSION} (version 2 added the "
+            "sync stream); re-run `vssflow preprocess` on the manifest",
+            source=str(vdir),
+        )
     paths = manifest.shard_paths()
     if not paths:
         raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(vdir))
