@@ -138,17 +138,21 @@ def bench_shards(root: Path, *, clips: int, seed: int = 0) -> str:
     import subprocess
     import sys
 
-    from vssflow.data.shards import resolve_shard_dir
+    from vssflow.data.schema import SCHEMA_VERSION
+    from vssflow.data.shards import ShardManifest, resolve_shard_dir
 
     corpus, shards = root / f"corpus-c{clips}", root / f"shards-c{clips}"
     try:
-        return str(resolve_shard_dir(shards))
-    except Exception:  # noqa: BLE001 - not made yet (or incomplete): make it
+        vdir = resolve_shard_dir(shards)
+        if ShardManifest(vdir).data.get("schema_version") == SCHEMA_VERSION:
+            return str(vdir)
+    except Exception:  # noqa: BLE001 - not made yet (or incomplete, or of an older schema): make it
         pass
     t0 = time.perf_counter()
     cli = [sys.executable, "-m", "vssflow.cli"]
-    subprocess.run([*cli, "synth", "--out", str(corpus), "--clips", str(clips), "--seed", str(seed),
-                    "--duration", "2.0", "--workers", "2"], check=True)  # fmt: skip
+    if not (corpus / "manifest.jsonl").exists():
+        subprocess.run([*cli, "synth", "--out", str(corpus), "--clips", str(clips), "--seed", str(seed),
+                        "--duration", "2.0", "--workers", "2"], check=True)  # fmt: skip
     subprocess.run([*cli, "preprocess", str(corpus / "manifest.jsonl"), "--out", str(shards), "--num-cpus", "2",
                     "--no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     print(f"bench_train: shards of {clips} clips made in {time.perf_counter() - t0:.0f} s (cached in {shards})")
