@@ -13,11 +13,14 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
   recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
 * Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
   also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send
-  it back to get the same audio), ``X-Batch-Size`` (requests in the @serve.batch call) and ``X-Group-Size`` (of
-  those, the ones generated together in one tensor batch).
+  it back to get the same audio), ``X-Batch-Size`` (requests in the @serve.batch call), ``X-Group-Size`` (of
+  those, the ones generated together in one tensor batch) and ``Server-Timing`` (ms: ``queue`` waiting for a
+  batch, ``generate`` the batch's generation, ``ingress`` everything inside the HTTP deployment).
 
 The generator batches concurrent requests with ``@serve.batch`` and splits each batch into groups of one shape:
-same task, duration bucket (the shard buckets, so padding is bounded) and sampling options.
+same task, duration bucket (the shard buckets, so padding is bounded) and sampling options. A request alone in the
+generator replica starts at once; only when others are queued or generating does a batch wait (up to
+``batch_wait_timeout_s``) to fill.
 
 Bad input never reaches a 5xx: limits on upload bytes (413), video duration and resolution (413), corrupt or
 non-video uploads, unknown fields, out-of-range steps/cfg/seed (422, one-line ``detail``). Under overload (more
@@ -32,6 +35,7 @@ plus Ray Serve's own ``ray_serve_*`` series.
 # No `from __future__ import annotations`: FastAPI resolves the route annotations (Request) inside the replica.
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -43,6 +47,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -289,9 +294,15 @@ class GeneratorServer:
 
         from vssflow.generator import Generator
 
-        torch.set_num_threads(max(1, int(config.generator.num_cpus)))
+        threads = max(1, int(config.generator.num_cpus))
+        torch.set_num_threads(threads)
+        # One compute thread, with torch's thread count set inside it (OpenMP settings are per thread); the event
+        # loop stays free to receive and queue the next requests while a batch is generated.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate", initializer=torch.set_num_threads,
+                                       initargs=(threads,))  # fmt: skip
         self.gen = Generator.from_pretrained(model_dir, device=config.device)
         self.config = config
+        self.inflight = 0  # requests inside this replica (queued for a batch or being generated)
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.recent: deque[tuple[int, int]] = deque(maxlen=512)  # (batch size, groups)
@@ -324,7 +335,14 @@ class GeneratorServer:
                 collate([slice_features(f, 0.0, self.gen.config.max_seconds * 0.99)], self.gen.config)
         except InputError as e:
             return {"ok": False, "status": 422, "reason": e.reason, "detail": str(e).splitlines()[0]}
-        return await self._batched(request)
+        # Waiting for company only pays when there is company: a request alone in the replica (nothing queued,
+        # nothing generating) starts at once; otherwise the batch waits up to batch_wait_timeout_s to fill.
+        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s if self.inflight else 0.0)
+        self.inflight += 1
+        try:
+            return await self._batched({**request, "queued_at": time.perf_counter()})
+        finally:
+            self.inflight -= 1
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def _batched(self, requests: list[dict]) -> list[dict]:
@@ -339,12 +357,15 @@ class GeneratorServer:
             first = requests[idx[0]]
             self.m_group.observe(len(idx))
             try:
-                wavs = await asyncio.to_thread(
+                t0 = time.perf_counter()
+                wavs = await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(
                     self.gen.generate, [requests[i]["features"] for i in idx], steps=first.get("steps"),
                     cfg=first.get("cfg"), seed=[int(requests[i]["seed"]) for i in idx],
-                )  # fmt: skip
+                ))  # fmt: skip
+                t1 = time.perf_counter()
                 for i, w in zip(idx, wavs, strict=True):
-                    out[i] = {"ok": True, "wav": w, "batch_size": len(requests), "group_size": len(idx)}
+                    out[i] = {"ok": True, "wav": w, "batch_size": len(requests), "group_size": len(idx),
+                              "queue_s": t0 - requests[i]["queued_at"], "generate_s": t1 - t0}  # fmt: skip
             except InputError as e:
                 for i in idx:
                     out[i] = {"ok": False, "status": 422, "reason": e.reason, "detail": str(e).splitlines()[0]}
@@ -474,6 +495,8 @@ class Api:
                 try:
                     task = str(form.get("task") or "-")
                     response = await work(form, rid)
+                    if "server-timing" in response.headers:  # + the time inside this ingress, parsing included
+                        response.headers["Server-Timing"] += f", ingress;dur={1000 * (time.perf_counter() - t0):.1f}"
                 finally:
                     await form.close()
             finally:
@@ -528,7 +551,9 @@ class Api:
         if not res["ok"]:
             raise HTTPError(res["status"], res["reason"], res["detail"])
         headers = {"X-Seed": str(seed), "X-Batch-Size": str(res["batch_size"]), "X-Group-Size": str(res["group_size"]),
-                   "X-Duration-S": f"{features.duration_s:.3f}", "X-Task": features.task}  # fmt: skip
+                   "X-Duration-S": f"{features.duration_s:.3f}", "X-Task": features.task,
+                   "Server-Timing": f"queue;dur={1000 * res['queue_s']:.1f}, "
+                                    f"generate;dur={1000 * res['generate_s']:.1f}"}  # fmt: skip
         return res["wav"], headers
 
     # ---- routes ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vssflow import Generator
+from vssflow.audio import log_mel
 from vssflow.audio.codec import MelCodec
 from vssflow.errors import AssetError, FeatureShapeError, InputError, MissingFileError
 from vssflow.generator import slice_features, window_starts
@@ -68,7 +69,14 @@ def test_batched_generation_equals_one_by_one(gen):
         xi, ni, _ = gen.sample_latents([clip], [s], steps=3, cfg=3.0)
         n = int(ni[0])
         torch.testing.assert_close(x1[i, :n], xi[0, :n], atol=1e-5, rtol=1e-5)
-    assert len(gen.generate(clips, steps=3, seed=[3, 4])) == 2
+    wavs = gen.generate(clips, steps=3, seed=[3, 4])
+    # Decoded per length, no padding reaches the audio. Batched and single matmuls round differently (1e-5 in the
+    # latents), and where that flips a spectral-peak choice of the phase estimate the waveform's phase differs
+    # locally; its spectrogram does not.
+    for clip, s, wav in zip(clips, [3, 4], wavs, strict=True):
+        alone = gen.generate(clip, steps=3, seed=s)
+        assert wav.shape == alone.shape
+        assert np.abs(log_mel(wav) - log_mel(alone)).mean() < 0.05
 
 
 def test_save_load_round_trip_gives_identical_audio(gen, tmp_path):

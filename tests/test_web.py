@@ -30,7 +30,8 @@ def server(tmp_path_factory):
     import ray
     from ray import serve
 
-    from bench.bench_serve import free_port, make_tiny_serving_model, wait_ready
+    from bench.bench_serve import make_tiny_serving_model
+    from pipelines.net import free_port, wait_ready
     from pipelines.serve import Scaling, ServeConfig, start
 
     root = tmp_path_factory.mktemp("web")

@@ -201,16 +201,24 @@ class Generator:
         return x1.float(), cond.n_frames, nfe
 
     def decode(self, x1: torch.Tensor, n_frames: torch.Tensor, durations: Sequence[float]) -> list[np.ndarray]:
-        """Latents (B, N, C) -> waveforms, each trimmed to its clip's duration."""
-        mel = self.codec.decode(x1)  # (B, 4N, 64)
-        wav = self.vocoder(mel)  # (B, 4N * 160)
-        out = []
-        for i, d in enumerate(durations):
-            n_samples = int(round(d * SAMPLE_RATE))
-            w = wav[i, :n_samples].float().cpu().numpy()
-            if w.shape[0] < n_samples:  # duration not on the 40 ms grid: the last latent frame is repeated by decode
-                w = np.pad(w, (0, n_samples - w.shape[0]))
-            out.append(w.astype(np.float32))
+        """Latents (B, N, C) -> waveforms, each trimmed to its clip's duration.
+
+        Clips with the same number of latent frames are decoded and vocoded as one tensor batch, without the
+        padding of longer clips: a clip's audio does not depend on the other clips of the batch.
+        """
+        lengths: dict[int, list[int]] = {}
+        for i, n in enumerate(n_frames.tolist()):
+            lengths.setdefault(int(n), []).append(i)
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(durations)
+        for n, idx in lengths.items():
+            mel = self.codec.decode(x1[idx, :n])  # (b, 4n, 64)
+            wav = self.vocoder(mel).float().cpu().numpy()  # (b, 4n * 160)
+            for j, i in enumerate(idx):
+                n_samples = int(round(durations[i] * SAMPLE_RATE))
+                w = wav[j, :n_samples]
+                if w.shape[0] < n_samples:  # duration not on the 40 ms grid: decode repeats the last latent frame
+                    w = np.pad(w, (0, n_samples - w.shape[0]))
+                out[i] = np.ascontiguousarray(w, dtype=np.float32)
         return out
 
     def _generate_batch(self, clips, seeds, steps, cfg, method, progress) -> list[np.ndarray]:
