@@ -314,6 +314,7 @@ def train_loop_per_worker(config: dict) -> None:
     split = SplitCache(enabled=bool(run.get("worker_cache")))
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     step, acc_metrics, t_last, clips_since = position["step"], [], time.perf_counter(), 0
+    console: list[dict] = []  # rank 0: metrics since the last console line
     while step < stop_at:
         epoch = position["epoch"]
         batches = BucketSampler(cfg.sampler_config(), epoch=epoch, rank=rank).batches(
@@ -366,6 +367,12 @@ def train_loop_per_worker(config: dict) -> None:
                 })  # fmt: skip
                 if tracker is not None:
                     tracker.log_metrics(out, step=step)
+                console.append(out)
+                if step % max(cfg.log_every, cfg.checkpoint_every) == 0 or step == stop_at:  # a line in the console
+                    avg, console = _reduce_metrics(console), []
+                    tasks = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(avg.items()) if k.startswith("loss/"))
+                    print(f"vssflow train: step {step}/{cfg.max_steps} loss {avg.get('loss', float('nan')):.3f} "
+                          f"({tasks}) lr {out['lr']:.2e} {avg['samples_per_s']:.1f} samples/s", flush=True)  # fmt: skip
                 acc_metrics, t_last, clips_since = [], now, 0
             if cfg.eval_every and step % cfg.eval_every == 0 and val_clips and step < stop_at:
                 _, averaged = _models_for_export(engine, ema, cfg, stage, rank)
