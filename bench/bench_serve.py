@@ -191,7 +191,7 @@ def bench_model(name: str, seconds: float, *, steps: int, requests: int, tmp: Pa
                          "load": (load0 + os.getloadavg()[0]) / 2,
                          **{k: statistics.median(r.get(k, float("nan")) for r in res)
                             for k in ("queue", "generate", "ingress", "total")}})  # fmt: skip
-        serve.delete(f"bench-{name}-{mbs}")
+        serve.shutdown()  # the next start() binds its own port
     return {"name": name, "seconds": seconds, "ref": ref, "rows": rows, "overhead": overhead}
 
 
