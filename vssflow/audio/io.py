@@ -8,7 +8,6 @@ place, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torchaudio.functional as AF
 
 from vssflow.constants import SAMPLE_RATE
 from vssflow.errors import ClipTooLongError, EmptyFileError, InputError, MissingFileError, SampleRateError
+from vssflow.files import atomic_open
 
 __all__ = ["audio_duration", "read_audio", "write_audio"]
 
@@ -128,14 +128,6 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_
     if not np.isfinite(wav).all():
         raise ValueError(f"refusing to write {path}: waveform contains NaN or infinite samples")
     data = np.clip(wav if wav.ndim == 1 else wav.T, -1.0, 1.0)  # soundfile wants (N, C)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, data, int(sample_rate), format="WAV", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        sf.write(handle, data, int(sample_rate), format="WAV", subtype="PCM_16")
     return path
