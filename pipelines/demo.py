@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pipelines.net import free_port, wait_ready
+from pipelines.net import free_port, stop_process_group, wait_ready
 
 
 def _vssflow(*args: str) -> None:
@@ -98,11 +96,7 @@ def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: i
                 written.append(path)
                 print(f"  {row['task']:<5} {row['clip_id']} -> {path}  (request {r.headers.get('x-request-id')})")
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         log.close()
     return written
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-__all__ = ["free_port", "wait_ready"]
+__all__ = ["free_port", "stop_process_group", "wait_ready"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,3 +50,13 @@ def wait_ready(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url}{path} not ready after {timeout:.0f} s")
         time.sleep(interval)
+
+
+def stop_process_group(proc: subprocess.Popen, *, timeout: float = 60.0) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGINT to its process group (a clean shutdown),
+    SIGKILL if it has not exited within ``timeout`` seconds."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -88,3 +88,23 @@ def encode_frames(
     cmd += ACODEC_ARGS[acodec] if audio is not None else ["-an"]
     subprocess.run(cmd + [str(path)], input=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), check=True)
     return path
+
+
+def synth_corpus(
+    out: Path,
+    *,
+    clips: int,
+    seed: int,
+    duration: str = "2.0",
+    mix: str | None = None,
+    extra: tuple[str, ...] = (),
+    timeout: float | None = 300,
+) -> Path:
+    """Write an embedded corpus with the ``vssflow synth`` command, as a user would (one worker); returns the
+    manifest path."""
+    import sys
+
+    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(out), "--clips", str(clips), "--seed", str(seed),
+           "--duration", duration, "--workers", "1", *(["--mix", mix] if mix else []), *extra]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+    return Path(out) / "manifest.jsonl"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest_media import synth_corpus
 
 from pipelines.net import free_port
 
@@ -35,7 +36,7 @@ _missing = [m for m in ("pipelines.preprocess", "pipelines.train") if importlib.
 # The job: exactly the commands a user submits to a cluster (`--ray-address auto` joins the job's cluster).
 JOB = textwrap.dedent(
     """
-    import os, signal, subprocess, sys, time, importlib.util
+    import os, subprocess, sys, time, importlib.util
     corpus, work, port = sys.argv[1], sys.argv[2], sys.argv[3]
     t0 = time.monotonic()
     def vssflow(*args):
@@ -52,11 +53,11 @@ JOB = textwrap.dedent(
         sys.exit(0)
     print("STAGE serve", f"at {time.monotonic() - t0:.0f} s", flush=True)
     import httpx, soundfile, io
+    from pipelines.net import stop_process_group, wait_ready
     proc = subprocess.Popen([sys.executable, "-m", "vssflow.cli", "serve", "--model", f"{work}/model", "--host",
                              "127.0.0.1", "--port", port, "--ray-address", "auto"], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        from pipelines.net import wait_ready
         wait_ready(url, proc, timeout=600, interval=2)
         import json
         rows = [json.loads(l) for l in open(f"{corpus}/manifest.jsonl") if l.strip()]
@@ -68,11 +69,7 @@ JOB = textwrap.dedent(
         wav, sr = soundfile.read(io.BytesIO(r.content))
         print(f"SERVED {len(wav)} samples at {sr} Hz, at {time.monotonic() - t0:.0f} s", flush=True)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
     """
 ) % {"steps": MAX_STEPS, "every": CHECKPOINT_EVERY}
 
@@ -94,11 +91,7 @@ def test_job_on_three_nodes_survives_losing_a_worker_node(tmp_path):
     from ray.util.state import list_actors, list_nodes
 
     corpus, work = tmp_path / "corpus", tmp_path / "work"
-    subprocess.run(
-        [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", str(CLIPS), "--seed", "0",
-         "--duration", "1.0..2.0", "--workers", "1"],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
+    synth_corpus(corpus, clips=CLIPS, seed=0, duration="1.0..2.0", timeout=600)
     (tmp_path / "job.py").write_text(JOB)
 
     dashboard_port = free_port()

@@ -1,13 +1,14 @@
 """pipelines.net: a free port and a readiness wait that ends when the server process dies."""
 
 import http.server
+import signal
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from pipelines.net import free_port, wait_ready
+from pipelines.net import free_port, stop_process_group, wait_ready
 
 
 def test_wait_ready_polls_until_200_and_stops_on_a_dead_process():
@@ -34,3 +35,14 @@ def test_wait_ready_polls_until_200_and_stops_on_a_dead_process():
     dead.wait()
     with pytest.raises(RuntimeError, match="exited with code 3"):
         wait_ready(f"http://127.0.0.1:{free_port()}", dead, timeout=30)
+
+
+def test_stop_process_group_interrupts_then_kills_a_server_that_ignores_it():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    stop_process_group(polite, timeout=30)
+    assert polite.wait(timeout=5) == -signal.SIGINT  # ended by the interrupt, not killed
+    ignore_sigint = "import signal as s, time; s.signal(s.SIGINT, s.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_sigint], start_new_session=True, stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # its SIGINT handler is installed
+    stop_process_group(stubborn, timeout=0.5)
+    assert stubborn.wait(timeout=5) == -9  # SIGKILL after the timeout
