@@ -6,11 +6,10 @@ its smoke variant runs one experiment on one variant pair with 2 seeds and 2 tra
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest_media import synth_corpus
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
@@ -37,10 +36,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(out), "--clips", "4", "--seed", "5",
-           "--workers", "1", "--duration", "2.0", "--mix", "0.5,0.5,0", "--real-speech", "0"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
-    return out / "manifest.jsonl"
+    return synth_corpus(out, clips=4, seed=5, mix="0.5,0.5,0", extra=("--real-speech", "0"), timeout=None)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest_media import synth_corpus
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
@@ -23,9 +22,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("batch")
     corpus = root / "corpus"
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", "3", "--seed", "4",
-           "--mix", "0.34,0.33,0.33", "--duration", "2.0", "--workers", "1"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    synth_corpus(corpus, clips=3, seed=4, mix="0.34,0.33,0.33")
     (corpus / "clips" / "broken.mp4").write_bytes(b"not a video" * 100)
     lines = (corpus / "manifest.jsonl").read_text().splitlines()
     lines.append(json.dumps({"clip_id": "broken", "video": "clips/broken.mp4", "task": "v2s", "split": "test"}))

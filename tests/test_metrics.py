@@ -5,11 +5,10 @@ five versions only, so the file stays well under three minutes on a loaded 2-cor
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest_media import synth_corpus
 
 from vssflow.constants import SAMPLE_RATE
 from vssflow.data.manifest import read_manifest
@@ -28,10 +27,7 @@ from vssflow.metrics.wer import cer, normalize_for_wer, wer
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(out), "--clips", "6", "--seed", "3",
-           "--workers", "1", "--duration", "2.0..3.0", "--mix", "0.5,0.5,0"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
-    rows = read_manifest(out / "manifest.jsonl")
+    rows = read_manifest(synth_corpus(out, clips=6, seed=3, duration="2.0..3.0", mix="0.5,0.5,0", timeout=None))
     return out, rows
 
 

@@ -12,12 +12,12 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest_media import synth_corpus
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -26,10 +26,8 @@ MAX_INFLIGHT = 16
 
 
 def _synth(out: Path) -> list[dict]:
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(out), "--clips", "2", "--seed", "5",
-           "--mix", "0,0,1", "--duration", "2.0", "--workers", "1"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    manifest = synth_corpus(out, clips=2, seed=5, mix="0,0,1")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     for r in rows:
         r["video"] = str(out / r["video"])
         r["reference_audio"] = str(out / r["reference_audio"])

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
+from conftest_media import synth_corpus
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -36,10 +35,7 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("web")
     corpus = root / "corpus"
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(corpus), "--clips", "1", "--seed", "8",
-           "--mix", "0,0,1", "--duration", "2.0", "--workers", "1"]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    clip = json.loads((corpus / "manifest.jsonl").read_text().splitlines()[0])
+    clip = json.loads(synth_corpus(corpus, clips=1, seed=8, mix="0,0,1").read_text().splitlines()[0])
     model = make_tiny_serving_model(root / "model")
     started = not ray.is_initialized()
     if started:
