@@ -26,6 +26,12 @@ class ClipFeatures:
         phonemes: (P,) integer ids in the versioned phoneme vocabulary, no padding (0 is reserved for "none").
         speaker: (SPEAKER_DIM,) float32, L2-normalised embedding of the reference voice.
         mel: (T_mel, N_MELS) float32 target log-mel at MEL_FPS (training and evaluation only).
+        speech_span: (start, end) seconds of the clip where the words are (VisualTTS and joint); None = the whole
+            clip. Training takes it from the manifest's timing or voice activity, inference from the user
+            (``--speech-span``), a subtitle cue or the mouth activity of the lip stream. The model lays the
+            phonemes over it (``ModelConfig.phoneme_layout``).
+        phoneme_durations: (P,) float32 relative durations of ``phonemes`` (espeak-ng's timing of the transcript,
+            any scale), for the duration-aware phoneme layout; None = equal durations.
         meta: free-form annotations (clip_id, transcript, events, ...); never read by the model.
     """
 
@@ -38,3 +44,5 @@ class ClipFeatures:
     speaker: np.ndarray | None = None
     mel: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    speech_span: tuple[float, float] | None = None
+    phoneme_durations: np.ndarray | None = None
