@@ -93,7 +93,7 @@ def random_features(sem_dim: int, duration: float = 2.0, task: str = "v2s", seed
 
 MODELS = {
     # the Serve tests' model: 1 block of width 32 (overhead- and vocoder-bound)
-    "test": {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32},
+    "test": {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "latent_dim": 32},
     # the project's tiny preset (ModelConfig defaults, what the demo trains and serves) fed by the 32-d tiny CLIP
     "tiny": {"depth": 4, "width": 128, "heads": 4, "cross_dim": 128},
 }

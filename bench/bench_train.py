@@ -40,8 +40,8 @@ from vssflow.data.shards import ShardManifest, config_hash, set_latest, shard_na
 from vssflow.types import ClipFeatures
 
 TOY_SEM_DIM = 32
-TOY_MODEL = {"depth": 2, "width": 64, "heads": 2, "cross_dim": 64, "sem_dim": TOY_SEM_DIM, "lip_dim": 16,
-             "phoneme_dim": 16, "time_freq_dim": 64}  # fmt: skip
+TOY_MODEL = {"depth": 2, "width": 64, "heads": 2, "cross_dim": 64, "latent_dim": 64, "sem_dim": TOY_SEM_DIM,
+             "lip_dim": 16, "phoneme_dim": 16, "time_freq_dim": 64}  # fmt: skip
 SENTENCES = ("the red ball bounces", "a bell rings twice", "open the blue door", "we hear a drum", "say hello now",
              "the key clicks", "tap the wood block", "ring the small bell")  # fmt: skip
 

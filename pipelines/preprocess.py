@@ -69,6 +69,8 @@ _DEFAULTS = {
     "wav": np.zeros(0, np.float32),
     "ref_audio": np.zeros(0, np.float32),
     "phonemes": np.zeros(0, np.int16),
+    "phoneme_durations": np.zeros(0, np.float32),
+    "speech_span": np.zeros(0, np.float32),
     "mel": np.zeros((0, N_MELS), np.float32),
     "sem": np.zeros((0, 0), np.float32),
     "lip": np.zeros((0, LIP_SIZE, LIP_SIZE), np.uint8),
@@ -78,9 +80,10 @@ _DEFAULTS = {
     "encode_node": "",
     **{k: "" for k in ERROR_KEYS},
 }
-_DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "wav", "ref_audio", "phonemes")
-_MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "ref_audio", "phonemes", "mel")
-_ENCODED = ("duration_s", "bucket_s", "phonemes", "mel", "sem", "lip", "sync", "speaker")
+_SPEECH = ("phonemes", "phoneme_durations", "speech_span")
+_DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "wav", "ref_audio", *_SPEECH)
+_MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "ref_audio", *_SPEECH, "mel")
+_ENCODED = ("duration_s", "bucket_s", *_SPEECH, "mel", "sem", "lip", "sync", "speaker")
 _NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
 # Memory reserved by one decode task (frames of a few clips at 10 and 25 fps, their audio): a scheduling hint, and
 # what keeps Ray Data from fusing the decode tasks into the encoder actor pool (see _run_ray).

@@ -37,12 +37,24 @@ from vssflow.audio.codec import MelCodec
 from vssflow.data.schema import SCHEMA_VERSION, read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, resolve_shard_dir
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
-from vssflow.model.config import PRESETS
+from vssflow.model.config import FULL_LATENT, PRESETS
 from vssflow.storage import Location, location
 from vssflow.types import ClipFeatures
 
 RUN_JSON = "run.json"
-TRAIN_COLUMNS = ["clip_id", "task", "duration_s", "sem", "lip", "sync", "phonemes", "speaker_emb", "mel"]
+TRAIN_COLUMNS = [
+    "clip_id",
+    "task",
+    "duration_s",
+    "sem",
+    "lip",
+    "sync",
+    "phonemes",
+    "phoneme_durations",
+    "speech_span",
+    "speaker_emb",
+    "mel",
+]
 WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -109,8 +121,9 @@ def _read_rows(paths: list[Location], split: str | None, limit: int | None = Non
     return clips
 
 
-def fit_codec(paths: list[Location], out_dir: Path) -> MelCodec:
-    """Fit the MelCodec's per-channel statistics on the training split's mels (one streaming pass on the driver)."""
+def fit_codec(paths: list[Location], out_dir: Path, latent_dim: int = FULL_LATENT) -> MelCodec:
+    """Fit the MelCodec's statistics on the training split's mels (one streaming pass on the driver); a latent
+    narrower than the 256 grouped mel channels is their ``latent_dim`` principal components."""
 
     def mels():
         for p in paths:
@@ -119,7 +132,7 @@ def fit_codec(paths: list[Location], out_dir: Path) -> MelCodec:
             for row in table_to_rows(t):
                 yield np.asarray(row["mel"], np.float32)
 
-    codec = MelCodec().fit(mels())
+    codec = MelCodec(components=0 if latent_dim == FULL_LATENT else latent_dim).fit(mels())
     codec.save(out_dir)
     return codec
 
@@ -238,7 +251,11 @@ def run_training(
         cfg = fit_model_to_data(cfg, paths)
     codec_dir = run_dir / "codec"
     if not (codec_dir / "codec.json").is_file():
-        fit_codec(paths, codec_dir)
+        codec = fit_codec(paths, codec_dir, cfg.model_config().latent_dim)
+        print(
+            f"vssflow train: latent codec {codec.latent_dim} channels, "
+            f"{100 * codec.explained_variance:.2f} % of the mel variance kept"
+        )
     val = validation_clips(paths, n_val_clips)
 
     if "mlflow_run_id" not in state:

@@ -111,6 +111,7 @@ class TrainJobConfig:
             joint_weight=self.joint_weight,
             buffer_size=self.buffer_size,
             seed=self.seed,
+            phoneme_layout=self.model_config().phoneme_layout,
         )
 
     def to_dict(self) -> dict:

@@ -74,7 +74,7 @@ def model_dir(tmp_path_factory) -> Path:
     from vssflow.generator import Generator, SamplingConfig
     from vssflow.model import ModelConfig
 
-    cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2)
+    cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2, latent_dim=32)
     gen = Generator(cfg, sampling=SamplingConfig(steps=3, cfg_scale=2.0, window_overlap_s=0.2))
     _wake(gen.model)
     return gen.save_pretrained(tmp_path_factory.mktemp("model") / "tiny", extractors={"encoder": "mobilenetv2"})

@@ -16,7 +16,7 @@ from vssflow.generator import slice_features, window_starts
 from vssflow.model import ModelConfig
 from vssflow.types import ClipFeatures
 
-CFG = ModelConfig(depth=2, width=64, heads=4, cross_dim=64, sem_dim=32, lip_dim=16, max_seconds=4.0)
+CFG = ModelConfig(depth=2, width=64, heads=4, cross_dim=64, sem_dim=32, lip_dim=16, max_seconds=4.0, latent_dim=64)
 
 
 def _clip(duration=2.0, task="v2s", seed=0):
@@ -80,7 +80,9 @@ def test_batched_generation_equals_one_by_one(gen):
 
 
 def test_save_load_round_trip_gives_identical_audio(gen, tmp_path):
-    gen.codec = MelCodec().fit([np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)])
+    gen.codec = MelCodec(components=CFG.latent_dim).fit(
+        [np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)]
+    )
     gen.step = 12
     ema = {k: v + 0.01 for k, v in gen.model.state_dict().items()}
     out = gen.save_pretrained(tmp_path / "model", ema_state=ema, data_version="abc")

@@ -105,7 +105,7 @@ def test_lora_on_the_vssflow_dit_wraps_every_attention_projection():
     from vssflow.model.layers import CrossAttention, SelfAttention
 
     torch.manual_seed(0)
-    model = VSSFlowDiT(TINY.replace(depth=2, width=64, heads=2, cross_dim=64))
+    model = VSSFlowDiT(TINY.replace(depth=2, width=64, heads=2, cross_dim=64, latent_dim=64))
     expected = sorted(
         f"{n}.{c}"
         for n, m in model.named_modules()
@@ -138,7 +138,7 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
 
     rng = np.random.default_rng(0)
     clips = [_v2s_clip(rng, i, 1.2) for i in range(2)] + [_tts_clip(rng, i, 1.2) for i in range(2)]
-    codec = MelCodec().fit(c.mel for c in clips)
+    codec = MelCodec(components=TOY_MODEL["latent_dim"]).fit(c.mel for c in clips)
     base_cfg = TrainJobConfig(model_overrides=TOY_MODEL, seed=3)
     base = build_model(base_cfg)
     with (

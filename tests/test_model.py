@@ -73,9 +73,12 @@ def test_config_json_round_trip_and_unknown_key():
 
 
 def test_derived_sizes():
-    assert TINY.context_dim == 256 + TINY.lip_dim + TINY.sync_dim + TINY.phoneme_dim
-    assert TINY.replace(sem_placement="context", lip_placement="cross").context_dim == 256 + 32 + 32 + TINY.cross_dim
-    assert TINY.replace(sync_placement="cross").context_dim == 256 + TINY.lip_dim + TINY.phoneme_dim
+    assert TINY.context_dim == TINY.latent_dim + TINY.lip_dim + TINY.sync_dim + TINY.phoneme_dim
+    assert (
+        TINY.replace(sem_placement="context", lip_placement="cross").context_dim
+        == TINY.latent_dim + 32 + 32 + TINY.cross_dim
+    )
+    assert TINY.replace(sync_placement="cross").context_dim == TINY.latent_dim + TINY.lip_dim + TINY.phoneme_dim
     assert PAPER.head_dim == 64 and PAPER.rope_dim == 32 and PAPER.kv_heads == 12 and PAPER.ff_inner == 6144
     assert TINY.max_frames == 250
 
@@ -273,3 +276,123 @@ def test_rate_tolerance_accepts_rounding_and_too_long_clip_is_refused():
     assert cb.sem_lengths.tolist() == [41] and cb.lip.shape[1] == 100
     with pytest.raises(ClipTooLongError, match="duration_s"):
         collate([ClipFeatures(duration_s=12.0)], cfg)
+
+
+# ---- a full-rank output head -------------------------------------------------------------------------------------
+
+
+def untouched_directions(x0: torch.Tensor, x1: torch.Tensor, n_frames: torch.Tensor, *, rel: float = 1e-4) -> int:
+    """Latent directions in which the generated samples x1 (B, N, C) did not move from their noise x0: C minus the
+    numerical rank of the displacements x1 - x0 over every real frame."""
+    rows = torch.cat([(x1 - x0)[i, : int(n)] for i, n in enumerate(n_frames)])  # (sum N, C)
+    s = torch.linalg.svdvals(rows.double())
+    return int(x1.shape[-1] - (s > rel * s[0]).sum())
+
+
+def _sample_with_noise(gen, clips, seeds):
+    """The generator's own sampling, and the noise it started from (drawn as it draws it: per clip, own seed)."""
+    x1, n_frames, _ = gen.sample_latents(clips, seeds, steps=4, cfg=3.0)
+    x0 = torch.zeros_like(x1)
+    for i, s in enumerate(seeds):
+        n = int(n_frames[i])
+        x0[i, :n] = torch.randn(n, gen.config.latent_dim, generator=torch.Generator().manual_seed(s))
+    return x0, x1, n_frames
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_every_latent_direction_of_a_generated_sample_moves(name):
+    from vssflow.generator import Generator
+
+    cfg = PRESETS[name].replace(depth=1)  # the output head is what matters; one block keeps it fast
+    gen = Generator(model=randomised(VSSFlowDiT(cfg)))
+    clips = [make_clip(cfg, 4.0, seed=k, task=t) for k, t in enumerate(["tts", "v2s", "tts", "joint"])]
+    x0, x1, n_frames = _sample_with_noise(gen, clips, [1, 2, 3, 4])  # 400 frames >= 256 channels
+    assert untouched_directions(x0, x1, n_frames) == 0
+
+
+def test_a_bottlenecked_output_head_is_caught():
+    # What the old tiny preset did (width 128 -> 256 channels): here a rank-16 output layer on a 64-channel latent.
+    from vssflow.generator import Generator
+
+    cfg = TINY.replace(depth=1, width=64, heads=2, cross_dim=64, latent_dim=64)
+    model = randomised(VSSFlowDiT(cfg))
+    with torch.no_grad():
+        w = model.final.linear.weight  # (C, D)
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        w.copy_(u[:, :16] @ torch.diag(s[:16]) @ vh[:16])
+        model.final.linear.bias.zero_()
+    x0, x1, n_frames = _sample_with_noise(
+        Generator(model=model), [make_clip(cfg, 4.0, seed=k) for k in range(2)], [1, 2]
+    )
+    assert untouched_directions(x0, x1, n_frames) == 64 - 16
+
+
+def test_config_refuses_a_latent_wider_than_the_model():
+    with pytest.raises(ValueError, match="latent_dim 256 > width 128"):
+        TINY.replace(latent_dim=256)
+    for name, cfg in PRESETS.items():
+        assert cfg.latent_dim <= cfg.width, name
+    with pytest.raises(ValueError, match="latent_dim"):  # an old saved config is refused with the reason, not run
+        ModelConfig.from_dict({**TINY.to_dict(), "latent_dim": 256})
+
+
+# ---- phoneme layouts ---------------------------------------------------------------------------------------------
+
+
+def test_layouts_put_each_phoneme_inside_the_span():
+    from vssflow.model.conditions import layout_phonemes
+
+    ids = torch.tensor([[11, 12, 13, 14, 0]])  # 4 phonemes, padded
+    lengths, n_frames = torch.tensor([4]), torch.tensor([50])
+    span = torch.tensor([[10.0, 30.0]])  # frames 10..29
+    even = layout_phonemes(ids, lengths, n_frames, 52, span=span)[0]
+    assert (even[:10] == 0).all() and (even[30:] == 0).all()  # silence outside the span
+    for i, p in enumerate([11, 12, 13, 14]):  # phoneme i covers frames 10 + 5i .. 14 + 5i
+        assert (even[10 + 5 * i : 15 + 5 * i] == p).all()
+    by_duration = layout_phonemes(ids, lengths, n_frames, 52, span=span, durations=torch.tensor([[1.0, 2, 1, 0, 0]]))
+    got = by_duration[0]
+    assert (got[10:15] == 11).all() and (got[15:25] == 12).all() and (got[25:30] == 13).all()
+    assert not (got == 14).any()  # a zero-duration symbol (a word boundary) takes no frame
+    assert (got[:10] == 0).all() and (got[30:] == 0).all()
+
+
+def test_layout_over_the_whole_clip_matches_the_paper_stretch_for_frame_level_ids():
+    from vssflow.model.conditions import layout_phonemes
+
+    frames = torch.randint(1, 50, (2, 40))  # one id per frame (what joint mixtures carry)
+    lengths, n_frames = torch.tensor([40, 30]), torch.tensor([40, 30])
+    span = torch.stack([torch.zeros(2), n_frames.float()], dim=1)
+    laid = layout_phonemes(frames, lengths, n_frames, 40, span=span)
+    np.testing.assert_array_equal(laid, spread_phonemes(frames, lengths, n_frames, 40))
+
+
+@pytest.mark.parametrize("layout", ["clip", "span", "duration"])
+def test_the_span_reaches_the_model_as_the_layout_says(layout):
+    cfg = SMALLEST.replace(phoneme_layout=layout)
+    model = randomised(VSSFlowDiT(cfg))
+    clip = make_clip(cfg, 2.0, phonemes=np.array([20, 1, 30, 40], np.int16))
+    a = ClipFeatures(**{**clip.__dict__, "speech_span": (0.4, 1.2), "phoneme_durations": np.array([1, 0, 1, 2.0])})
+    b = ClipFeatures(**{**a.__dict__, "speech_span": (0.8, 1.6)})
+    batch = collate([a, b], cfg)
+    np.testing.assert_allclose(batch.speech_span, [[10, 30], [20, 40]])
+    ids = model.conditions._phoneme_frames(batch, batch.n_latent)  # (2, 50)
+    if layout == "clip":  # the paper: the span is ignored, phonemes cover the clip
+        assert (ids[0] == ids[1]).all() and (ids[0] != 0).all()
+    else:
+        assert (ids[0, :10] == 0).all() and (ids[0, 30:] == 0).all() and (ids[0, 10:30] != 0).all()
+        assert (ids[1, :20] == 0).all() and (ids[1, 20:40] != 0).all()
+        assert (ids[0, 10:30] == ids[1, 20:40]).all()  # the same speech, moved with its span
+        assert (1 in ids[0].tolist()) == (layout == "span")  # the boundary takes time only in the span layout
+    with torch.no_grad():
+        c = model.preprocess_conditions(batch)
+    assert (c.context[0] != c.context[1]).any() == (layout != "clip")
+
+
+def test_a_bad_speech_span_is_a_one_line_error():
+    from vssflow.errors import InputError
+
+    clip = make_clip(SMALLEST, 2.0)
+    for span in [(1.5, 1.0), (-0.2, 1.0), (0.0, 3.0)]:
+        with pytest.raises(InputError, match="speech_span") as e:
+            collate([ClipFeatures(**{**clip.__dict__, "speech_span": span})], SMALLEST)
+        assert "\n" not in str(e.value)

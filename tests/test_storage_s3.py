@@ -26,7 +26,7 @@ from vssflow.storage import location  # noqa: E402
 
 BUCKET = "vssflow-test"
 N_CLIPS = 4
-TINY_DIT = {"depth": 2, "width": 64, "heads": 2, "cross_dim": 64}
+TINY_DIT = {"depth": 2, "width": 64, "heads": 2, "cross_dim": 64, "latent_dim": 64}
 
 
 @pytest.fixture(scope="module")

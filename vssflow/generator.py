@@ -32,6 +32,7 @@ from vssflow.audio.vocoder import Vocoder, load_vocoder
 from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, SYNC_FPS, latent_frames
 from vssflow.errors import AssetError, InputError, MissingFileError
 from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
+from vssflow.model.config import FULL_LATENT
 from vssflow.types import ClipFeatures
 
 FORMAT = "vssflow-generator"
@@ -82,7 +83,7 @@ class Generator:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = (model or VSSFlowDiT(self.config)).to(self.device, dtype).eval()
-        self.codec = (codec or MelCodec()).to(self.device)
+        self.codec = (codec or MelCodec(components=self.config.latent_dim % FULL_LATENT)).to(self.device)
         if self.codec.latent_dim != self.config.latent_dim:
             raise AssetError(
                 f"codec has {self.codec.latent_dim} latent channels but the model expects {self.config.latent_dim}; "
@@ -220,6 +221,23 @@ class Generator:
                     w = np.pad(w, (0, n_samples - w.shape[0]))
                 out[i] = np.ascontiguousarray(w, dtype=np.float32)
         return out
+
+    @torch.no_grad()
+    def reconstruct(self, mel: np.ndarray | torch.Tensor, duration_s: float | None = None) -> np.ndarray:
+        """A log-mel through this generator's codec and vocoder (the same :meth:`decode` as generation): what the
+        model's output would sound like if the DiT predicted the latents exactly, its ceiling.
+
+        Args:
+            mel: (T_mel, 64) log-mel at 100 fps (a clip's ``mel`` feature, or ``log_mel`` of its audio).
+            duration_s: output length in seconds (default T_mel / 100).
+
+        Returns:
+            float32 waveform (L,) at 16 kHz, L = round(duration_s * 16000).
+        """
+        m = torch.as_tensor(mel, dtype=torch.float32, device=self.device)[None]  # (1, T_mel, 64)
+        x1 = self.codec.encode(m)  # (1, N, C)
+        duration = m.shape[1] / MEL_FPS if duration_s is None else float(duration_s)
+        return self.decode(x1, torch.tensor([x1.shape[1]]), [duration])[0]
 
     def _generate_batch(self, clips, seeds, steps, cfg, method, progress) -> list[np.ndarray]:
         x1, n_frames, _ = self.sample_latents(clips, seeds, steps=steps, cfg=cfg, method=method, progress=progress)

@@ -89,9 +89,16 @@ class LatentCodec(ABC):
 class MelCodec(LatentCodec):
     """Default codec: four mel frames grouped into one latent frame (25 Hz x 256 channels), then normalised.
 
-    Channel c of latent frame n is mel bin c % 64 of mel frame 4n + c // 64; it is normalised with that channel's
-    mean and standard deviation, fitted on data with :meth:`fit`. Decoding inverts both steps exactly (up to
-    float32 rounding). Unfitted, the statistics are the identity (mean 0, std 1).
+    Channel c of the grouped frame n is mel bin c % 64 of mel frame 4n + c // 64; it is normalised with that
+    channel's mean and standard deviation, fitted on data with :meth:`fit`. Unfitted, the statistics are the
+    identity (mean 0, std 1).
+
+    With ``components=k`` (0 < k < 256) the normalised frame is further projected onto its k principal components
+    (fitted with the statistics) and each component scaled to unit variance: a k-channel latent that keeps most of
+    the variance. A DiT narrower than 256 needs this: its output layer can only reach ``width`` latent directions,
+    so with a 256-channel latent the rest of the sample would stay the initial noise (``ModelConfig`` refuses that).
+    Decoding inverts every step exactly when k = 256 (or no projection), and up to the discarded components
+    otherwise (``explained_variance`` says how much is kept).
     """
 
     kind = "mel"
@@ -105,16 +112,33 @@ class MelCodec(LatentCodec):
         std: torch.Tensor | None = None,
         count: int = 0,
         min_std: float = 1e-3,
+        components: int = 0,
+        basis: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        explained_variance: float = 1.0,
     ):
         self.n_mels = n_mels
         self.mel_per_latent = mel_per_latent
-        self.latent_dim = n_mels * mel_per_latent
+        self.grouped_dim = n_mels * mel_per_latent  # channels of four grouped mel frames (256)
+        if not 0 <= int(components) <= self.grouped_dim:
+            raise AssetError(f"MelCodec components={components}: expected 0 (none) .. {self.grouped_dim}")
+        self.components = int(components)
+        self.latent_dim = self.components or self.grouped_dim
         self.min_std = float(min_std)
         self.count = int(count)  # number of latent frames the statistics were fitted on
-        self.mean = torch.zeros(self.latent_dim) if mean is None else mean.detach().float().reshape(-1).clone()
-        self.std = torch.ones(self.latent_dim) if std is None else std.detach().float().reshape(-1).clone()
-        if self.mean.shape != (self.latent_dim,) or self.std.shape != (self.latent_dim,):
-            raise AssetError(f"MelCodec statistics must have {self.latent_dim} channels, got {tuple(self.mean.shape)}")
+        self.explained_variance = float(explained_variance)
+        g = self.grouped_dim
+        self.mean = torch.zeros(g) if mean is None else mean.detach().float().reshape(-1).clone()
+        self.std = torch.ones(g) if std is None else std.detach().float().reshape(-1).clone()
+        if self.mean.shape != (g,) or self.std.shape != (g,):
+            raise AssetError(f"MelCodec statistics must have {g} channels, got {tuple(self.mean.shape)}")
+        # principal directions (G, K) of the normalised frames and each component's standard deviation (K,);
+        # unfitted: the first K channels, unscaled
+        k = self.latent_dim
+        self.basis = torch.eye(g)[:, :k].clone() if basis is None else basis.detach().float().clone()
+        self.scale = torch.ones(k) if scale is None else scale.detach().float().reshape(-1).clone()
+        if self.basis.shape != (g, k) or self.scale.shape != (k,):
+            raise AssetError(f"MelCodec projection must be ({g}, {k}) + ({k},), got {tuple(self.basis.shape)}")
 
     @property
     def fitted(self) -> bool:
@@ -127,7 +151,9 @@ class MelCodec(LatentCodec):
         Only whole groups of ``mel_per_latent`` frames are used (a clip's trailing remainder is skipped, so the
         silence padding of ``encode`` never biases the statistics). Returns self.
         """
-        count, mean, m2 = 0, np.zeros(self.latent_dim), np.zeros(self.latent_dim)
+        g = self.grouped_dim
+        count, mean, m2 = 0, np.zeros(g), np.zeros(g)
+        gram = np.zeros((g, g))  # sum of outer products about the running mean (Chan's merge, for the components)
         for mel in mels:
             arr = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
             if arr.ndim != 2 or arr.shape[1] != self.n_mels:
@@ -137,18 +163,31 @@ class MelCodec(LatentCodec):
                 continue
             x = rearrange(arr[:usable].astype(np.float64), "(n g) m -> n (g m)", g=self.mel_per_latent)  # (N, C)
             n_b, mean_b = x.shape[0], x.mean(axis=0)
-            m2_b = ((x - mean_b) ** 2).sum(axis=0)
+            xc = x - mean_b
+            m2_b = (xc**2).sum(axis=0)
             total = count + n_b
             delta = mean_b - mean
+            if self.components:
+                gram = gram + xc.T @ xc + np.outer(delta, delta) * (count * n_b / total)
             mean = mean + delta * (n_b / total)
             m2 = m2 + m2_b + delta**2 * (count * n_b / total)
             count = total
         if count == 0:
             raise FeatureShapeError("MelCodec.fit got no mel with at least 4 frames; give it real clips", source="mel")
-        std = np.sqrt(m2 / count)
+        std = np.maximum(np.sqrt(m2 / count), self.min_std)
         self.mean = torch.from_numpy(mean).float()
-        self.std = torch.from_numpy(np.maximum(std, self.min_std)).float()
+        self.std = torch.from_numpy(std).float()
         self.count = count
+        if self.components:
+            corr = gram / count / np.outer(std, std)  # covariance of the normalised frames (G, G)
+            eig, vec = np.linalg.eigh(corr)  # ascending
+            order = np.argsort(eig)[::-1][: self.components]
+            lam = np.maximum(eig[order], 1e-8)
+            vec = vec[:, order]  # (G, K)
+            vec = vec * np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(vec.shape[1])])  # a fixed sign per axis
+            self.basis = torch.from_numpy(vec).float()  # (G, K)
+            self.scale = torch.from_numpy(np.sqrt(lam)).float()  # (K,)
+            self.explained_variance = float(lam.sum() / max(np.trace(corr), 1e-12))
         return self
 
     # -- codec ------------------------------------------------------------------------------------------------
@@ -156,20 +195,27 @@ class MelCodec(LatentCodec):
         """(B, T_mel, M) -> (B, ceil(T_mel / 4), 4 * M) normalised latent."""
         _check_mel(mel, self.n_mels)
         mel = pad_mel(mel.float(), self.mel_per_latent)  # (B, 4N, M)
-        z = rearrange(mel, "b (n g) m -> b n (g m)", g=self.mel_per_latent)  # (B, N, C)
-        return (z - self.mean.to(z.device)) / self.std.to(z.device)
+        z = rearrange(mel, "b (n g) m -> b n (g m)", g=self.mel_per_latent)  # (B, N, G)
+        z = (z - self.mean.to(z.device)) / self.std.to(z.device)
+        if self.components:
+            z = (z @ self.basis.to(z.device)) / self.scale.to(z.device)  # (B, N, K)
+        return z
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, N, 4 * M) -> (B, 4N, M) log-mel."""
+        """(B, N, C) -> (B, 4N, M) log-mel."""
         if latent.dim() != 3 or latent.shape[-1] != self.latent_dim:
             raise FeatureShapeError(
                 f"latent must have shape (B, N, {self.latent_dim}), got {tuple(latent.shape)}", source="latent"
             )
-        z = latent.float() * self.std.to(latent.device) + self.mean.to(latent.device)  # (B, N, C)
+        z = latent.float()
+        if self.components:
+            z = (z * self.scale.to(z.device)) @ self.basis.to(z.device).T  # (B, N, G)
+        z = z * self.std.to(z.device) + self.mean.to(z.device)  # (B, N, G)
         return rearrange(z, "b n (g m) -> b (n g) m", g=self.mel_per_latent)  # (B, 4N, M)
 
     def to(self, device: str | torch.device) -> MelCodec:
         self.mean, self.std = self.mean.to(device), self.std.to(device)
+        self.basis, self.scale = self.basis.to(device), self.scale.to(device)
         return self
 
     # -- persistence ------------------------------------------------------------------------------------------
@@ -177,7 +223,10 @@ class MelCodec(LatentCodec):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / ".mel_codec_stats.safetensors.tmp"
-        save_file({"mean": self.mean.cpu().contiguous(), "std": self.std.cpu().contiguous()}, str(tmp))
+        tensors = {"mean": self.mean.cpu().contiguous(), "std": self.std.cpu().contiguous()}
+        if self.components:
+            tensors.update(basis=self.basis.cpu().contiguous(), scale=self.scale.cpu().contiguous())
+        save_file(tensors, str(tmp))
         os.replace(tmp, directory / "mel_codec_stats.safetensors")
         self._write_json(
             directory,
@@ -186,6 +235,8 @@ class MelCodec(LatentCodec):
                 "mel_per_latent": self.mel_per_latent,
                 "count": self.count,
                 "min_std": self.min_std,
+                "components": self.components,
+                "explained_variance": self.explained_variance,
                 "stats": "mel_codec_stats.safetensors",
             },
         )
@@ -206,6 +257,10 @@ class MelCodec(LatentCodec):
             std=stats["std"],
             count=int(meta.get("count", 0)),
             min_std=float(meta.get("min_std", 1e-3)),
+            components=int(meta.get("components", 0)),  # codecs saved before the projection existed: none
+            basis=stats.get("basis"),
+            scale=stats.get("scale"),
+            explained_variance=float(meta.get("explained_variance", 1.0)),
         )
 
 

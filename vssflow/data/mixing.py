@@ -17,7 +17,9 @@ We store log-mels, not waveforms, so the target is mixed in the mel magnitude do
 the magnitude of their sum up to a phase term, which is the usual approximation of mel-domain mixing.
 
 Phonemes leave the mix as a frame-level sequence on the 25 Hz latent grid (``latent_frames(duration)`` ids with 0
-where nobody speaks), so that the model's "spread the ids uniformly over the clip" leaves it unchanged.
+where nobody speaks): the speech clip's phonemes laid out as the model's ``phoneme_layout`` lays them (over the
+clip, or over its speech span by duration), then placed at the onset; every layout leaves such a sequence
+unchanged.
 
 Shape letters: T_sem semantic frames (10 fps), T_lip lip / T_sync sync frames (25 fps), T_mel mel frames (100 fps),
 P phonemes.
@@ -49,6 +51,37 @@ def stretch_phonemes(phonemes: np.ndarray, n_frames: int) -> np.ndarray:
         return np.zeros(max(n_frames, 0), np.int16)
     idx = np.minimum((np.arange(n_frames) * len(phonemes)) // n_frames, len(phonemes) - 1)
     return phonemes[idx].astype(np.int16)
+
+
+def speech_phoneme_frames(speech: ClipFeatures, layout: str = "clip") -> np.ndarray:
+    """The speech clip's phonemes on its own 25 Hz latent grid, laid out as the model's ``phoneme_layout`` would
+    (``clip``: stretched over the clip; ``span``/``duration``: over its speech span, by duration for the latter).
+
+    Returns:
+        (latent_frames(speech.duration_s),) int16 ids, 0 where nobody speaks. Such a frame-level sequence (one id per
+        frame, no span, equal durations) is left unchanged by every layout, so the mixture keeps this timing.
+    """
+    n = latent_frames(speech.duration_s)
+    if layout == "clip" or speech.phonemes is None or len(speech.phonemes) == 0:
+        return stretch_phonemes(np.asarray(speech.phonemes if speech.phonemes is not None else []), n)
+    import torch
+
+    from vssflow.model.conditions import layout_phonemes
+
+    ids = torch.as_tensor(np.asarray(speech.phonemes, np.int64))[None]  # (1, P)
+    span = speech.speech_span if speech.speech_span is not None else (0.0, speech.duration_s)
+    durations = None
+    if layout == "duration" and speech.phoneme_durations is not None:
+        durations = torch.as_tensor(np.asarray(speech.phoneme_durations, np.float32))[None]
+    frames = layout_phonemes(
+        ids,
+        torch.tensor([ids.shape[1]]),
+        torch.tensor([n]),
+        n,
+        span=torch.tensor([[float(span[0]) * LATENT_HZ, float(span[1]) * LATENT_HZ]]),
+        durations=durations,
+    )
+    return frames[0].numpy().astype(np.int16)
 
 
 def _fit(x: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
@@ -91,6 +124,7 @@ def mix_clips(
     mode: str | None = None,
     gain_range: tuple[float, float] = (0.3, 0.7),
     floor: float = LOG_MEL_FLOOR,
+    phoneme_layout: str = "clip",
 ) -> ClipFeatures:
     """Build one joint clip from a sound (V2S) clip and a speech (VisualTTS) clip.
 
@@ -101,6 +135,8 @@ def mix_clips(
         mode: ``"add"`` or ``"insert"``; ``None`` draws one uniformly.
         gain_range: range of the sound's gain under the speech in ``"add"`` mode (paper: U(0.3, 0.7)).
         floor: log-mel value of silence (pads and the clamp of the mixed magnitudes).
+        phoneme_layout: the model's ``ModelConfig.phoneme_layout`` (how the speech clip's phonemes are laid out on
+            its frames before they are placed at the onset).
     Returns:
         A ``ClipFeatures`` with ``task="joint"``: mel (T_mel, 64), sem (T_sem, D), lip (T_lip, ...) zero before the
         onset, phonemes (latent_frames(duration),) frame-level ids, speaker of the speech clip; ``meta`` records
@@ -174,7 +210,7 @@ def mix_clips(
         )
     phonemes = None
     if speech.phonemes is not None:
-        frames = stretch_phonemes(speech.phonemes, latent_frames(speech.duration_s))
+        frames = speech_phoneme_frames(speech, phoneme_layout)
         phonemes = _place(np.zeros(latent_frames(duration), np.int16), frames, int(onset * LATENT_HZ), mode="insert")
 
     meta = {

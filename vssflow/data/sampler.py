@@ -37,6 +37,7 @@ class SamplerConfig:
             batches; 0 disables a task. Joint batches need V2S and TTS clips in the stream.
         buffer_size: rows held for bucketing and task choice (larger = better buckets and mix, more memory).
         seed: base seed of the per-epoch, per-rank random streams.
+        phoneme_layout: the model's phoneme layout, used to lay out the speech of joint mixtures.
     """
 
     batch_size: int = 4
@@ -45,6 +46,7 @@ class SamplerConfig:
     joint_weight: float = 0.5
     buffer_size: int = 64
     seed: int = 0
+    phoneme_layout: str = "clip"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -129,7 +131,10 @@ class BucketSampler:
         if task == "joint" and len(self.pools["joint"]) < bs:
             sounds, speeches = self._take_bucket(self.pools["v2s"]), self._take_bucket(self.pools["tts"])
             speeches = [speeches[i] for i in self.rng.permutation(bs)]
-            clips = [mix_clips(s, sp, rng=self.rng) for s, sp in zip(sounds, speeches, strict=True)]
+            layout = self.config.phoneme_layout
+            clips = [
+                mix_clips(s, sp, rng=self.rng, phoneme_layout=layout) for s, sp in zip(sounds, speeches, strict=True)
+            ]
             return Batch("joint", clips, [_clip_id(c) for c in sounds + speeches])
         clips = self._take_bucket(self.pools[task])
         return Batch(task, clips, [_clip_id(c) for c in clips])

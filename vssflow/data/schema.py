@@ -17,6 +17,8 @@ stored unpadded; readers pad to the clip's duration bucket (``bucket_frames``) s
 | lip | list<fixed_size_list<uint8, 1024>> or <float16, D_lip> (nullable) | (T_lip, 32, 32) crops at LIP_FPS |
 | sync | list<fixed_size_list<uint8, 1024>> (nullable) | (T_sync, 32, 32) grayscale frame thumbnails at SYNC_FPS |
 | phonemes | list<int16> (nullable) | (P,) ids of the versioned phoneme vocabulary |
+| phoneme_durations | list<float32> (nullable) | (P,) relative durations of the phonemes (espeak-ng timing) |
+| speech_span | list<float32> (nullable) | (2,) start, end seconds of the speech in the clip |
 | speaker_emb | list<float32> (nullable) | (SPEAKER_DIM,) reference-voice embedding, length checked on read |
 | mel | list<fixed_size_list<float16, 64>> | (T_mel, 64) target log-mel at MEL_FPS |
 | decode_node, encode_node | string | where the row was decoded / encoded (Ray node id, or host) |
@@ -70,7 +72,7 @@ __all__ = [
     "check_features",
 ]
 
-SCHEMA_VERSION = "2"  # 2: the sync column
+SCHEMA_VERSION = "3"  # 2: the sync column; 3: phoneme_durations and speech_span
 BUCKETS_S: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
 LIP_CROP_DIM = LIP_SIZE * LIP_SIZE  # 1024: one flattened 32x32 crop
 SYNC_FRAME_DIM = SYNC_SIZE * SYNC_SIZE  # 1024: one flattened 32x32 thumbnail
@@ -121,6 +123,8 @@ def build_schema(*, sem_dim: int, lip_dim: int = 0, metadata: dict[str, str] | N
         pa.field("lip", lip_type),
         pa.field("sync", _ts(pa.uint8(), SYNC_FRAME_DIM)),
         pa.field("phonemes", pa.list_(pa.int16())),
+        pa.field("phoneme_durations", pa.list_(pa.float32())),
+        pa.field("speech_span", pa.list_(pa.float32())),
         pa.field("speaker_emb", pa.list_(pa.float32())),
         pa.field("mel", _ts(pa.float16(), N_MELS), nullable=False),
         pa.field("decode_node", pa.string()),
@@ -213,6 +217,10 @@ def check_features(f: ClipFeatures, *, sem_dim: int | None = None, lip_dim: int 
         raise bad(f"speaker has shape {tuple(f.speaker.shape)}, expected ({SPEAKER_DIM},)")
     if f.phonemes is not None and f.phonemes.ndim != 1:
         raise bad(f"phonemes have shape {tuple(f.phonemes.shape)}, expected (P,)")
+    if f.phoneme_durations is not None and (f.phonemes is None or f.phoneme_durations.shape != f.phonemes.shape):
+        raise bad(f"phoneme_durations have shape {tuple(f.phoneme_durations.shape)}, expected one per phoneme")
+    if f.speech_span is not None and not (len(f.speech_span) == 2 and 0 <= f.speech_span[0] < f.speech_span[1]):
+        raise bad(f"speech_span {tuple(f.speech_span)} is not (start, end) seconds with start < end")
 
 
 # ----------------------------------------------------------------------------------------------- metadata
@@ -270,6 +278,8 @@ def features_to_row(f: ClipFeatures) -> dict:
         "lip": f.lip,
         "sync": f.sync,
         "phonemes": f.phonemes,
+        "phoneme_durations": f.phoneme_durations,
+        "speech_span": None if f.speech_span is None else np.asarray(f.speech_span, np.float32),
         "speaker_emb": f.speaker,
         "mel": f.mel,
         "decode_node": m.get("decode_node"),
@@ -292,7 +302,17 @@ def row_to_features(row: dict) -> ClipFeatures:
         speaker=row["speaker_emb"],
         mel=row["mel"],
         meta=meta,
+        speech_span=None if row.get("speech_span") is None else tuple(float(x) for x in row["speech_span"]),
+        phoneme_durations=row.get("phoneme_durations"),
     )
+
+
+_LIST_COLUMNS = {
+    "speaker_emb": np.float32,
+    "phonemes": np.int16,
+    "phoneme_durations": np.float32,
+    "speech_span": np.float32,
+}  # fmt: skip  (plain list columns: dtype of their values)
 
 
 def _ragged(values: list[np.ndarray | None], field: pa.Field) -> pa.Array:
@@ -316,8 +336,8 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
         vals = [r.get(field.name) for r in rows]
         if field.name in _TS_COLUMNS:
             cols.append(_ragged(vals, field))
-        elif field.name in ("speaker_emb", "phonemes"):
-            dtype = np.float32 if field.name == "speaker_emb" else np.int16
+        elif field.name in _LIST_COLUMNS:
+            dtype = _LIST_COLUMNS[field.name]
             cols.append(pa.array([None if v is None else np.asarray(v, dtype).reshape(-1) for v in vals], field.type))
         else:
             cols.append(pa.array(vals, type=field.type))
@@ -341,8 +361,8 @@ def _column_rows(arr: pa.Array, name: str, lip_dim: int) -> list:
             frames = frames.reshape(-1, SYNC_SIZE, SYNC_SIZE)  # (sum T, 32, 32)
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
         return [None if nulls[i] else frames[offs[i] : offs[i + 1]] for i in range(len(arr))]
-    if name in ("speaker_emb", "phonemes"):
-        dtype = np.float32 if name == "speaker_emb" else np.int16
+    if name in _LIST_COLUMNS:
+        dtype = _LIST_COLUMNS[name]
         offs = arr.offsets.to_numpy()
         flat = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         nulls = arr.is_null().to_numpy(zero_copy_only=False)

@@ -47,6 +47,7 @@ SPEECH_TASKS = ("tts", "joint")  # tasks with a face, a transcript and a speaker
 FROM_VIDEO = "from_video"
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
 _NO_AUDIO = np.zeros(0, np.float32)
+_NO_SPAN = np.zeros(0, np.float32)  # speech span unknown
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,25 @@ class Extractors:
 # ------------------------------------------------------------------------------------------------------ stages
 CLIP_KEYS = (
     "clip_id", "video", "task", "audio", "start", "end", "transcript", "speaker_id", "reference_audio",
-    "speech_stem", "split", "licence", "source", "events_json",
+    "speech_stem", "split", "licence", "source", "events_json", "span_start", "span_end",
 )  # fmt: skip
+
+
+def _manifest_span(row: dict) -> tuple[float, float] | None:
+    """The speech span a manifest row gives, in seconds from its ``start``: the user's ``speech_span``
+    ("START,END" or a pair), else the span of its phoneme or word timing, else ``extra.speech_start/_end``."""
+    from vssflow.features.span import parse_span, span_from_timing
+
+    if row.get("speech_span") not in (None, ""):
+        return parse_span(row["speech_span"], source=f"{row.get('clip_id')}: speech_span")
+    for key in ("phonemes", "words"):
+        span = span_from_timing(row.get(key))
+        if span is not None:
+            return span
+    extra = {**row, **(row.get("extra") or {})}  # a ManifestRow's dict has its extra keys at the top level
+    if extra.get("speech_start") is not None and extra.get("speech_end") is not None:
+        return float(extra["speech_start"]), float(extra["speech_end"])
+    return None
 
 
 def row_dict(row) -> dict:
@@ -175,6 +193,10 @@ def row_dict(row) -> dict:
     if "events_json" in row:
         events = json.loads(row["events_json"] or "[]")
     end = row.get("end")
+    if "span_start" in row:  # already a clip dict
+        span = (float(row["span_start"]), float(row["span_end"]))
+    else:
+        span = _manifest_span(row) or (float("nan"), float("nan"))
     return {
         "clip_id": str(row["clip_id"]),
         "video": str(row["video"]),
@@ -190,6 +212,8 @@ def row_dict(row) -> dict:
         "licence": str(row.get("licence") or ""),
         "source": str(row.get("source") or ""),
         "events_json": json.dumps([{"time": float(e["time"]), "class": str(e["class"])} for e in events]),
+        "span_start": span[0],  # the speech span in seconds from ``start``; NaN: not known from the row
+        "span_end": span[1],
     }
 
 
@@ -264,8 +288,19 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
         sync = sync_thumbnails(frames_25)  # (T_sync, 32, 32): small enough to carry through every stage
     else:
         sync = np.zeros((0, SYNC_SIZE, SYNC_SIZE), np.uint8)
+    span = None
+    if speech:
+        from vssflow.features.span import clamp_span, span_from_voice_activity
+
+        span = (float(row.get("span_start", math.nan)), float(row.get("span_end", math.nan)))
+        if not all(math.isfinite(x) for x in span):  # no timing in the row: voice activity of the speech audio
+            stem = _slice_audio(read_audio(row["speech_stem"]), start, duration) if row.get("speech_stem") else None
+            span = span_from_voice_activity(stem if stem is not None else audio) if (
+                stem is not None or row["task"] == "tts") else None  # fmt: skip
+        span = clamp_span(span, duration)
     return {
         **row,
+        "speech_span": _NO_SPAN if span is None else np.asarray(span, np.float32),
         "duration_s": float(duration),
         "bucket_s": float(bucket),
         "sem_frames": frames_at(SEM_FPS),
@@ -277,17 +312,21 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
 
 
 def phonemize_clip(row: dict, g2p=None, *, backend: str = "espeak") -> dict:
-    """Add ``phonemes`` (P,) int16 from ``transcript`` (empty when there is none). Raises TranscriptError."""
+    """Add ``phonemes`` (P,) int16 and their relative ``phoneme_durations`` (P,) float32 from ``transcript`` (empty
+    when there is none). Raises TranscriptError."""
+    from vssflow.text.durations import phoneme_durations
+
     text = row.get("transcript")
     if not text:
-        return {**row, "phonemes": np.zeros(0, np.int16)}
+        return {**row, "phonemes": np.zeros(0, np.int16), "phoneme_durations": np.zeros(0, np.float32)}
     if g2p is None:
         from vssflow.text import g2p as g2p_fn
 
         seq = g2p_fn(text, backend=backend, source=str(row["clip_id"]))
     else:
         seq = g2p(text, source=str(row["clip_id"]))
-    return {**row, "phonemes": np.asarray(seq.ids, np.int16)}
+    durations = phoneme_durations(seq.text, seq.symbols)  # (P,) espeak-ng's relative timing of the transcript
+    return {**row, "phonemes": np.asarray(seq.ids, np.int16), "phoneme_durations": durations}
 
 
 def encode_clip(row: dict, extractors: Extractors) -> dict:
@@ -335,16 +374,23 @@ def to_features(row: dict) -> ClipFeatures:
     speaker = _present(row.get("speaker"))
     if speaker is not None and speaker.shape != (SPEAKER_DIM,):
         raise InputError(f"speaker embedding has shape {speaker.shape}", source=str(row.get("clip_id")))
+    phonemes = _present(row.get("phonemes"))
+    durations = _present(row.get("phoneme_durations"))
+    if phonemes is None or durations is None or durations.shape != phonemes.shape:
+        durations = None
+    span = _present(row.get("speech_span"))
     return ClipFeatures(
         duration_s=float(row["duration_s"]),
         task=str(row["task"]),
         sem=np.asarray(row["sem"]),
         lip=_present(row.get("lip")),
         sync=_present(row.get("sync")),
-        phonemes=_present(row.get("phonemes")),
+        phonemes=phonemes,
         speaker=speaker,
         mel=np.asarray(row["mel"]),
         meta=meta,
+        speech_span=None if span is None else (float(span[0]), float(span[1])),
+        phoneme_durations=None if durations is None else np.asarray(durations, np.float32),
     )
 
 

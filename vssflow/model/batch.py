@@ -39,6 +39,10 @@ class ConditionBatch:
         speaker: (B, speaker_dim) float32.
         *_present: (B,) bool presence masks (False = the clip has no such condition).
         tasks: task name per clip ("v2s", "tts", "joint").
+        speech_span: (B, 2) float32 [start, end) of each clip's speech in latent frames (the whole clip when the
+            clip gives none); None when no clip of the batch has phonemes.
+        phoneme_durations: (B, P) float32 relative phoneme durations (1 where a clip gives none), aligned with
+            ``phonemes``; None when no clip of the batch has phonemes.
     """
 
     n_frames: torch.Tensor
@@ -56,6 +60,8 @@ class ConditionBatch:
     tasks: tuple[str, ...] = ()
     sync: torch.Tensor | None = None
     sync_present: torch.Tensor | None = None  # None: no sync field at all (same as all False)
+    speech_span: torch.Tensor | None = None
+    phoneme_durations: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -179,6 +185,17 @@ def _check_clip(clip: ClipFeatures, cfg: ModelConfig) -> None:
                 f"phonemes: expected {exp}, got ids in [{a.min()}, {a.max()}]; check the phoneme vocabulary version",
                 source=source,
             )
+    if clip.speech_span is not None:
+        span = tuple(float(x) for x in clip.speech_span)
+        if len(span) != 2 or not all(math.isfinite(x) for x in span) or not 0 <= span[0] < span[1] <= d + 0.05:
+            raise InputError(
+                f"speech_span: expected 0 <= start < end <= {d:.2f} s (the clip), got {clip.speech_span}",
+                source=source,
+            )
+    if clip.phoneme_durations is not None and clip.phonemes is not None:
+        a = np.asarray(clip.phoneme_durations)
+        if a.shape != np.asarray(clip.phonemes).shape or not np.isfinite(a).all() or (a < 0).any():
+            fail("phoneme_durations", "(P,) non-negative floats, one per phoneme", a)
     if clip.speaker is not None:
         a = np.asarray(clip.speaker)
         if a.shape != (cfg.speaker_dim,) or not np.issubdtype(a.dtype, np.floating):
@@ -253,14 +270,22 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
                 a = _fit_length(np.asarray(c.sync, dtype=np.uint8), frames[i])
                 sync[i, : frames[i]] = torch.from_numpy(np.array(a))  # a copy: shard arrays are read-only views
 
-    phonemes, ph_len = None, torch.zeros(b, dtype=torch.long)
+    phonemes, ph_len, span, durations = None, torch.zeros(b, dtype=torch.long), None, None
     if ph_present.any():
         p = max(np.asarray(c.phonemes).shape[0] for c, q in zip(clips, ph_present, strict=True) if q)
         phonemes = torch.zeros(b, p, dtype=torch.long)
+        durations = torch.ones(b, p, dtype=torch.float32)
+        span = torch.stack([torch.zeros(b), torch.tensor(frames, dtype=torch.float32)], dim=1)  # (B, 2) whole clips
         for i, c in enumerate(clips):
             if ph_present[i]:
                 a = torch.as_tensor(np.asarray(c.phonemes, dtype=np.int64))
                 phonemes[i, : a.shape[0]], ph_len[i] = a, a.shape[0]
+                if c.phoneme_durations is not None and len(c.phoneme_durations) == a.shape[0]:
+                    durations[i, : a.shape[0]] = torch.as_tensor(np.asarray(c.phoneme_durations, np.float32))
+            if c.speech_span is not None:
+                start, end = (float(x) * LATENT_HZ for x in c.speech_span)
+                span[i, 0] = min(max(start, 0.0), frames[i] - 1.0)
+                span[i, 1] = min(max(end, span[i, 0] + 1.0), frames[i])
 
     speaker = None
     if spk_present.any():
@@ -285,4 +310,6 @@ def collate(clips: Sequence[ClipFeatures], cfg: ModelConfig, *, n_frames: int | 
         tasks=tuple(c.task for c in clips),
         sync=sync,
         sync_present=sync_present,
+        speech_span=span,
+        phoneme_durations=durations,
     )

@@ -131,6 +131,48 @@ def spread_phonemes(phonemes: torch.Tensor, lengths: torch.Tensor, n_frames: tor
     return torch.where(j < n_frames[:, None], ids, torch.zeros_like(ids))
 
 
+def layout_phonemes(
+    phonemes: torch.Tensor,
+    lengths: torch.Tensor,
+    n_frames: torch.Tensor,
+    n: int,
+    *,
+    span: torch.Tensor,
+    durations: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lay each clip's phonemes over its speech span, in proportion to their durations (``span``/``duration``
+    layouts of :class:`~vssflow.model.config.ModelConfig`).
+
+    Args:
+        phonemes: (B, P) long ids, 0-padded.
+        lengths: (B,) number of real phonemes per clip.
+        n_frames: (B,) latent frames per clip.
+        n: padded number of frames N.
+        span: (B, 2) float [start, end) of the speech in latent frames (fractional; clamped to the clip).
+        durations: (B, P) float relative durations (any scale, >= 0); None = equal durations.
+
+    Returns:
+        (B, N) long: the frame whose centre lies at fraction u of the span carries the phoneme whose share of the
+        cumulative duration covers u; frames outside the span (and beyond the clip) carry 0 ("none" = silence).
+    """
+    b, p = phonemes.shape
+    dev = phonemes.device
+    real = torch.arange(p, device=dev)[None] < lengths[:, None]  # (B, P)
+    w = real.float() if durations is None else durations.float().clamp(min=0) * real
+    w = torch.where(w.sum(dim=1, keepdim=True) > 0, w, real.float())  # all-zero durations: equal shares
+    cum = w.cumsum(dim=1) / w.sum(dim=1, keepdim=True).clamp(min=1e-9)  # (B, P) end of phoneme i as a fraction
+    nf = n_frames.to(torch.float32)[:, None]  # (B, 1)
+    start = span[:, :1].float().clamp(min=0.0).minimum(nf)  # (B, 1)
+    end = span[:, 1:].float().minimum(nf).maximum(start + 1.0)  # at least one frame of speech
+    centre = torch.arange(n, device=dev, dtype=torch.float32)[None] + 0.5  # (1, N)
+    u = (centre - start) / (end - start)  # (B, N): position in the span, [0, 1) inside it
+    idx = torch.searchsorted(cum.contiguous(), u.clamp(0.0, 1.0).contiguous(), right=True)  # (B, N)
+    idx = idx.clamp(max=(lengths - 1).clamp(min=0)[:, None])
+    ids = torch.gather(phonemes, 1, idx)  # (B, N)
+    inside = (u >= 0) & (u < 1) & (centre < nf) & (lengths[:, None] > 0)
+    return torch.where(inside, ids, torch.zeros_like(ids))
+
+
 def sem_to_grid(sem: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
     """Nearest-in-time resampling of 10 fps frames (B, S, D) to the 25 Hz latent grid -> (B, N, D)."""
     j = torch.arange(n, device=sem.device)[None]  # (1, N)
@@ -211,7 +253,7 @@ class ConditionEncoder(nn.Module):
         if cfg.phoneme_placement == "context":
             ph = self.absent_phonemes.expand(b, n, -1)
             if cond.phonemes is not None:
-                ids = spread_phonemes(cond.phonemes, cond.phoneme_lengths, cond.n_frames, n)  # (B, N)
+                ids = self._phoneme_frames(cond, n)  # (B, N)
                 ph = torch.where(keep["phonemes"][:, None, None], self.phoneme_emb(ids).to(dtype), ph)
             context.append(ph)
         else:
@@ -239,6 +281,17 @@ class ConditionEncoder(nn.Module):
             cross_mask=torch.cat([m for _, m in cross], dim=1),  # (B, M)
             frame_mask=frame_mask,
         )
+
+    def _phoneme_frames(self, cond: ConditionBatch, n: int) -> torch.Tensor:
+        """(B, N) phoneme id per latent frame, by ``cfg.phoneme_layout`` (clip / span / duration)."""
+        layout = self.cfg.phoneme_layout
+        if layout == "clip":
+            return spread_phonemes(cond.phonemes, cond.phoneme_lengths, cond.n_frames, n)
+        span = cond.speech_span
+        if span is None:  # no span known: the whole clip
+            span = torch.stack([torch.zeros_like(cond.n_frames), cond.n_frames], dim=1).float()
+        durations = cond.phoneme_durations if layout == "duration" else None
+        return layout_phonemes(cond.phonemes, cond.phoneme_lengths, cond.n_frames, n, span=span, durations=durations)
 
     @staticmethod
     def _with_absent(

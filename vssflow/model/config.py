@@ -20,8 +20,10 @@ from typing import Any
 from vssflow.constants import LIP_SIZE, MAX_SECONDS, MEL_PER_LATENT, N_MELS, SPEAKER_DIM, latent_frames
 
 PLACEMENTS = ("cross", "context")
+FULL_LATENT = MEL_PER_LATENT * N_MELS  # 256: four grouped mel frames, no projection
 TIME_CONDITIONING = ("token", "adaln")
 LIP_INPUTS = ("crops", "features")
+PHONEME_LAYOUTS = ("clip", "span", "duration")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class ModelConfig:
         cross_dim: width of the cross-attention tokens (semantic frames, speaker, and any condition placed there).
         cross_kv_heads: key/value heads of cross-attention (grouped-query attention); None = ``heads``.
         ff_mult: SwiGLU inner size = ff_mult * width.
-        latent_dim: channels of the audio latent (codec: 4 mel frames x 64 bins = 256).
+        latent_dim: channels of the audio latent (codec: 4 mel frames x 64 bins = 256, or that many principal
+            components of them). Never more than ``width``: the output layer maps width -> latent_dim, so a wider
+            latent leaves latent_dim - width directions of every sample at their initial noise (checked).
         sem_dim: semantic frame embedding size (MobileNetV2 pooled = 1280, CLIP ViT-B/16 = 768).
         speaker_dim: speaker embedding size.
         lip_input: "crops" = (T, 32, 32) uint8 mouth crops encoded by a small trainable CNN inside the model;
@@ -47,6 +51,9 @@ class ModelConfig:
         phoneme_vocab: size of the phoneme id vocabulary (id 0 = none / padding).
         phoneme_dim: phoneme embedding size.
         sem_placement, phoneme_placement, lip_placement, sync_placement: "cross" or "context" (module docstring).
+        phoneme_layout: where in-context phonemes go on the latent grid: "clip" (the paper: stretched uniformly
+            over the whole clip), "span" (uniformly over the clip's speech span) or "duration" (over the span, each
+            phoneme in proportion to its espeak-ng duration for the transcript).
         time_conditioning: "token" (a prepended time token, as the paper's Stable-Audio backbone) or "adaln"
             (adaLN-Zero, as DiT).
         rope: fraction of each head's dims that get rotary position embedding (paper: 0.5 = 32 of 64).
@@ -60,7 +67,7 @@ class ModelConfig:
     cross_dim: int = 128
     cross_kv_heads: int | None = None
     ff_mult: float = 4.0
-    latent_dim: int = MEL_PER_LATENT * N_MELS
+    latent_dim: int = 128
     sem_dim: int = 1280
     speaker_dim: int = SPEAKER_DIM
     lip_input: str = "crops"
@@ -73,6 +80,7 @@ class ModelConfig:
     phoneme_placement: str = "context"
     lip_placement: str = "context"
     sync_placement: str = "context"
+    phoneme_layout: str = "duration"
     time_conditioning: str = "token"
     rope: float = 0.5
     time_freq_dim: int = 256
@@ -86,8 +94,16 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.time_conditioning={self.time_conditioning!r}; expected one of {TIME_CONDITIONING}"
             )
+        if self.phoneme_layout not in PHONEME_LAYOUTS:
+            raise ValueError(f"ModelConfig.phoneme_layout={self.phoneme_layout!r}; expected one of {PHONEME_LAYOUTS}")
         if self.lip_input not in LIP_INPUTS:
             raise ValueError(f"ModelConfig.lip_input={self.lip_input!r}; expected one of {LIP_INPUTS}")
+        if self.latent_dim > self.width:
+            raise ValueError(
+                f"ModelConfig: latent_dim {self.latent_dim} > width {self.width}: the output layer could reach only "
+                f"{self.width} of the latent's {self.latent_dim} directions and the rest of every sample would stay "
+                f"noise; use width >= latent_dim or a latent of <= {self.width} channels (MelCodec(components=...))"
+            )
         if self.width % self.heads:
             raise ValueError(f"ModelConfig: width {self.width} is not divisible by heads {self.heads}")
         if self.heads % self.kv_heads:
@@ -144,23 +160,29 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Rebuild from ``to_dict()`` output (config.json); an unknown key is an error, a missing one a default
-        (except ``sync_dim``: a config written before the sync stream existed describes a model without it)."""
+        (except ``sync_dim`` and ``phoneme_layout``: a config written before the sync stream existed describes a model
+        without it, one written before phoneme layouts existed spread phonemes over the clip)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**{"sync_dim": 0, **d})
+        return cls(**{"sync_dim": 0, "phoneme_layout": "clip", **d})
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
 # ---- presets ---------------------------------------------------------------------------------------------------
+# The tiny preset is 128 wide: its latent is the 128 principal components of the 256 grouped mel channels
+# (MelCodec(components=128), 99+ % of the variance), so the output layer reaches every latent direction.
 TINY = ModelConfig()
-SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64, sync_dim=64)
+SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64, sync_dim=64, latent_dim=FULL_LATENT)
 # The paper's backbone size (10 blocks, 24 heads x 64, GQA cross-attention with 12 kv heads of width 768, SwiGLU 4x);
 # the condition front-ends follow our features (MobileNetV2 semantics, mouth crops, sync thumbnails), not the
 # paper's frozen encoders (CLIP, AV-HuBERT, Synchformer); the sync stream is as wide as the paper's (768).
-PAPER = ModelConfig(depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024, sync_dim=768)
+PAPER = ModelConfig(
+    depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024, sync_dim=768,
+    latent_dim=FULL_LATENT, phoneme_layout="clip",
+)  # fmt: skip
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "small": SMALL, "paper": PAPER}
