@@ -47,6 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use synthesized event sounds even when the Debian recordings are installed",
     )
+    parser.add_argument(
+        "--text",
+        choices=("grid", "sentences"),
+        default="grid",
+        help="clip sentences: grid (GRID grammar, 61,440 sentences; default) or sentences (the 32 fixed ones)",
+    )
+    parser.add_argument(
+        "--held-out-voices",
+        type=int,
+        default=2,
+        help="espeak voices kept out of train, heard only in val/test (default 2 of 8)",
+    )
     parser.add_argument("--size", type=int, default=128, help="frame width and height in pixels (default 128)")
     parser.add_argument("--fps", type=int, default=25, help="video frame rate (default 25)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
@@ -67,13 +79,16 @@ def run(args: argparse.Namespace) -> int:
         mix=args.mix,
         real_speech=args.real_speech,
         real_sounds=not args.synth_sounds_only,
+        text=args.text,
+        held_out_voices=args.held_out_voices,
         size=args.size,
         fps=args.fps,
         workers=args.workers,
     )
     print(
         f"vssflow synth: writing {cfg.clips} clips (seed {cfg.seed}, {cfg.duration[0]}-{cfg.duration[1]} s, "
-        f"mix v2s/tts/joint {cfg.mix}) to {cfg.out} with {cfg.workers} workers",
+        f"mix v2s/tts/joint {cfg.mix}, text {cfg.text}, {cfg.held_out_voices} held-out voices) to {cfg.out} "
+        f"with {cfg.workers} workers",
         flush=True,
     )
 

@@ -24,17 +24,27 @@ from vssflow.constants import SAMPLE_RATE, TASKS
 from vssflow.data.manifest import Event, ManifestRow, TimedLabel, write_manifest
 from vssflow.errors import AssetError, InputError
 from vssflow.synth import assets, espeak, scenes
-from vssflow.synth.sentences import REFERENCE_SENTENCES, SENTENCES, SPEAKERS
+from vssflow.synth.sentences import REFERENCE_SENTENCES, SPEAKERS, TEXTS, clip_sentence, num_sentences, sentence_split
 from vssflow.synth.sounds import CLASSES
 
 SYNTH_LICENCE = "CC0-1.0"  # what vssflow renders and espeak-ng speaks for the corpus
 REAL_SPEAKER = "asterisk-allison"
+HELD_OUT_SHARE = 0.5  # share of the val/test espeak clips spoken by a held-out voice (when some are held out)
+LEAD_S = (0.12, 0.25)  # silence before the speech (>= 3 video frames: the mouth is seen closed first)
+TAIL_S = (0.1, 0.25)  # silence after it
 
 
 @dataclass(frozen=True)
 class CorpusConfig:
     """What to write. ``mix`` is the share of v2s, tts and joint clips; ``real_speech`` the share of tts clips
-    spoken by the real (asterisk) speaker when that package is installed."""
+    spoken by the real (asterisk) speaker when that package is installed.
+
+    ``text`` is where clip sentences come from: "grid" (the GRID grammar, 61,440 sentences) or "sentences" (the
+    32 fixed sentences of earlier corpora). A tts/joint clip's ``split`` follows its sentence
+    (:func:`~vssflow.synth.sentences.sentence_split` with the ``split`` fractions), so no sentence is in two
+    splits; v2s clips draw their split at random. The last ``held_out_voices`` of the ``n_speakers`` espeak
+    voices speak only val/test clips (:data:`HELD_OUT_SHARE` of them); the others speak in every split.
+    """
 
     out: str = "corpus"
     clips: int = 12
@@ -48,6 +58,8 @@ class CorpusConfig:
     n_speakers: int = len(SPEAKERS)
     refs_per_speaker: int = 2
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    text: str = "grid"
+    held_out_voices: int = 2
     workers: int = 2
     crf: int = 20
 
@@ -157,11 +169,24 @@ def _split(rng: np.random.Generator, split: tuple[float, float, float]) -> str:
     return str(rng.choice(["train", "val", "test"], p=np.asarray(split) / sum(split)))
 
 
-def _duration(rng, cfg: CorpusConfig, need: float = 0.0) -> tuple[float, int]:
+def _duration(rng, cfg: CorpusConfig) -> tuple[float, int]:
     lo, hi = cfg.duration
-    d = max(float(rng.uniform(lo, hi)), min(need, hi))
-    n = max(1, int(round(d * cfg.fps)))
+    n = max(1, int(round(float(rng.uniform(lo, hi)) * cfg.fps)))
     return n / cfg.fps, n
+
+
+def _speech_duration(cfg: CorpusConfig, need: float) -> tuple[float, int]:
+    """The clip length for speech that needs ``need`` s with its lead and tail: ``need`` clamped to the range."""
+    lo, hi = cfg.duration
+    n = max(1, int(round(min(max(need, lo), hi) * cfg.fps)))
+    return n / cfg.fps, n
+
+
+def voice_sets(cfg: CorpusConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(seen, held_out) indices into :data:`SPEAKERS`: the last ``cfg.held_out_voices`` of the ``cfg.n_speakers``
+    voices are held out (val/test only), the rest speak in every split."""
+    n, h = cfg.n_speakers, cfg.held_out_voices
+    return tuple(range(n - h)), tuple(range(n - h, n))
 
 
 # ------------------------------------------------------------------------------------------------- speech
@@ -175,11 +200,15 @@ class _Utt:
     licence: str
     source: str
     face: int  # face identity index (one per speaker)
+    split: str  # the split of the transcript (sentence_split)
+    held_out: bool  # spoken by a held-out voice
 
 
-def _speak(rng: np.random.Generator, cfg: CorpusConfig, max_s: float, real: bool) -> _Utt:
+def _speak(rng: np.random.Generator, cfg: CorpusConfig, max_s: float, min_s: float, real: bool) -> _Utt:
     if real:
         prompts = [p for p in _clip_prompts() if p.duration <= max_s]
+        filling = [p for p in prompts if p.duration >= min_s]  # prompts that fill the shortest clip, where any do
+        prompts = filling or prompts
         if prompts:
             p = prompts[int(rng.integers(len(prompts)))]
             x = assets.trim_silence(assets.load_audio(p.path))
@@ -189,26 +218,40 @@ def _speak(rng: np.random.Generator, cfg: CorpusConfig, max_s: float, real: bool
                 wd = tuple(TimedLabel(*w) for w in aligned[0])
                 ph = tuple(TimedLabel(*q) for q in aligned[1] if q[0] != "SIL")
             src = f"asterisk:{p.name}" + ("; aligned:pocketsphinx" if aligned else "")
-            return _Utt(x, p.transcript, REAL_SPEAKER, ph, wd, assets.ASTERISK_LICENCE, src, len(SPEAKERS))
-    spk = int(rng.integers(cfg.n_speakers))
-    voice = SPEAKERS[spk]
-    order = rng.permutation(len(SENTENCES))
+            split = sentence_split(p.transcript, cfg.split)
+            return _Utt(x, p.transcript, REAL_SPEAKER, ph, wd, assets.ASTERISK_LICENCE, src, len(SPEAKERS), split,
+                        False)  # fmt: skip
+    seen, held = voice_sets(cfg)
+    # One draw picks the voice within its set, another whether a val/test clip gets a held-out voice: the voice
+    # then depends on the sentence's split only through the set, and retries below do not favour fast voices.
+    u_voice, u_held = (float(v) for v in rng.uniform(size=2))
+
+    def voice_for(split: str) -> int:
+        pool = held if held and split != "train" and u_held < HELD_OUT_SHARE else seen
+        return pool[int(u_voice * len(pool))]
+
     best = None
-    for k in order[:12]:
-        sp = espeak.synthesize(SENTENCES[k], voice)
-        if best is None or sp.duration < best[1].duration:
-            best = (SENTENCES[k], sp)
+    for _ in range(12):
+        text = clip_sentence(cfg.text, int(rng.integers(num_sentences(cfg.text))))
+        spk = voice_for(sentence_split(text, cfg.split))
+        sp = espeak.synthesize(text, SPEAKERS[spk])
+        if best is None or sp.duration < best[2].duration:
+            best = (text, spk, sp)
         if sp.duration <= max_s:
-            best = (SENTENCES[k], sp)
             break
-    text, sp = best
-    if sp.duration > max_s:  # keep the words that fit
-        words = [w for w in sp.words if w.end <= max_s - 0.05]
-        text = " ".join(w.label for w in words) or text.split()[0]
-        sp = espeak.synthesize(text, voice)
+    text, spk, sp = best
+    for _ in range(3):  # too long: keep the words that fit (a new text, so its split and maybe its voice change)
+        if sp.duration <= max_s:
+            break
+        words = [w.label for w in sp.words if w.end <= max_s - 0.05]
+        text = " ".join(words) or text.split()[0]
+        spk = spk if spk in seen or sentence_split(text, cfg.split) != "train" else voice_for("train")
+        sp = espeak.synthesize(text, SPEAKERS[spk])
     ph = tuple(TimedLabel(p.label, p.start, p.end) for p in sp.phonemes)
     wd = tuple(TimedLabel(w.label, w.start, w.end) for w in sp.words)
-    return _Utt(sp.audio, text, f"espeak-{spk:02d}", ph, wd, SYNTH_LICENCE, f"espeak-ng:{voice.name}", spk)
+    voice = SPEAKERS[spk]
+    return _Utt(sp.audio, text, f"espeak-{spk:02d}", ph, wd, SYNTH_LICENCE, f"espeak-ng:{voice.name}", spk,
+                sentence_split(text, cfg.split), spk in held)  # fmt: skip
 
 
 def _clip_prompts() -> list[assets.Prompt]:
@@ -251,12 +294,18 @@ def make_clip(cfg: CorpusConfig, index: int, task: str, out: Path, refs: dict[st
     licences, sources, extra = set(), [], {"synth_seed": cfg.seed, "synth_index": index}
     utt, lead = None, 0.0
     if task in ("tts", "joint"):
+        # the clip is lead + speech + tail (clamped to the duration range), so the speech fills most of it
         real = task == "tts" and REAL_SPEAKER in refs and rng.uniform() < cfg.real_speech
-        lead = float(rng.uniform(0.2, 0.5))
-        utt = _speak(rng, cfg, cfg.duration[1] - lead - 0.2, real)
-        duration, n = _duration(rng, cfg, need=lead + len(utt.audio) / SAMPLE_RATE + 0.2)
+        lead, tail = float(rng.uniform(*LEAD_S)), float(rng.uniform(*TAIL_S))
+        lo, hi = cfg.duration
+        utt = _speak(rng, cfg, hi - lead - tail, lo - lead - tail, real)
+        need = lead + len(utt.audio) / SAMPLE_RATE + tail
+        if need < lo:  # the shortest clip is longer than the speech needs: spread the extra silence around it
+            lead += float(rng.uniform()) * (lo - need)
+        duration, n = _speech_duration(cfg, need)
         licences.add(utt.licence)
         sources.append(utt.source)
+        extra["held_out_voice"] = utt.held_out
     else:
         duration, n = _duration(rng, cfg)
     n_samples = n * SAMPLE_RATE // fps
@@ -283,6 +332,9 @@ def make_clip(cfg: CorpusConfig, index: int, task: str, out: Path, refs: dict[st
         mouth_box = scenes.draw_face_frames(frames, opening, center=center, scale=scale, identity=ident)
         extra["mouth_box"] = list(mouth_box)
         extra["speech_start"] = round(lead, 4)
+        timed = utt.phonemes or utt.words
+        end = timed[-1].end if timed else len(utt.audio) / SAMPLE_RATE
+        extra["speech_end"] = round(min(lead + end, duration), 4)
     if box is not None:
         k_obj = int(rng.integers(1, 4)) if task == "v2s" else int(rng.integers(1, 3))
         classes = [CLASSES[j] for j in rng.choice(len(CLASSES), size=k_obj, replace=False)]
@@ -329,7 +381,7 @@ def make_clip(cfg: CorpusConfig, index: int, task: str, out: Path, refs: dict[st
         transcript=None if utt is None else utt.transcript,
         speaker_id=None if utt is None else utt.speaker,
         reference_audio=reference,
-        split=_split(rng, cfg.split),
+        split=_split(rng, cfg.split) if utt is None else utt.split,
         licence=" AND ".join(sorted(licences)) or SYNTH_LICENCE,
         source="vssflow-synth; " + "; ".join(sources) if sources else "vssflow-synth",
         events=tuple(events),
@@ -364,6 +416,11 @@ def write_corpus(cfg: CorpusConfig, *, progress=None) -> CorpusReport:
     lo, hi = cfg.duration
     if not (0.5 <= lo <= hi <= 10.0):
         raise InputError(f"--duration {lo}..{hi}: give 0.5 <= min <= max <= 10 seconds")
+    if cfg.text not in TEXTS:
+        raise InputError(f"--text {cfg.text}: give one of {', '.join(TEXTS)}")
+    if not 0 <= cfg.held_out_voices < cfg.n_speakers <= len(SPEAKERS):
+        raise InputError(f"--held-out-voices {cfg.held_out_voices}: give 0 to {cfg.n_speakers - 1} "
+                         f"(of {cfg.n_speakers} espeak voices; at most {len(SPEAKERS)})")  # fmt: skip
     t0 = time.perf_counter()
     out = Path(cfg.out)
     (out / "clips").mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,89 @@
-"""The fixed text of the embedded corpus: clip sentences, reference sentences (never used in clips), speakers.
+"""The text of the embedded corpus: GRID-like clip sentences, the older fixed sentences, reference sentences, speakers.
 
-Short sentences (3-8 words) so that a clip of 2-4 s holds one; plain words, no digits, so every G2P agrees.
+Clip text comes from one of two sources (``CorpusConfig.text``):
+
+* ``"grid"`` (default): the six-slot grammar of the GRID audio-visual corpus (Cooke et al. 2006; the paper's GRID
+  benchmark): command, colour, preposition, letter, digit, adverb, e.g. "bin blue at F two now". 4 x 4 x 4 x 24 x
+  10 x 4 = 61,440 sentences, so a corpus of any size has sentences that training never saw.
+* ``"sentences"``: the 32 fixed short sentences of earlier corpora (:data:`SENTENCES`).
+
+Which split a clip belongs to follows its sentence (:func:`sentence_split`, a stable hash of the normalised text), so
+train, val and test never share a sentence.
 """
 
-from vssflow.synth.espeak import Voice
+from __future__ import annotations
 
+import hashlib
+import math
+import re
+
+from vssflow.synth.espeak import Voice
+from vssflow.text.normalize import normalize_text
+
+TEXTS = ("grid", "sentences")
+SPLITS = ("train", "val", "test")
+
+# GRID's vocabulary. Letters are written as single capitals, which espeak-ng (speech and the espeak G2P), gruut and
+# CMUdict all read as the letter name ("F" -> ɛ f, "Y" -> w aɪ). Two are left out: W, as in GRID, and A, which every
+# G2P reads as the article (ə / ɐ) and espeak-ng even merges into the word before it ("at A" -> æɾə, one word
+# event fewer); no spelling of it ("ay", "eh", "eigh", ...) is read as eɪ by all three, so it is not used.
+GRID_COMMANDS = ("bin", "lay", "place", "set")
+GRID_COLOURS = ("blue", "green", "red", "white")
+GRID_PREPOSITIONS = ("at", "by", "in", "with")
+GRID_LETTERS = tuple("BCDEFGHIJKLMNOPQRSTUVXYZ")
+GRID_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+GRID_ADVERBS = ("again", "now", "please", "soon")
+GRID_SLOTS = (GRID_COMMANDS, GRID_COLOURS, GRID_PREPOSITIONS, GRID_LETTERS, GRID_DIGITS, GRID_ADVERBS)
+GRID_SIZE = math.prod(len(slot) for slot in GRID_SLOTS)  # 61,440
+
+
+def grid_sentence(index: int) -> str:
+    """GRID sentence number ``index`` (any int, taken modulo :data:`GRID_SIZE`), e.g. ``0`` -> "bin blue at B zero
+    again". The index is read in mixed radix over the six slots, the adverb varying fastest."""
+    k = index % GRID_SIZE
+    words = []
+    for slot in reversed(GRID_SLOTS):
+        k, j = divmod(k, len(slot))
+        words.append(slot[j])
+    return " ".join(reversed(words))
+
+
+def clip_sentence(text: str, index: int) -> str:
+    """Sentence ``index`` of the text source ``text`` ("grid" or "sentences"; the index is taken modulo its size)."""
+    if text == "grid":
+        return grid_sentence(index)
+    if text == "sentences":
+        return SENTENCES[index % len(SENTENCES)]
+    raise ValueError(f"text {text!r}: give one of {', '.join(TEXTS)}")
+
+
+def num_sentences(text: str) -> int:
+    """How many distinct sentences the text source ``text`` has."""
+    return {"grid": GRID_SIZE, "sentences": len(SENTENCES)}[text]
+
+
+def sentence_key(sentence: str) -> str:
+    """The form a sentence is compared and hashed in: normalised, lower-case words, no punctuation."""
+    text = normalize_text(sentence).lower()
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+
+
+def sentence_split(sentence: str, split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """The split ("train", "val" or "test") of ``sentence``: a stable hash (md5) of :func:`sentence_key` against the
+    cumulative ``split`` fractions (train, val, test; normalised). The same text always lands in the same split."""
+    total = float(sum(split))
+    if len(split) != 3 or min(split) < 0 or total <= 0:
+        raise ValueError(f"split {split}: give three non-negative fractions for train,val,test")
+    u = int(hashlib.md5(sentence_key(sentence).encode()).hexdigest()[:12], 16) / float(1 << 48)
+    edge = 0.0
+    for name, share in zip(SPLITS, split, strict=True):
+        edge += share / total
+        if u < edge:
+            return name
+    return next(name for name, share in zip(reversed(SPLITS), reversed(split), strict=True) if share > 0)
+
+
+# The text="sentences" source: short sentences (3-8 words) so that a clip of 2-4 s holds one; plain words, no digits.
 SENTENCES: tuple[str, ...] = (
     "The red ball bounced twice.",
     "Please open the window.",
