@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow runs     {mlflow_uri}   (mlflow ui --backend-store-uri {mlflow_uri})")
     if timing:
         print(timing)
+    for line in _quality_summary(report / "report.json"):
+        print(line)
     return 0
 
 
@@ -174,6 +176,40 @@ def _timing_summary(report_json: Path) -> str | None:
         f"V2S timing      onset F1 {fmt('onset_f1')} vs chance {fmt('onset_f1_chance')} (same number of onsets at "
         f"random times); difference {fmt('onset_f1_over_chance')} over {gain['n']} held-out clips: {verdict}"
     )
+
+
+def _quality_summary(report_json: Path) -> list[str]:
+    """Per task one line: the generated audio vs the ground truth through the model's own codec and vocoder (the
+    best the model can sound): WER (speech tasks), class accuracy and onset F1 (V2S), median level difference to
+    the ground truth and the share of samples at full scale."""
+    if not report_json.exists():
+        return []
+    rep = json.loads(report_json.read_text())
+    gen_all, voc_all = rep.get("metrics", {}), rep.get("metrics_gt_vocoded", {})
+    names = {"wer": "WER", "class_acc": "class acc", "onset_f1": "onset F1", "level_db_diff": "level diff (dB, median)",
+             "clip_fraction": "clipped samples"}  # fmt: skip
+    per_task = {"tts": ("wer",), "joint": ("wer",), "v2s": ("class_acc", "onset_f1")}
+    lines = []
+    for task, keys in per_task.items():
+        gen, voc = gen_all.get(task), voc_all.get(task, {})
+        if not gen:
+            continue
+
+        def value(m: dict, k: str) -> str:
+            v = (m.get(k) or {}).get("median" if k == "level_db_diff" else "mean")
+            if v is None or v != v:  # absent or NaN
+                return "–"
+            return f"{v:.2%}" if k == "clip_fraction" else f"{v:+.1f}" if k == "level_db_diff" else f"{v:.2f}"
+
+        cells = [f"{names[k]} {value(gen, k)} vs {value(voc, k)}" for k in (*keys, "level_db_diff", "clip_fraction")]
+        held = rep.get("speech", {}).get(task, {}).get("by_voice", {}).get("held_out")
+        if held:  # voices no training clip uses
+            g, v = value(held["generated"], "wer"), value(held["gt_vocoded"], "wer")
+            cells.insert(1, f"held-out voices WER {g} vs {v}")
+        n = max((gen.get(k) or {}).get("n", 0) for k in keys)
+        lines.append(f"{task.upper():<5} quality   " + "; ".join(cells) + f"   (generated vs ground truth through "
+                     f"the model's codec + vocoder, {n} clips)")  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ FD / KL over the set, means with 95 % intervals per task, the metric validation 
 few clips), ``report.json`` + ``report.md`` + PNG plots (spectrograms; metric-vs-step curves of the training run
 when its MLflow store is reachable), and one MLflow run with the aggregates and the report as artifacts.
 
+Every metric is reported three times, so a score can be read against what the model could reach at best: for the
+generated audio (``metrics``), for the ground-truth mel through the model's own codec and vocoder
+(``metrics_gt_vocoded``, :meth:`Generator.reconstruct`: the model's ceiling), and for the raw ground truth
+(``metrics_gt_raw``, where a metric of the ground truth against itself means something: WER by the ASR, onsets,
+class accuracy, lip sync, clipping). ``speech`` says how many test sentences are also training sentences and splits
+WER by seen/unseen sentences and by held-out/training voices (:mod:`vssflow.metrics.held_out`).
+
 ``--data`` is a shard set (``vssflow preprocess`` output) or a manifest (.jsonl/.csv; features are extracted on
 the fly). With shards, the ground-truth audio comes from ``--manifest`` (matched by clip_id) when given, else from
 the shard's target mel through the Griffin-Lim vocoder (the report says which).
@@ -78,7 +85,8 @@ class ClipSource:
         if self.is_manifest:
             from vssflow.data.manifest import read_manifest
 
-            rows = [r for r in read_manifest(path) if r.task in cfg.tasks]
+            self._manifest_rows = {r.clip_id: r for r in read_manifest(path)}
+            rows = [r for r in self._manifest_rows.values() if r.task in cfg.tasks]
             self.items = _select(rows, cfg, key=lambda r: (r.task, r.split, r.clip_id))
         else:
             from vssflow.data.dataset import ShardDataset
@@ -99,6 +107,35 @@ class ClipSource:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def clip_facts(self, clip_id: str) -> dict:
+        """What the manifest says about a clip beyond its features: split, speaker, held-out voice (None: unknown)."""
+        row = (self._manifest_rows or {}).get(clip_id)
+        if row is None:
+            return {"split": None, "speaker_id": None, "held_out_voice": None}
+        held = row.extra.get("held_out_voice")
+        if isinstance(held, str):  # a CSV cell
+            held = held.strip().lower() in ("1", "true", "yes")
+        held = None if held is None else bool(held)
+        return {"split": row.split, "speaker_id": row.speaker_id, "held_out_voice": held}
+
+    def train_sentences(self) -> set[str]:
+        """Normalised transcripts of every training clip (all tasks) of the same manifest, or of the same shards."""
+        from vssflow.metrics.held_out import sentence_set
+
+        if self._manifest_rows:
+            return sentence_set(r.transcript for r in self._manifest_rows.values() if r.split == "train")
+        import pyarrow.parquet as pq
+
+        from vssflow.data.dataset import ShardDataset
+
+        texts = []
+        for f in ShardDataset(self.cfg.data, check=False).files:
+            with f.open_input() as src:
+                t = pq.ParquetFile(src).read(columns=["split", "transcript"])
+            splits, transcripts = t.column(0).to_pylist(), t.column(1).to_pylist()
+            texts += [x for sp, x in zip(splits, transcripts, strict=True) if sp == "train"]
+        return sentence_set(texts)
 
     def task(self, i: int) -> str:
         return self.items[i].task
@@ -130,7 +167,7 @@ class ClipSource:
 
     @property
     def ground_truth_source(self) -> str:
-        if self.is_manifest or self._manifest_rows:
+        if self._manifest_rows:
             return "source audio of the clips (video track / audio file)"
         return "the shards' target mel vocoded with Griffin-Lim (no --manifest given)"
 
@@ -169,34 +206,59 @@ class EvalActor:
         self.suite = MetricSuite(asr=cfg.asr, embedding=cfg.embedding, classifier=cfg.classifier, threads=cfg.threads)
         self.audio_dir = Path(cfg.out) / "audio"
         self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self._vocoded = (f"the ground truth's mel through the model's codec ({type(self.gen.codec).__name__}) and "
+                         f"vocoder ({type(self.gen.vocoder).__name__}): Generator.reconstruct")  # fmt: skip
 
     def __call__(self, row: dict) -> dict:
         from vssflow.audio.io import write_audio
+        from vssflow.audio.mel import log_mel
 
         i = int(row["idx"])
         feats, ref = self.source.load(i)
         t0 = time.perf_counter()
         wav = self.gen.generate(feats, steps=self.cfg.steps, cfg=self.cfg.cfg, seed=self.cfg.seed + i)
         gen_s = time.perf_counter() - t0
+        # the ceiling: the ground truth's own mel through the model's codec and vocoder (the same decode path)
+        mel = feats.mel if feats.mel is not None else log_mel(ref.wav)
+        vocoded = self.gen.reconstruct(np.asarray(mel, np.float32), ref.duration_s)
         write_audio(self.audio_dir / f"{ref.clip_id}.wav", wav)
         write_audio(self.audio_dir / f"{ref.clip_id}.gt.wav", ref.wav)
+        write_audio(self.audio_dir / f"{ref.clip_id}.gt_vocoded.wav", vocoded)
         m = self.suite.clip_metrics(wav, ref)
+        m_voc = self.suite.clip_metrics(vocoded, ref)
+        m_raw = {k: v for k, v in self.suite.clip_metrics(ref.wav, ref, with_embedding=False).items()
+                 if k not in SELF_TRIVIAL}  # fmt: skip
         real = {"embedding": self.suite.embedding.embed([ref.wav])[0]}
         if "class_probs" in m:
             real["class_probs"] = self.suite.classifier.event_probs(ref.wav, [t for t, _ in ref.events]).mean(0)
-        scalars = {k: float(v) for k, v in m.items() if isinstance(v, float | int)}
         return {
             "idx": i,
             "clip_id": ref.clip_id,
             "task": ref.task,
-            "metrics_json": json.dumps({**scalars, "hypothesis": m.get("hypothesis"), "transcript": ref.transcript}),
+            "metrics_json": json.dumps({**_scalars(m), "transcript": ref.transcript}),
+            "metrics_gt_vocoded_json": json.dumps(_scalars(m_voc)),
+            "metrics_gt_raw_json": json.dumps(_scalars(m_raw)),
+            "facts_json": json.dumps(self.source.clip_facts(ref.clip_id)),
             "gen_embedding": np.asarray(m["embedding"], np.float64),
+            "voc_embedding": np.asarray(m_voc["embedding"], np.float64),
             "real_embedding": np.asarray(real["embedding"], np.float64),
             "gen_probs": np.asarray(m.get("class_probs", np.zeros(0)), np.float64),
+            "voc_probs": np.asarray(m_voc.get("class_probs", np.zeros(0)), np.float64),
             "real_probs": np.asarray(real.get("class_probs", np.zeros(0)), np.float64),
             "generate_s": gen_s,
-            "describe_json": json.dumps(self.suite.describe()),
+            "describe_json": json.dumps({**self.suite.describe(), "gt_vocoded": self._vocoded}),
         }
+
+
+# metrics of the ground truth against itself, exactly 0 by construction: not reported for the raw ground truth
+SELF_TRIVIAL = ("mcd", "duration_err_s", "speech_span_err_s", "level_db_diff", "level_db_abs")
+VARIANTS = {"generated": "metrics", "gt_vocoded": "metrics_gt_vocoded", "gt_raw": "metrics_gt_raw"}
+
+
+def _scalars(m: dict) -> dict:
+    """The JSON-able part of clip_metrics: scalars and the ASR hypothesis."""
+    out = {k: float(v) for k, v in m.items() if isinstance(v, float | int) and not isinstance(v, bool)}
+    return {**out, "hypothesis": m.get("hypothesis")}
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
@@ -234,10 +296,18 @@ def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
             ray.shutdown()
 
 
-def aggregate(rows: list[dict]) -> dict[str, dict]:
-    """Per task: every metric's mean and 95 % interval, FD and KL against the ground truth of the same clips."""
+def aggregate(rows: list[dict], variant: str = "generated") -> dict[str, dict]:
+    """Per task: every metric's mean, 95 % interval and median, FD and KL against the ground truth of the same clips.
+
+    Args:
+        variant: "generated", "gt_vocoded" (the ground truth through the model's codec and vocoder) or "gt_raw" (the
+            ground truth itself: no FD / KL, which would be 0).
+    """
     from vssflow.metrics.suite import MetricSuite
 
+    col, emb, probs = {"generated": ("metrics_json", "gen_embedding", "gen_probs"),
+                       "gt_vocoded": ("metrics_gt_vocoded_json", "voc_embedding", "voc_probs"),
+                       "gt_raw": ("metrics_gt_raw_json", None, None)}[variant]  # fmt: skip
     out = {}
     for task in TASKS:
         sel = [r for r in rows if r["task"] == task]
@@ -245,14 +315,15 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
             continue
         gen, real = [], []
         for r in sel:
-            g = {k: v for k, v in json.loads(r["metrics_json"]).items() if isinstance(v, float | int)}
-            g["embedding"] = np.asarray(r["gen_embedding"])
+            g = {k: v for k, v in json.loads(r[col]).items() if isinstance(v, float | int)}
             rr = {"embedding": np.asarray(r["real_embedding"])}
-            if len(r["gen_probs"]):
-                g["class_probs"], rr["class_probs"] = np.asarray(r["gen_probs"]), np.asarray(r["real_probs"])
+            if emb:
+                g["embedding"] = np.asarray(r[emb])
+            if probs and len(r[probs]):
+                g["class_probs"], rr["class_probs"] = np.asarray(r[probs]), np.asarray(r["real_probs"])
             gen.append(g)
             real.append(rr)
-        out[task] = MetricSuite.aggregate(gen, real)
+        out[task] = MetricSuite.aggregate(gen, real if emb else None)
     return out
 
 
@@ -273,9 +344,17 @@ def _validation(cfg: EvalConfig, source: ClipSource) -> dict | None:
     return validate_metrics(refs, suite)
 
 
+def _clip_entry(r: dict) -> dict:
+    """One clip of the report: facts, the generated audio's values at the top level, the ground truth's nested."""
+    return {"clip_id": r["clip_id"], "task": r["task"], **json.loads(r["facts_json"]), "generate_s": r["generate_s"],
+            **json.loads(r["metrics_json"]), "gt_vocoded": json.loads(r["metrics_gt_vocoded_json"]),
+            "gt_raw": json.loads(r["metrics_gt_raw_json"])}  # fmt: skip
+
+
 def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     """Run one evaluation (see the module docstring); returns the report dict (also written to report.json)."""
     from vssflow.generator import read_model_config
+    from vssflow.metrics.held_out import sentence_key, speech_breakdown
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -286,8 +365,12 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
     log(f"vssflow evaluate: {len(source)} clips of {cfg.data} with {cfg.model} ({cfg.steps} steps, cfg {cfg.cfg})")
     rows = _run_clips(cfg, len(source))
-    metrics = aggregate(rows)
     describe = json.loads(rows[0]["describe_json"])
+    clips = [_clip_entry(r) for r in rows]
+    train_sentences = source.train_sentences()
+    for c in clips:  # None: no transcript to compare
+        key = sentence_key(c.get("transcript"))
+        c["transcript_in_train"] = (key in train_sentences) if key else None
     validation = _validation(cfg, source)
     report = {
         "config": {k: v for k, v in asdict(cfg).items()},
@@ -298,11 +381,9 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
             "info": model_cfg.get("info", {}),
         },  # fmt: skip
         "measured_with": {**describe, "ground_truth_audio": source.ground_truth_source},
-        "metrics": metrics,
-        "clips": [
-            {"clip_id": r["clip_id"], "task": r["task"], "generate_s": r["generate_s"], **json.loads(r["metrics_json"])}
-            for r in rows
-        ],  # fmt: skip
+        **{key: aggregate(rows, variant) for variant, key in VARIANTS.items()},
+        "speech": speech_breakdown(clips, train_sentences),
+        "clips": clips,
         "validation": validation,
         "seconds": time.perf_counter() - t0,
     }
@@ -323,11 +404,19 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
 
 
 # ---- report ----------------------------------------------------------------------------------------------------------
-def _fmt(v: dict | None) -> str:
+def _fmt(v: dict | None, *, with_median: bool = False) -> str:
     if not v or v.get("mean") is None or not math.isfinite(v["mean"]):
         return "–"
-    ci = v.get("ci95")
-    return f"{v['mean']:.3f}" + (f" ± {ci:.3f}" if ci is not None and math.isfinite(ci) else "") + f" (n={v['n']})"
+    ci, med = v.get("ci95"), v.get("median")
+    text = f"{v['mean']:.3f}" + (f" ± {ci:.3f}" if ci is not None and math.isfinite(ci) else "")
+    if with_median and med is not None and math.isfinite(med):
+        text += f", median {med:.3f}"
+    return text + f" (n={v['n']})"
+
+
+# user-level checks every task gets (issue 13: level within +-2 dB median over clips, <= 0.1 % samples at full scale)
+LEVEL = ["level_db_diff", "level_db_abs", "clip_fraction"]
+WITH_MEDIAN = ("level_db_diff", "level_db_abs")
 
 
 PRIMARY = {
@@ -338,6 +427,7 @@ PRIMARY = {
     "joint": ["wer", "cer", "spk_sim", "mcd", "lipsync_corr", "lipsync_offset_abs_s", "onset_f1", "onset_f1_chance",
               "onset_f1_over_chance", "av_offset_abs_s", "class_acc", "kl", "fd"],
 }  # fmt: skip
+PRIMARY = {task: names + LEVEL for task, names in PRIMARY.items()}
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -355,7 +445,7 @@ def _json_default(o):
 
 
 def render_markdown(report: dict) -> str:
-    from vssflow.metrics.suite import HIGHER_IS_BETTER
+    from vssflow.metrics.suite import better
 
     w = report["measured_with"]
     lines = [
@@ -373,14 +463,25 @@ def render_markdown(report: dict) -> str:
         f"- Lip sync: {w['lipsync']}",
         f"- Sound classes: {w['classifier']}",
         f"- Ground-truth audio: {w['ground_truth_audio']}",
+        f"- Ground truth through codec + vocoder: {w.get('gt_vocoded', '–')}",
         "",
         "## Results (mean ± 95 % interval over clips)",
+        "",
+        "Each metric for the generated audio, for the ground truth through the model's own codec and vocoder (the "
+        "best this model can sound) and for the raw ground truth (– where a comparison with itself is 0 by "
+        "construction). `level_db_diff`: active-region RMS of the audio minus that of the ground truth (dB; goal "
+        "within ±2 dB median); `clip_fraction`: share of samples at full scale (goal ≤ 0.001).",
     ]
     for task, m in report["metrics"].items():
-        lines += ["", f"### {task}", "", "| metric | better | value |", "|---|---|---|"]
+        voc = (report.get("metrics_gt_vocoded") or {}).get(task, {})
+        raw = (report.get("metrics_gt_raw") or {}).get(task, {})
+        lines += ["", f"### {task}", "", "| metric | better | generated | GT through codec + vocoder | raw GT |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for k in PRIMARY[task]:
             if k in m:
-                lines.append(f"| {k} | {'higher' if HIGHER_IS_BETTER.get(k, True) else 'lower'} | {_fmt(m[k])} |")
+                cells = [_fmt(d.get(k), with_median=k in WITH_MEDIAN) for d in (m, voc, raw)]
+                lines.append(f"| {k} | {better(k)} | " + " | ".join(cells) + " |")
+    lines += _speech_lines(report.get("speech") or {})
     val = report.get("validation")
     if val:
         lines += ["", "## Metric validation: ground truth vs deliberately broken audio", "",
@@ -408,6 +509,30 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _speech_lines(speech: dict) -> list[str]:
+    """Seen vs unseen sentences and voices (report.md)."""
+    if not speech:
+        return []
+    lines = ["", "## Speech: seen vs unseen", "",
+             "A test sentence is *seen* when its normalised transcript is also a training transcript of the same data. "
+             "WER of the generated audio / the ground truth through codec + vocoder / the raw ground truth.", "",
+             "| task | test sentences | seen in training | group | n | WER generated | WER GT vocoded | WER raw GT |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task, e in speech.items():
+        head = f"| {task} | {e['sentences']} | {e['seen_in_train']} ({e['fraction_seen']:.0%}) |"
+        groups = [(f"{p} sentences", g) for p, g in e.get("by_sentence", {}).items()]
+        groups += [(f"{p} voices", g) for p, g in e.get("by_voice", {}).items()]
+        for name, g in groups:
+            wer = [g[v]["wer"] for v in ("generated", "gt_vocoded", "gt_raw")]
+            lines.append(f"{head} {name} | {wer[0]['n']} | " + " | ".join(_fmt(x) for x in wer) + " |")
+            head = "| | | |"
+    if not any(e["train_sentences"] for e in speech.values()):
+        lines += ["", "No training transcripts found in the data: every sentence counts as unseen."]
+    if not any("by_voice" in e for e in speech.values()):
+        lines += ["", "The manifest does not mark held-out voices (`extra.held_out_voice`): no per-voice split."]
+    return lines
+
+
 def write_plots(report: dict, out: Path, cfg: EvalConfig) -> list[str]:
     """Spectrograms (ground truth vs generated) of a few clips and the training run's curves; relative paths."""
     import matplotlib
@@ -425,10 +550,10 @@ def write_plots(report: dict, out: Path, cfg: EvalConfig) -> list[str]:
         if shown.get(c["task"], 0) >= max(1, cfg.spectrograms // len(cfg.tasks)) and sum(shown.values()) > 0:
             continue
         shown[c["task"]] = shown.get(c["task"], 0) + 1
-        gen = read_audio(out / "audio" / f"{c['clip_id']}.wav")
-        gt = read_audio(out / "audio" / f"{c['clip_id']}.gt.wav")
-        fig, axes = plt.subplots(2, 1, figsize=(8, 4.4), squeeze=False)
-        for ax, (title, w) in zip(axes[:, 0], (("ground truth", gt), ("generated", gen)), strict=True):
+        panels = [("ground truth", "gt"), ("ground truth through codec + vocoder", "gt_vocoded"), ("generated", "")]
+        panels = [(t, read_audio(out / "audio" / f"{c['clip_id']}{'.' + s if s else ''}.wav")) for t, s in panels]
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.2 * len(panels)), squeeze=False)
+        for ax, (title, w) in zip(axes[:, 0], panels, strict=True):
             ax.imshow(np.asarray(log_mel(w)).T, origin="lower", aspect="auto", cmap="magma")
             ax.set_title(f"{c['clip_id']} ({c['task']}): {title}", fontsize=9)
             ax.set_ylabel("mel bin")
@@ -480,6 +605,9 @@ def log_to_mlflow(report: dict, out: Path, cfg: EvalConfig, tracking_uri: str) -
         params=params, tags={"kind": "evaluation", **{k: str(v) for k, v in cfg.tags.items()}},
     )  # fmt: skip
     flat = {f"{t}/{k}": v["mean"] for t, m in report["metrics"].items() for k, v in m.items()}
+    flat |= {f"{t}/gt_vocoded/{k}": v["mean"] for t, m in report.get("metrics_gt_vocoded", {}).items()
+             for k, v in m.items()}  # fmt: skip
+    flat |= {f"{t}/{k}_median": m[k]["median"] for t, m in report["metrics"].items() for k in WITH_MEDIAN if k in m}
     if report.get("validation"):
         flat["validation/failed"] = float(len(report["validation"]["failed"]))
     mlflow_utils.log_run_metrics(run_id, flat, tracking_uri=tracking_uri, step=int(report["model"]["step"] or 0))
@@ -532,6 +660,10 @@ def run(args: argparse.Namespace) -> int:
     for task, m in report["metrics"].items():
         shown = ", ".join(f"{k} {m[k]['mean']:.3f}" for k in PRIMARY[task] if k in m and math.isfinite(m[k]["mean"]))
         print(f"  {task}: {shown}")
+        voc = report["metrics_gt_vocoded"].get(task, {})
+        shown = ", ".join(f"{k} {voc[k]['mean']:.3f}" for k in PRIMARY[task] if k in voc and math.isfinite(
+            voc[k]["mean"]))  # fmt: skip
+        print(f"  {task} (ground truth through codec + vocoder): {shown}")
     val = report.get("validation")
     if val:
         print(f"  metric validation: {'all designed separations hold' if not val['failed'] else val['failed']}")

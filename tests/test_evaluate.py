@@ -6,8 +6,10 @@ its smoke variant runs one experiment on one variant pair with 2 seeds and 2 tra
 """
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest_media import synth_corpus
 
@@ -17,10 +19,14 @@ pytest.importorskip("mlflow")
 from pipelines.evaluate import EvalConfig, evaluate  # noqa: E402
 from pipelines.experiment import ExperimentConfig, compare, mean_ci, run_experiment  # noqa: E402
 from pipelines.mlflow_utils import run_artifacts, run_metrics  # noqa: E402
+from vssflow.audio.codec import MelCodec  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
 from vssflow.model import ModelConfig  # noqa: E402
 
 TINY = {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "lip_dim": 8, "phoneme_dim": 8, "time_freq_dim": 32}
+# the evaluated model: as wide as the full 256-channel mel latent, so its (unfitted) MelCodec is lossless and the
+# ground truth through codec + vocoder is the vocoder's ceiling
+EVAL_MODEL = TINY | {"width": 256, "latent_dim": 256}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model") / "m"
-    Generator(ModelConfig(**TINY, sem_dim=1280)).save_pretrained(d)
+    Generator(ModelConfig(**EVAL_MODEL, sem_dim=1280), codec=MelCodec()).save_pretrained(d)
     return d
 
 
@@ -71,12 +77,79 @@ def test_evaluate_manifest_end_to_end(cluster, corpus, model, tmp_path):
     assert tts["mcd"]["mean"] > gt["mcd"] + 5.0
     assert tts["lipsync_corr"]["mean"] < gt["lipsync_corr"]
     assert v2s["onset_f1"]["mean"] < gt["onset_f1"]
+    _check_three_columns(report, saved, out)
     # MLflow: one finished run with the aggregates and the report
     mf = report["mlflow"]
     metrics = run_metrics(mf["run_id"], tracking_uri=mf["tracking_uri"])
     assert "tts/wer" in metrics and "v2s/onset_f1" in metrics and "validation/failed" in metrics
     arts = run_artifacts(mf["run_id"], tracking_uri=mf["tracking_uri"])
     assert "report/report.md" in arts and any(a.startswith("plots/") for a in arts)
+
+
+def _check_three_columns(report: dict, saved: dict, out: Path) -> None:
+    """Generated vs ground truth through the model's codec + vocoder vs raw ground truth, loudness, seen sentences."""
+    from pipelines.demo import _quality_summary
+
+    gen, voc, raw = (saved[k] for k in ("metrics", "metrics_gt_vocoded", "metrics_gt_raw"))
+    for task in ("v2s", "tts"):
+        for m in (gen, voc):
+            d = m[task]["level_db_diff"]
+            assert math.isfinite(d["mean"]) and math.isfinite(d["median"]) and d["n"] == 1, (task, d)
+            assert 0.0 <= m[task]["clip_fraction"]["mean"] <= 1.0
+        assert gen[task]["level_db_diff"]["median"] != voc[task]["level_db_diff"]["median"]
+        assert "level_db_diff" not in raw[task] and "clip_fraction" in raw[task]  # GT vs itself is 0: not reported
+        assert (out / "audio" / f"{next(c['clip_id'] for c in saved['clips'] if c['task'] == task)}.gt_vocoded.wav"
+                ).is_file()  # fmt: skip
+    assert math.isfinite(voc["tts"]["wer"]["mean"]) and voc["tts"]["wer"]["mean"] != gen["tts"]["wer"]["mean"]
+    assert math.isfinite(raw["tts"]["wer"]["mean"]) and "mcd" not in raw["tts"] and "mcd" in voc["tts"]
+    assert "onset_f1" in voc["v2s"] and "class_acc" in voc["v2s"] and "kl" in voc["v2s"] and "kl" not in raw["v2s"]
+    # the ceiling is far closer to the ground truth than an untrained model
+    assert voc["tts"]["mcd"]["mean"] < gen["tts"]["mcd"]["mean"] - 5.0
+    assert "Generator.reconstruct" in saved["measured_with"]["gt_vocoded"]
+    # per clip: the three variants, the split, whether the sentence is a training sentence
+    tts_clip = next(c for c in saved["clips"] if c["task"] == "tts")
+    assert {"gt_vocoded", "gt_raw", "split", "held_out_voice", "transcript_in_train"} <= set(tts_clip)
+    assert isinstance(tts_clip["transcript_in_train"], bool) and "wer" in tts_clip["gt_vocoded"]
+    sp = saved["speech"]["tts"]
+    assert sp["sentences"] == 1 and 0.0 <= sp["fraction_seen"] <= 1.0
+    assert sp["seen_in_train"] == int(tts_clip["transcript_in_train"])
+    md = (out / "report.md").read_text()
+    assert ("No training transcripts" in md) == (sp["train_sentences"] == 0)
+    if tts_clip["held_out_voice"] is not None:  # the corpus marks held-out voices: WER per voice group
+        group = "held_out" if tts_clip["held_out_voice"] else "training"
+        assert sp["by_voice"][group]["generated"]["wer"]["mean"] == pytest.approx(tts_clip["wer"])
+        assert sp["by_voice"][group]["gt_vocoded"]["wer"]["mean"] == pytest.approx(tts_clip["gt_vocoded"]["wer"])
+    assert "GT through codec + vocoder" in md and "raw GT" in md and "Speech: seen vs unseen" in md
+    assert "median" in md.split("### tts")[1].split("###")[0]
+    metrics = run_metrics(report["mlflow"]["run_id"], tracking_uri=report["mlflow"]["tracking_uri"])
+    assert "tts/gt_vocoded/wer" in metrics and "v2s/level_db_diff_median" in metrics
+    lines = _quality_summary(out / "report.json")
+    assert len(lines) == 2 and lines[0].startswith("TTS") and "WER" in lines[0] and "level diff" in lines[0]
+    assert lines[1].startswith("V2S") and "class acc" in lines[1] and "onset F1" in lines[1]
+
+
+def test_reconstruct_goes_through_the_codec_and_vocoder():
+    """Generator.reconstruct: a clip's own mel through the model's codec and vocoder, as long as the clip."""
+    import torch
+
+    from vssflow.audio.mel import log_mel
+
+    gen = Generator(ModelConfig(**EVAL_MODEL, sem_dim=32), codec=MelCodec())
+    t = np.arange(int(1.23 * 16000)) / 16000
+    wav = (0.1 * np.sin(2 * np.pi * 440 * t) * (t < 0.8)).astype(np.float32)
+    mel = np.asarray(log_mel(wav))
+    out = gen.reconstruct(mel, 1.23)
+    assert out.shape == (len(wav),) and out.dtype == np.float32
+    rec = np.asarray(log_mel(out))[: len(mel)]
+    assert np.corrcoef(rec.ravel(), mel.ravel())[0, 1] > 0.9  # the same sound, not noise
+    assert len(gen.reconstruct(mel)) == len(mel) * 160
+    # it is the codec's path: a codec that scales its latents changes the output
+    gen.codec.std = gen.codec.std * 0.0 + 2.0
+    gen.codec.mean = gen.codec.mean * 0.0 + 1.0
+    again = np.asarray(log_mel(gen.reconstruct(mel, 1.23)))[: len(mel)]  # encode/decode invert each other
+    assert np.abs(again - rec).mean() < 0.05  # (compared as mels: Griffin-Lim's phase magnifies the rounding)
+    gen.codec.decode = lambda z: torch.full((len(z), 4 * z.shape[1], 64), float(mel.min()))  # forgets everything
+    assert np.abs(gen.reconstruct(mel, 1.23)).max() < 0.1 * np.abs(out).max()
 
 
 def test_confidence_intervals_and_verdicts():

@@ -15,12 +15,14 @@ from vssflow.data.manifest import read_manifest
 from vssflow.metrics import classifier as C
 from vssflow.metrics.audio_embed import frechet_distance, kl_paired
 from vssflow.metrics.duration import speech_span
+from vssflow.metrics.held_out import sentence_set, speech_breakdown
 from vssflow.metrics.lipsync import lipsync_scores, mouth_opening_from_crops
+from vssflow.metrics.loudness import active_level_db, clip_fraction, loudness_metrics
 from vssflow.metrics.mcd import dtw_path, mcd
 from vssflow.metrics.onsets import av_offset, chance_onset_f1, detect_onsets, match_events, onset_prf
 from vssflow.metrics.perturb import EXPECTED, perturb, validate_metrics
 from vssflow.metrics.references import reference_from_row
-from vssflow.metrics.suite import MetricSuite, shift, silence_like
+from vssflow.metrics.suite import MetricSuite, median, shift, silence_like
 from vssflow.metrics.wer import cer, normalize_for_wer, wer
 
 
@@ -94,6 +96,78 @@ def test_chance_onset_f1_matches_the_analytic_rate():
         m = onset_prf(wav, events)
         assert m["onset_f1_over_chance"] == pytest.approx(m["onset_f1"] - m["onset_f1_chance"])
         assert (m["onset_f1_over_chance"] > 0.5) == above, m
+
+
+def _sine(dbfs: float, seconds: float = 2.0, hz: float = 440.0) -> np.ndarray:
+    """A sine whose RMS is ``dbfs`` dB below full scale (amplitude sqrt(2) * 10^(dbfs/20))."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (np.sqrt(2) * 10 ** (dbfs / 20) * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_active_level_of_sines_and_silence_padding():
+    assert active_level_db(_sine(-20)) == pytest.approx(-20.0, abs=0.05)
+    m = loudness_metrics(_sine(-20), _sine(-26))
+    assert m["level_db_diff"] == pytest.approx(6.0, abs=0.1) and m["level_db_abs"] == pytest.approx(6.0, abs=0.1)
+    assert loudness_metrics(_sine(-26), _sine(-20))["level_db_diff"] == pytest.approx(-6.0, abs=0.1)
+    # silence around the sound (and an off-grid start) is not part of the active region
+    padded = np.concatenate([np.zeros(12345, np.float32), _sine(-20), np.zeros(3 * SAMPLE_RATE, np.float32)])
+    assert active_level_db(padded) == pytest.approx(active_level_db(_sine(-20)), abs=0.1)
+    assert loudness_metrics(padded, _sine(-20))["level_db_diff"] == pytest.approx(0.0, abs=0.1)
+    # a plain RMS over the padded clip would be 4.6 dB lower: the gate is what keeps it
+    assert 10 * np.log10(np.mean(padded.astype(np.float64) ** 2)) < -24.0
+    # a faint floor 40 dB under the sound is outside the 35 dB window; digital silence is finite and very low
+    floor = padded + np.random.default_rng(0).normal(0, 10 ** (-60 / 20), len(padded)).astype(np.float32)
+    assert active_level_db(floor) == pytest.approx(-20.0, abs=0.15)
+    assert active_level_db(np.zeros(SAMPLE_RATE, np.float32)) == -100.0
+    assert loudness_metrics(silence_like(_sine(-20)), _sine(-20))["level_db_diff"] < -55.0
+
+
+def test_clip_fraction_counts_full_scale_samples():
+    x = 3.0 * np.sin(2 * np.pi * 5 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)  # 5 Hz, 3x full scale, then clipped
+    clipped = np.clip(x, -1.0, 1.0)
+    expected = np.mean(np.abs(x) >= 0.999)  # |sin| >= 1/3: 1 - 2/pi * asin(1/3) of the time, about 0.78
+    assert clip_fraction(clipped) == pytest.approx(expected, abs=1e-9)
+    assert clip_fraction(clipped) == pytest.approx(1 - 2 / np.pi * np.arcsin(0.999 / 3), abs=2e-3)
+    assert clip_fraction(_sine(-20)) == 0.0 and clip_fraction(np.zeros(0)) == 0.0
+    sparse = np.zeros(10000, np.float32)
+    sparse[:10] = [1.0, -1.0, 0.9995, -0.9995, 0.998, 0.5, 1.2, -3.0, 0.0, 0.999]
+    assert clip_fraction(sparse) == pytest.approx(7 / 10000)
+    assert loudness_metrics(sparse, sparse)["clip_fraction"] == pytest.approx(7 / 10000)
+
+
+def test_median_and_aggregate_carry_it():
+    assert median([1.0, float("nan"), 3.0, 10.0]) == 3.0
+    agg = MetricSuite.aggregate([{"level_db_diff": v} for v in (-1.0, 0.5, 9.0)])
+    assert agg["level_db_diff"]["median"] == 0.5 and agg["level_db_diff"]["mean"] == pytest.approx(8.5 / 3)
+
+
+def test_speech_breakdown_seen_sentences_and_held_out_voices():
+    train = sentence_set(["The red ball.", "Dr. Smith paid.", None, ""])
+    assert train == {"the red ball", "doctor smith paid"}
+    clips = [
+        {"task": "tts", "transcript": "the RED ball!", "held_out_voice": False, "wer": 0.2,
+         "gt_vocoded": {"wer": 0.1}, "gt_raw": {"wer": 0.0}},
+        {"task": "tts", "transcript": "A new sentence", "held_out_voice": True, "wer": 0.8,
+         "gt_vocoded": {"wer": 0.3}, "gt_raw": {"wer": 0.1}},
+        {"task": "tts", "transcript": "Another new one", "held_out_voice": True, "wer": 0.6,
+         "gt_vocoded": {"wer": 0.5}, "gt_raw": {"wer": 0.0}},
+        {"task": "v2s", "transcript": None, "onset_f1": 0.5},
+    ]  # fmt: skip
+    out = speech_breakdown(clips, train)
+    assert set(out) == {"tts"}
+    tts = out["tts"]
+    assert (tts["sentences"], tts["seen_in_train"], tts["train_sentences"]) == (3, 1, 2)
+    assert tts["fraction_seen"] == pytest.approx(1 / 3)
+    assert tts["by_sentence"]["seen"]["generated"]["wer"]["mean"] == pytest.approx(0.2)
+    assert tts["by_sentence"]["unseen"]["generated"]["wer"]["mean"] == pytest.approx(0.7)
+    held = tts["by_voice"]["held_out"]
+    assert held["generated"]["wer"]["n"] == 2 and held["gt_vocoded"]["wer"]["mean"] == pytest.approx(0.4)
+    assert held["gt_raw"]["wer"]["mean"] == pytest.approx(0.05)
+    assert tts["by_voice"]["training"]["generated"]["wer"]["mean"] == pytest.approx(0.2)
+    # no voice marks: no per-voice split; no training sentences: nothing seen
+    unmarked = [{k: v for k, v in c.items() if k != "held_out_voice"} for c in clips]
+    plain = speech_breakdown(unmarked, set())["tts"]
+    assert "by_voice" not in plain and plain["seen_in_train"] == 0 and "seen" not in plain["by_sentence"]
 
 
 # ---- on real corpus clips ----------------------------------------------------------------------------------------

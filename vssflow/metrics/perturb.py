@@ -37,10 +37,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "class_acc": ("silence", "wrong_sound"),
     "kl": ("silence", "wrong_sound"),
     "fd": ("silence", "wrong_sound"),
+    "level_db_abs": ("silence",),
 }
 MARGIN = {"wer": 0.2, "cer": 0.1, "spk_sim": 0.05, "mcd": 1.0, "lipsync_corr": 0.1, "lipsync_offset_abs_s": 0.08,
           "speech_span_err_s": 0.2, "onset_f1": 0.2, "av_offset_abs_s": 0.08, "class_acc": 0.2, "kl": 0.1,
-          "fd": 1e-6}  # fmt: skip
+          "fd": 1e-6, "level_db_abs": 3.0}  # fmt: skip
 
 
 def _speech_start(wav: np.ndarray) -> float:

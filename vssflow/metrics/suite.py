@@ -7,9 +7,11 @@ Per task (VSSFlow's two tasks and their mixture):
 | v2s   | onset P/R/F1 (+-1 video frame), AV offset (DeSync-like), class accuracy, KL (classifier posteriors), FD |
 | tts   | WER, CER, speaker similarity, MCD-DTW, lip-sync proxy (LSE-C/LSE-D substitute), duration errors, FD |
 | joint | all of the above on the mixture |
+| all   | level difference to the ground truth (active-region RMS, dB), share of samples at full scale |
 
 Per-clip values come from :meth:`MetricSuite.clip_metrics`; the set-level FD and the means with confidence
-intervals from :meth:`MetricSuite.aggregate`. Everything is lazy: a metric whose model is not needed is not loaded.
+intervals (and medians) from :meth:`MetricSuite.aggregate`. Everything is lazy: a metric whose model is not needed
+is not loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vssflow.constants import LIP_FPS, SAMPLE_RATE
 from vssflow.metrics import duration as dur
 from vssflow.metrics.audio_embed import frechet_distance, kl_paired
 from vssflow.metrics.lipsync import lipsync_scores, mouth_opening_from_crops
+from vssflow.metrics.loudness import loudness_metrics
 from vssflow.metrics.mcd import mcd
 from vssflow.metrics.onsets import av_offset, onset_prf
 from vssflow.metrics.wer import cer, normalize_for_wer, wer
@@ -31,13 +34,23 @@ from vssflow.metrics.wer import cer, normalize_for_wer, wer
 SPEECH_TASKS = ("tts", "joint")
 SOUND_TASKS = ("v2s", "joint")
 
-# metric -> True when higher is better (used by reports, the validation and the experiments)
+# metric -> True when higher is better (used by reports, the validation and the experiments); the signed metrics of
+# CLOSER_TO_ZERO are best at 0 and have no direction (their absolute values are in HIGHER_IS_BETTER)
 HIGHER_IS_BETTER = {
     "wer": False, "cer": False, "spk_sim": True, "mcd": False, "lipsync_corr": True, "lipsync_conf": True,
     "lipsync_offset_abs_s": False, "duration_err_s": False, "speech_span_err_s": False, "onset_precision": True,
     "onset_recall": True, "onset_f1": True, "onset_f1_chance": True, "onset_f1_over_chance": True,
     "av_offset_abs_s": False, "av_sync_conf": True, "class_acc": True, "kl": False, "fd": False,
+    "level_db_abs": False, "clip_fraction": False,
 }  # fmt: skip
+CLOSER_TO_ZERO = ("level_db_diff",)
+
+
+def better(metric: str) -> str:
+    """How a report reads ``metric``: "higher", "lower" or "closer to 0"."""
+    if metric in CLOSER_TO_ZERO:
+        return "closer to 0"
+    return "higher" if HIGHER_IS_BETTER.get(metric, True) else "lower"
 
 
 @dataclass
@@ -144,7 +157,7 @@ class MetricSuite:
             "hypothesis" (the ASR text) for speech tasks.
         """
         wav = np.asarray(wav, np.float32).reshape(-1)
-        out: dict = {}
+        out: dict = loudness_metrics(wav, ref.wav)
         if ref.task in SPEECH_TASKS and ref.transcript:
             hyp = self.asr.transcribe(wav)
             out["hypothesis"] = hyp
@@ -175,7 +188,8 @@ class MetricSuite:
     # ---- over a set ----------------------------------------------------------------------------------------
     @staticmethod
     def aggregate(gen: list[dict], real: list[dict] | None = None) -> dict:
-        """Means with 95 % intervals of every scalar metric; FD and paired KL when ``real`` (same clips) is given.
+        """Means with 95 % intervals and medians of every scalar metric; FD and paired KL when ``real`` (same clips)
+        is given.
 
         Args:
             gen: clip_metrics of the generated audio, one per clip.
@@ -184,8 +198,9 @@ class MetricSuite:
         keys = sorted({k for m in gen for k, v in m.items() if isinstance(v, float | int) and not isinstance(v, bool)})
         out = {}
         for k in keys:
-            mean, half, n = mean_ci([m.get(k, float("nan")) for m in gen])
-            out[k] = {"mean": mean, "ci95": half, "n": n}
+            values = [m.get(k, float("nan")) for m in gen]
+            mean, half, n = mean_ci(values)
+            out[k] = {"mean": mean, "ci95": half, "n": n, "median": median(values)}
         if real is not None:
             pairs = [(r, g) for r, g in zip(real, gen, strict=True) if "embedding" in r and "embedding" in g]
             if len(pairs) >= 2:
@@ -199,6 +214,12 @@ class MetricSuite:
                 mean, half, n = mean_ci(kl.tolist())
                 out["kl"] = {"mean": mean, "ci95": half, "n": n}
         return out
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of the finite values (NaN when none)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else float("nan")
 
 
 def silence_like(wav: np.ndarray) -> np.ndarray:
