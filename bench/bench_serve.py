@@ -57,6 +57,7 @@ def make_tiny_serving_model(
     kw = dict(depth=1, width=32, heads=2, cross_dim=32, sem_dim=TINY_CLIP["hidden_size"], lip_dim=8, phoneme_dim=8,
               max_seconds=4.0)  # fmt: skip
     kw.update(model_overrides or {})
+    kw.setdefault("latent_dim", min(kw["width"], ModelConfig().latent_dim))  # ModelConfig refuses latent > width
     gen = Generator(ModelConfig(**kw), sampling=SamplingConfig(steps=steps, cfg_scale=2.0))
     wake(gen.model)
     extractors = {"encoder": str(clip_dir.resolve()), "speaker_encoder": "resemblyzer", "g2p_backend": "espeak",
@@ -67,9 +68,11 @@ def make_tiny_serving_model(
 def features_npz(features) -> bytes:
     """ClipFeatures -> the .npz body of ``POST /v1/generate/features``."""
     arrays = {"duration_s": np.float32(features.duration_s), "task": np.str_(features.task), "sem": features.sem}
-    for k in ("lip", "phonemes", "speaker"):
+    for k in ("lip", "phonemes", "speaker", "phoneme_durations"):
         if getattr(features, k) is not None:
             arrays[k] = getattr(features, k)
+    if features.speech_span is not None:
+        arrays["speech_span"] = np.asarray(features.speech_span, np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

@@ -17,6 +17,11 @@ generated audio (``metrics``), for the ground-truth mel through the model's own 
 class accuracy, lip sync, clipping). ``speech`` says how many test sentences are also training sentences and splits
 WER by seen/unseen sentences and by held-out/training voices (:mod:`vssflow.metrics.held_out`).
 
+``--speech-span`` chooses the span the phonemes are laid over (:attr:`EvalConfig.speech_span`): ``data`` the span
+stored with the clip's features (its manifest timing, or the voice activity of its speech), ``mouth`` the mouth
+activity of its lip crops (what inference without a user's span does), ``clip`` none (the whole clip); the report
+records the mode and each clip's span.
+
 ``--data`` is a shard set (``vssflow preprocess`` output) or a manifest (.jsonl/.csv; features are extracted on
 the fly). With shards, the ground-truth audio comes from ``--manifest`` (matched by clip_id) when given, else from
 the shard's target mel through the Griffin-Lim vocoder (the report says which).
@@ -38,6 +43,7 @@ from vssflow.errors import InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
 TASKS = ("v2s", "tts", "joint")
+SPEECH_SPANS = ("data", "mouth", "clip")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class EvalConfig:
     train_run_id: str | None = None  # default: the model's own (config.json info.mlflow_run_id)
     spectrograms: int = 3
     tags: dict = field(default_factory=dict)
+    speech_span: str = "data"  # SPEECH_SPANS: the span the phonemes are laid over (see the module docstring)
 
 
 # ---- the clip source (shards or manifest), usable on the driver and inside actors ------------------------------------
@@ -215,6 +222,7 @@ class EvalActor:
 
         i = int(row["idx"])
         feats, ref = self.source.load(i)
+        feats = speech_span_for(feats, self.cfg.speech_span)
         t0 = time.perf_counter()
         wav = self.gen.generate(feats, steps=self.cfg.steps, cfg=self.cfg.cfg, seed=self.cfg.seed + i)
         gen_s = time.perf_counter() - t0
@@ -238,7 +246,7 @@ class EvalActor:
             "metrics_json": json.dumps({**_scalars(m), "transcript": ref.transcript}),
             "metrics_gt_vocoded_json": json.dumps(_scalars(m_voc)),
             "metrics_gt_raw_json": json.dumps(_scalars(m_raw)),
-            "facts_json": json.dumps(self.source.clip_facts(ref.clip_id)),
+            "facts_json": json.dumps({**self.source.clip_facts(ref.clip_id), **_span_facts(feats)}),
             "gen_embedding": np.asarray(m["embedding"], np.float64),
             "voc_embedding": np.asarray(m_voc["embedding"], np.float64),
             "real_embedding": np.asarray(real["embedding"], np.float64),
@@ -248,6 +256,24 @@ class EvalActor:
             "generate_s": gen_s,
             "describe_json": json.dumps({**self.suite.describe(), "gt_vocoded": self._vocoded}),
         }
+
+
+def speech_span_for(feats, mode: str):
+    """``feats`` with the speech span of ``mode``: "data" as stored, "mouth" from its lip crops, "clip" none."""
+    from vssflow.commands.generate import with_speech_span
+
+    if mode == "data":
+        return replace(feats, meta={**feats.meta, "speech_span_source": "data" if feats.speech_span else "clip"})
+    if mode == "mouth":
+        return with_speech_span(replace(feats, speech_span=None))
+    return replace(feats, speech_span=None, meta={**feats.meta, "speech_span_source": "clip"})
+
+
+def _span_facts(feats) -> dict:
+    if feats.phonemes is None:
+        return {"speech_span": None, "speech_span_source": None}
+    span = None if feats.speech_span is None else [round(float(x), 3) for x in feats.speech_span]
+    return {"speech_span": span, "speech_span_source": feats.meta.get("speech_span_source")}
 
 
 # metrics of the ground truth against itself, exactly 0 by construction: not reported for the raw ground truth
@@ -357,6 +383,8 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     from vssflow.metrics.held_out import sentence_key, speech_breakdown
 
     t0 = time.perf_counter()
+    if cfg.speech_span not in SPEECH_SPANS:
+        raise InputError(f"{cfg.speech_span!r}: choose one of {', '.join(SPEECH_SPANS)}", source="--speech-span")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = read_model_config(cfg.model)
@@ -452,7 +480,8 @@ def render_markdown(report: dict) -> str:
         "# vssflow evaluation report",
         "",
         f"Model: `{report['model']['dir']}` (step {report['model']['step']}); data: `{report['config']['data']}`; "
-        f"{report['config']['steps']} solver steps, cfg {report['config']['cfg']}, seed {report['config']['seed']}.",
+        f"{report['config']['steps']} solver steps, cfg {report['config']['cfg']}, seed {report['config']['seed']}; "
+        f"phonemes over the speech span of: {report['config'].get('speech_span', 'data')}.",
         "",
         "## Measured with",
         "",
@@ -632,6 +661,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="ODE solver steps")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--speech-span", choices=SPEECH_SPANS, default=d.speech_span,
+                   help="span the phonemes are laid over: the data's (manifest timing), the mouth activity of the "
+                   "lip crops, or the whole clip")  # fmt: skip
     p.add_argument("--validate", type=int, default=d.validate, help="clips per task for the metric validation")
     p.add_argument("--asr", default=d.asr, choices=("auto", "whisper", "pocketsphinx"))
     p.add_argument("--embedding", default=d.embedding, help="'whisper-base' or 'torchscript:/path/model.pt'")
@@ -654,7 +686,7 @@ def run(args: argparse.Namespace) -> int:
         max_clips=args.max_clips, steps=args.steps, cfg=args.cfg, seed=args.seed, validate=args.validate,
         asr=args.asr, embedding=args.embedding, classifier=args.classifier, actors=args.actors,
         ray_address=args.ray_address, num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
-        experiment=args.experiment, train_run_id=args.train_run_id,
+        experiment=args.experiment, train_run_id=args.train_run_id, speech_span=args.speech_span,
     )  # fmt: skip
     report = evaluate(cfg)
     for task, m in report["metrics"].items():

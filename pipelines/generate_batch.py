@@ -9,6 +9,10 @@ writes ``DIR/<clip_id>.wav`` (and ``.mp4`` with ``--mp4``: the video stream copi
 video) atomically. A shard set or Parquet file may be an ``s3://``/``gs://`` URI (:mod:`vssflow.storage`); the
 output directory is local.
 
+A manifest row may give ``speech_span`` (an extra column: "START,END" or ``[start, end]``, seconds from the row's
+``start``): where its words are. Without it the phonemes are laid over the mouth activity of the clip's lip
+stream, else the whole clip (:func:`vssflow.commands.generate.with_speech_span`); a malformed span fails that row.
+
 Resumable like preprocessing: a clip whose output exists is complete (atomic writes) and is skipped, so rerunning
 after a crash or a kill does only the rest. Each clip's seed is derived from ``--seed`` and its ``clip_id``, so a
 resumed run writes the same audio as an uninterrupted one. Clips that fail (bad video, bad transcript) are listed in
@@ -24,7 +28,7 @@ import os
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +92,16 @@ def _read_table(uri: str, columns: list[str] | None = None):
         return pq.read_table(f, columns=columns)
 
 
+def _span_text(value) -> str:
+    """A manifest's ``speech_span`` cell as text for the job ("" = not given); checked in the actor, so a bad one
+    fails its row only."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None) -> list[dict]:
     """One job per clip: ``{"clip_id", "kind": "video"|"shard", ...}`` from a manifest or Parquet shards."""
     src = Path(source)
@@ -101,7 +115,7 @@ def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None
             jobs.append({"clip_id": r.clip_id, "kind": "video", "video": r.video, "task": r.task,
                          "transcript": r.transcript or "", "reference_audio": r.reference_audio or "",
                          "start": float(r.start or 0.0), "end": float("nan") if r.end is None else float(r.end),
-                         "file": "", "row": -1})  # fmt: skip
+                         "speech_span": _span_text(r.extra.get("speech_span")), "file": "", "row": -1})  # fmt: skip
         return jobs
     files = _parquet_files(location(source))
     if not files:
@@ -113,7 +127,7 @@ def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None
             if (split and sp != split) or (tasks and task not in tasks):
                 continue
             jobs.append({"clip_id": cid, "kind": "shard", "video": "", "task": task, "transcript": "",
-                         "reference_audio": "", "start": 0.0, "end": float("nan"), "file": f.uri,
+                         "reference_audio": "", "start": 0.0, "end": float("nan"), "speech_span": "", "file": f.uri,
                          "row": i})  # fmt: skip
     return jobs
 
@@ -136,6 +150,7 @@ class GenerateActor:
         self._table: tuple[str, object] | None = None
 
     def _features(self, job: dict):
+        from vssflow.commands.generate import check_speech_span, with_speech_span
         from vssflow.generator import slice_features
 
         if job["kind"] == "shard":
@@ -146,9 +161,12 @@ class GenerateActor:
             f = row_to_features(table_to_rows(self._table[1].slice(int(job["row"]), 1))[0])
             f.mel = None
             f.sem = None if f.sem is None else np.asarray(f.sem, np.float32)
-            return f
+            return with_speech_span(f, f.speech_span, given_as="features")  # the stored span, else the mouth's
         from vssflow.commands.generate import load_extractors_for, prepare_features
 
+        where = f"{job['clip_id']}: speech_span"
+        span = str(job.get("speech_span") or "") or None
+        check_speech_span(span, source=where)  # a malformed span fails the row before any decoding
         if self.extractors is None:
             self.extractors = load_extractors_for(self.gen, device=self.config.device)
         f = prepare_features(job["video"], task=job["task"], extractors=self.extractors,
@@ -157,8 +175,11 @@ class GenerateActor:
         start, end = float(job["start"]), float(job["end"])
         end = f.duration_s if math.isnan(end) else min(end, f.duration_s)
         if start > 0 or end < f.duration_s - 1e-6:
-            f = slice_features(f, start, end)
-        return f
+            whole = f
+            f = slice_features(f, start, end, layout=self.gen.config.phoneme_layout)
+            # the row's transcript is what is said in the row's clip: all of its phonemes, not a share by time
+            f = replace(f, phonemes=whole.phonemes, phoneme_durations=whole.phoneme_durations)
+        return with_speech_span(f, span, source=where)  # the row's span (seconds from start), else the mouth's
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vssflow.audio.io import write_audio

@@ -6,14 +6,18 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
                                    --ClipFeatures-->  GeneratorServer (the DiT; @serve.batch)
 
 * ``POST /v1/generate``  multipart: ``video`` file, optional ``transcript``, optional ``reference_voice`` file,
-  ``task``, ``steps``, ``cfg``, ``seed``, ``output`` ("wav" or "mp4") -> audio/wav or video/mp4 (video copied).
-* ``POST /v1/generate/features``  multipart: ``features`` (.npz with sem/lip/sync/phonemes/speaker/duration_s/task, or a
-  one-row Parquet file of our shard schema), ``steps``, ``cfg``, ``seed`` -> audio/wav.
+  optional ``speech_span`` ("START,END" seconds where the words are; default: where the mouth moves, else the whole
+  video), ``task``, ``steps``, ``cfg``, ``seed``, ``output`` ("wav" or "mp4") -> audio/wav or video/mp4 (video copied).
+* ``POST /v1/generate/features``  multipart: ``features`` (.npz with sem/lip/sync/phonemes/speaker/duration_s/task and
+  optional speech_span (2,) / phoneme_durations (P,), or a one-row Parquet file of our shard schema), ``steps``,
+  ``cfg``, ``seed`` -> audio/wav.
 * ``GET /healthz`` (process up), ``/readyz`` (both model deployments answer), ``/v1/stats`` (in-flight requests and
   recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
 * Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
   also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send
-  it back to get the same audio), ``X-Batch-Size`` (requests in the @serve.batch call), ``X-Group-Size`` (of
+  it back to get the same audio), ``X-Speech-Span`` ("START,END" seconds the phonemes were laid over, or "none")
+  with ``X-Speech-Span-Source`` (user, features, mouth, clip), ``X-Batch-Size`` (requests in the @serve.batch call),
+  ``X-Group-Size`` (of
   those, the ones generated together in one tensor batch) and ``Server-Timing`` (ms: ``queue`` waiting for a
   batch, ``generate`` the batch's generation, ``ingress`` everything inside the HTTP deployment).
 
@@ -58,6 +62,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from vssflow.commands.generate import check_speech_span, with_speech_span
 from vssflow.constants import SAMPLE_RATE, TASKS
 from vssflow.errors import InputError, VssflowError
 
@@ -155,6 +160,9 @@ class GenerateForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: Literal["v2s", "tts", "joint"] = "v2s"
     transcript: str | None = Field(None, max_length=2000, description="what is said (tts, joint)")
+    speech_span: str | None = Field(
+        None, max_length=64, description="START,END seconds where the words are (tts, joint); default: the mouth's"
+    )
     steps: int | None = Field(None, ge=1, description="solver steps (default: the model's)")
     cfg: float | None = Field(None, ge=0.0, description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="random seed; drawn when absent, echoed in X-Seed")
@@ -248,6 +256,7 @@ class FeatureExtractor:
                 Path(ref).write_bytes(job["reference_voice"])
                 names[ref] = job["reference_name"]
             info = probe(video)
+            check_speech_span(job.get("speech_span"), info.duration, source="speech_span")
             if info.duration > self.config.max_video_seconds:
                 raise HTTPError(413, "video_too_long",
                                 f"{job['video_name']}: video is {info.duration:.1f} s; at most "
@@ -259,7 +268,7 @@ class FeatureExtractor:
             with self.lock:
                 features = prepare_features(
                     video, task=job["task"], extractors=self.extractors, transcript=job.get("transcript"),
-                    reference_voice=ref, info=info, clip_id=job["request_id"],
+                    reference_voice=ref, speech_span=job.get("speech_span"), info=info, clip_id=job["request_id"],
                 )  # fmt: skip
             features.meta["video"] = job["video_name"]
             return {"ok": True, "features": features}
@@ -406,7 +415,8 @@ def _load_npz(data: bytes):
     missing = [k for k in ("duration_s", "task", "sem") if k not in arrays]
     if missing:
         raise HTTPError(422, "bad_features", f"features: .npz lacks {missing}; expected duration_s, task, sem, ...")
-    unknown = sorted(set(arrays) - {"duration_s", "task", "sem", "lip", "sync", "phonemes", "speaker"})
+    known = {"duration_s", "task", "sem", "lip", "sync", "phonemes", "speaker", "speech_span", "phoneme_durations"}
+    unknown = sorted(set(arrays) - known)
     if unknown:
         raise HTTPError(422, "bad_features", f"features: unknown arrays {unknown}")
 
@@ -421,8 +431,18 @@ def _load_npz(data: bytes):
         duration = float(arrays["duration_s"])
     except (TypeError, ValueError) as e:
         raise HTTPError(422, "bad_features", "features: duration_s must be a number") from e
+    span = opt("speech_span")
+    if span is not None:
+        from vssflow.features.span import parse_span
+
+        try:
+            span = parse_span(np.asarray(span, np.float64).reshape(-1).tolist(), source="features: speech_span")
+        except (InputError, TypeError, ValueError):
+            raise HTTPError(422, "bad_features", "features: speech_span must be (2,) seconds [START, END] with "
+                            "0 <= START < END") from None  # fmt: skip
     return ClipFeatures(duration_s=duration, task=task, sem=arrays["sem"], lip=opt("lip"), sync=opt("sync"),
-                        phonemes=opt("phonemes"), speaker=opt("speaker"))  # fmt: skip
+                        phonemes=opt("phonemes"), speaker=opt("speaker"), speech_span=span,
+                        phoneme_durations=opt("phoneme_durations"))  # fmt: skip
 
 
 def _load_parquet(data: bytes):
@@ -550,8 +570,11 @@ class Api:
                                                     "cfg": params.cfg, "seed": seed})  # fmt: skip
         if not res["ok"]:
             raise HTTPError(res["status"], res["reason"], res["detail"])
+        span = features.speech_span
         headers = {"X-Seed": str(seed), "X-Batch-Size": str(res["batch_size"]), "X-Group-Size": str(res["group_size"]),
                    "X-Duration-S": f"{features.duration_s:.3f}", "X-Task": features.task,
+                   "X-Speech-Span": "none" if span is None else f"{span[0]:.3f},{span[1]:.3f}",
+                   "X-Speech-Span-Source": str(features.meta.get("speech_span_source", "clip")),
                    "Server-Timing": f"queue;dur={1000 * res['queue_s']:.1f}, "
                                     f"generate;dur={1000 * res['generate_s']:.1f}"}  # fmt: skip
         return res["wav"], headers
@@ -599,10 +622,14 @@ class Api:
 
     async def _generate_video(self, form, rid: str) -> Response:
         params: GenerateForm = self._fields(form, GenerateForm, {"video", "reference_voice"})
+        try:  # malformed spans fail here; one outside the video fails in the extractor, once its length is known
+            check_speech_span(params.speech_span, source="speech_span")
+        except InputError as e:
+            raise HTTPError(422, "bad_field", str(e).splitlines()[0]) from e
         video, video_name = await self._read_file(form, "video", required=True)
         ref, ref_name = await self._read_file(form, "reference_voice", required=False)
         job = {"request_id": rid, "upload_dir": self.upload_dir, "task": params.task, "transcript": params.transcript,
-               "video": video, "video_name": video_name,
+               "speech_span": params.speech_span, "video": video, "video_name": video_name,
                "video_suffix": _suffix(video_name, _VIDEO_SUFFIXES, ".mp4"),
                "reference_voice": ref, "reference_name": ref_name,
                "reference_suffix": _suffix(ref_name, _AUDIO_SUFFIXES, ".wav")}  # fmt: skip
@@ -648,6 +675,10 @@ class Api:
                 422, "bad_features", f"features: duration_s must be in (0, {self.config.max_video_seconds:g}]"
             )
         f.meta = {"clip_id": rid, "source": name}
+        try:  # the span sent with the features (or stored in the shard row), else the mouth's, else the clip
+            f = with_speech_span(f, f.speech_span, source="features: speech_span", given_as="features")
+        except InputError as e:
+            raise HTTPError(422, "bad_features", str(e).splitlines()[0]) from e
         wav, headers = await self._generate(f, params, rid)
         return Response(_wav_bytes(wav), media_type="audio/wav", headers=headers)
 

@@ -109,6 +109,7 @@ def _check_three_columns(report: dict, saved: dict, out: Path) -> None:
     # per clip: the three variants, the split, whether the sentence is a training sentence
     tts_clip = next(c for c in saved["clips"] if c["task"] == "tts")
     assert {"gt_vocoded", "gt_raw", "split", "held_out_voice", "transcript_in_train"} <= set(tts_clip)
+    assert saved["config"]["speech_span"] == "data" and tts_clip["speech_span_source"] == "data"  # manifest timing
     assert isinstance(tts_clip["transcript_in_train"], bool) and "wer" in tts_clip["gt_vocoded"]
     sp = saved["speech"]["tts"]
     assert sp["sentences"] == 1 and 0.0 <= sp["fraction_seen"] <= 1.0
@@ -126,6 +127,36 @@ def _check_three_columns(report: dict, saved: dict, out: Path) -> None:
     lines = _quality_summary(out / "report.json")
     assert len(lines) == 2 and lines[0].startswith("TTS") and "WER" in lines[0] and "level diff" in lines[0]
     assert lines[1].startswith("V2S") and "class acc" in lines[1] and "onset F1" in lines[1]
+
+
+def test_speech_span_option(corpus, tmp_path):
+    """--speech-span data|mouth|clip: the span the clip's phonemes are laid over (manifest timing, mouth activity of
+    the lip crops, none), recorded per clip; a bad mode fails before any work."""
+    import argparse
+
+    from pipelines.evaluate import ClipSource, _span_facts, add_arguments, speech_span_for
+    from vssflow.errors import InputError
+
+    cfg = EvalConfig(model="", data=str(corpus), out=str(tmp_path), tasks=("tts",), max_clips=1, split=None)
+    source = ClipSource(cfg)
+    feats, _ = source.load(0)
+    row = source.items[0]
+    truth = (row.phonemes[0].start, row.phonemes[-1].end)  # the manifest's timing: the "data" span
+    data = speech_span_for(feats, "data")
+    np.testing.assert_allclose(data.speech_span, truth, atol=1e-3)
+    mouth = speech_span_for(feats, "mouth")
+    assert mouth.meta["speech_span_source"] == "mouth" and mouth.speech_span != data.speech_span
+    assert np.abs(np.subtract(mouth.speech_span, truth)).max() <= 0.15, (mouth.speech_span, truth)
+    whole = speech_span_for(feats, "clip")
+    assert whole.speech_span is None and _span_facts(whole) == {"speech_span": None, "speech_span_source": "clip"}
+    assert _span_facts(data)["speech_span_source"] == "data"
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--model", "m", "--data", "d", "--out", "o"]
+    assert p.parse_args(base).speech_span == "data" and p.parse_args([*base, "--speech-span", "mouth"]).speech_span
+    with pytest.raises(InputError, match="--speech-span"):
+        evaluate(EvalConfig(model="", data=str(corpus), out=str(tmp_path / "x"), speech_span="lips"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_reconstruct_goes_through_the_codec_and_vocoder():

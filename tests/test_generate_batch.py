@@ -87,3 +87,45 @@ def test_parquet_features_input(setup, tmp_path):
     for i in range(2):
         wav, _ = sf.read(output_path(out, f"feat-{i}"), dtype="float32")
         assert len(wav) == round((1.2 + i * 0.4) * 16000)
+
+
+def test_speech_span_column_reaches_the_model(setup, tmp_path, monkeypatch):
+    """A manifest's speech_span column ("START,END" text or a [start, end] list, seconds from the row's start) is the
+    span the generator's collate() puts into the condition batch (a spy that wraps the real collate); a row without
+    one gets the mouth activity of its clip; a malformed one fails its row only, with the reason."""
+    import vssflow.generator
+    from pipelines.generate_batch import BatchConfig, GenerateActor, load_jobs
+
+    row = next(r for r in setup["rows"] if r["task"] in ("tts", "joint"))
+    truth = (row["phonemes"][0][1], row["phonemes"][-1][2])
+    cells = {"span": ("", "", '"0.3,1.2"'), "list": ("", "", '"[0.4, 1.0]"'), "cut": ("0.2", "1.9", '"0.1,1.0"'),
+             "bad": ("", "", '"1.0,0.2"'), "mouth": ("", "", "")}  # fmt: skip
+    lines = ["clip_id,video,task,transcript,start,end,speech_span"]
+    lines += [f'{name},{row["video"]},{row["task"]},"{row["transcript"]}",{s},{e},{span}'
+              for name, (s, e, span) in cells.items()]  # fmt: skip
+    manifest = setup["manifest"].with_name("spans.csv")
+    manifest.write_text("\n".join(lines) + "\n")
+    jobs = load_jobs(manifest)
+    assert [j["speech_span"] for j in jobs] == ["0.3,1.2", "0.4,1.0", "0.1,1.0", "1.0,0.2", ""]
+
+    seen = []
+    real = vssflow.generator.collate
+
+    def spy(clips, cfg, **kw):
+        batch = real(clips, cfg, **kw)
+        seen.append((tuple(c.meta["clip_id"] for c in clips), batch.speech_span.numpy().copy()))
+        return batch
+
+    monkeypatch.setattr(vssflow.generator, "collate", spy)
+    actor = GenerateActor(BatchConfig(source=str(manifest), model=str(setup["model"]), out=str(tmp_path), steps=2))
+    res = actor({k: np.array([j[k] for j in jobs]) for k in jobs[0]})
+    status = dict(zip(res["clip_id"], res["status"], strict=True))
+    assert status == {"span": "ok", "list": "ok", "cut": "ok", "bad": "failed", "mouth": "ok"}, res["error"]
+    error = res["error"][list(res["clip_id"]).index("bad")]
+    assert error.startswith("bad: speech_span: ") and "START < END" in error and "\n" not in error
+    assert len(seen) == 1  # one task, one batch
+    spans = dict(zip(seen[0][0], seen[0][1] / 25.0, strict=True))  # latent frames -> seconds
+    np.testing.assert_allclose(spans["span"], [0.3, 1.2], atol=1e-4)
+    np.testing.assert_allclose(spans["list"], [0.4, 1.0], atol=1e-4)
+    np.testing.assert_allclose(spans["cut"], [0.1, 1.0], atol=1e-4)  # from the row's start (0.2 s in the video)
+    assert abs(spans["mouth"][0] - truth[0]) <= 0.15 and abs(spans["mouth"][1] - truth[1]) <= 0.15, spans["mouth"]

@@ -74,7 +74,8 @@ def model_dir(tmp_path_factory) -> Path:
     from vssflow.generator import Generator, SamplingConfig
     from vssflow.model import ModelConfig
 
-    cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2, latent_dim=32)
+    cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2,
+                      latent_dim=32)  # fmt: skip
     gen = Generator(cfg, sampling=SamplingConfig(steps=3, cfg_scale=2.0, window_overlap_s=0.2))
     _wake(gen.model)
     return gen.save_pretrained(tmp_path_factory.mktemp("model") / "tiny", extractors={"encoder": "mobilenetv2"})
@@ -138,6 +139,9 @@ def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, cap
         (["--video", str(tmp_path / "missing.mp4")], "missing.mp4"),
         (["--video", corpus["video"], "--task", "v2s", "--steps", "-3"], "steps"),
         (["--video", corpus["video"], "--task", "v2s", "--cfg", "1e9"], "cfg"),
+        (["--video", corpus["video"], "--transcript", "Hi.", "--speech-span", "1.5,0.5"], "speech span"),
+        (["--video", corpus["video"], "--transcript", "Hi.", "--speech-span", "soon"], "--speech-span"),
+        (["--video", corpus["video"], "--transcript", "Hi.", "--speech-span", "5,6"], "outside the clip"),
     ]
     for extra, needle in cases:
         out = tmp_path / "bad.wav"
@@ -147,6 +151,49 @@ def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, cap
         lines = [ln for ln in err.splitlines() if ln.startswith("vssflow generate: error")]
         assert len(lines) == 1 and needle in lines[0], err
         assert not out.exists()
+
+
+def test_speech_span_reaches_the_model(corpus, model_dir, tmp_path, monkeypatch, capsys):
+    """--speech-span, else the mouth activity of the video: the span the model's collate() puts into the condition
+    batch of every window (a spy that wraps the real collate), and a different span gives different audio."""
+    import vssflow.generator
+    from vssflow.cli import main
+
+    seen: list[np.ndarray] = []
+    real = vssflow.generator.collate
+
+    def spy(clips, cfg, **kw):
+        batch = real(clips, cfg, **kw)
+        seen.append(batch.speech_span.numpy().copy())  # (B, 2) latent frames
+        return batch
+
+    monkeypatch.setattr(vssflow.generator, "collate", spy)
+
+    def generate(*extra: str) -> tuple[np.ndarray, str]:
+        seen.clear()
+        out = tmp_path / "speech.wav"
+        code = main(["generate", "--model", str(model_dir), "--video", corpus["video"], "--transcript",
+                     corpus["transcript"], "--task", "joint", "--steps", "2", "--seed", "7", "--no-progress", *extra,
+                     "--out", str(out)])  # fmt: skip
+        printed = capsys.readouterr().out
+        assert code == 0, printed
+        return sf.read(out, dtype="float32")[0], printed
+
+    wav_user, printed = generate("--speech-span", "0.5,1.5")
+    assert "phonemes over 0.50-1.50 s (user)" in printed
+    # the 2 s clip is generated in two 1.2 s windows, [0, 1.2) and [0.8, 2.0): the span cut to each, at 25 Hz
+    assert len(seen) == 2, seen
+    np.testing.assert_allclose(seen[0], [[12.5, 30.0]])
+    np.testing.assert_allclose(seen[1], [[0.0, 17.5]])
+
+    wav_mouth, printed = generate()  # no span: where the mouth moves
+    line = next(ln for ln in printed.splitlines() if "phonemes over" in ln)
+    assert line.endswith("(mouth)"), line
+    start, end = (float(x) for x in line.split("phonemes over ")[1].split(" s")[0].split("-"))
+    truth = (corpus["phonemes"][0][1], corpus["phonemes"][-1][2])
+    assert abs(start - truth[0]) <= 0.15 and abs(end - truth[1]) <= 0.15, (start, end, truth)
+    np.testing.assert_allclose(seen[0][0], [start * 25, min(end, 1.2) * 25], atol=1e-3)
+    assert not np.array_equal(wav_user, wav_mouth)  # same seed, another span: other audio
 
 
 def test_generate_from_the_mlflow_registry(corpus, model_dir, tmp_path, capsys):

@@ -109,6 +109,34 @@ def test_long_clip_is_generated_in_crossfaded_windows(gen):
     assert 5 <= len(part.phonemes) <= 7  # 12 phonemes spread over 4 s: about half of them
 
 
+def test_slice_features_cuts_the_speech_span_and_phoneme_durations(gen):
+    """Windows of a long clip (and clips cut from a video) keep the phonemes that fall inside them, where the model
+    lays them: over the speech span, by duration."""
+    clip = _clip(6.0, "tts")
+    clip.speech_span = (1.0, 5.0)
+    clip.phoneme_durations = np.array([1, 1, 2, 0, 1, 1, 2, 0, 1, 1, 1, 1], np.float32)  # 12 phonemes, total 12
+    # boundaries over the span: phoneme k covers 1 + 4 * cumsum / 12 seconds; a window of [2, 4) s
+    part = slice_features(clip, 2.0, 4.0, layout="duration")
+    assert part.speech_span == (0.0, 2.0)  # the part of the span inside the window, from its start
+    edges = 1.0 + 4.0 * np.concatenate([[0], np.cumsum(clip.phoneme_durations)]) / 12
+    inside = [k for k in range(12) if edges[k + 1] > 2.0 and edges[k] < 4.0]
+    np.testing.assert_array_equal(part.phonemes, clip.phonemes[inside[0] : inside[-1] + 1])
+    assert part.phoneme_durations.sum() == pytest.approx(2.0)  # seconds covered: the whole window is speech
+    # a window before the speech has no phonemes (and no span); one over its start keeps the start
+    early = slice_features(clip, 0.0, 0.9, layout="duration")
+    assert early.phonemes is None and early.speech_span is None and early.phoneme_durations is None
+    head = slice_features(clip, 0.0, 2.0, layout="span")
+    assert head.speech_span == (1.0, 2.0) and len(head.phonemes) == 3  # uniform: 12 phonemes over 4 s, 1 s of it
+    # "clip" layout: phonemes by time over the whole clip, durations cut with them
+    whole = slice_features(clip, 3.0, 6.0, layout="clip")
+    assert len(whole.phonemes) == len(whole.phoneme_durations) == 6 and whole.speech_span == (0.0, 2.0)
+    # the generator windows a long clip with its layout: every window passes the model's checks
+    long = _clip(9.0, "tts")
+    long.speech_span, long.phoneme_durations = (0.5, 8.0), np.ones(12, np.float32)
+    wav = gen.generate(long, steps=2, seed=0)
+    assert wav.shape == (9 * 16000,) and np.isfinite(wav).all()
+
+
 def test_bad_options_and_features_give_one_line_errors(gen):
     with pytest.raises(InputError, match="steps"):
         gen.generate(_clip(), steps=0)

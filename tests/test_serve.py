@@ -160,6 +160,51 @@ def test_features_endpoint(server):
     assert r.status_code == 422 and "sem" in r.json()["detail"], r.text
 
 
+def test_speech_span_reaches_the_model(server):
+    """The form's speech_span (else the mouth activity of the upload) is the span the generator got (echoed in
+    X-Speech-Span), and it changes the audio for a fixed seed; a bad span is a 422 with a one-line reason."""
+    from bench.bench_serve import features_npz, random_features
+
+    url, clip = server["url"], server["clips"][0]
+    fields = {"task": "tts", "transcript": clip["transcript"], "steps": 3, "seed": 42}
+    r = _post(url, video=clip["video"], ref=clip["reference_audio"], speech_span="0.3,1.2", **fields)
+    user = _wav(r)[0]
+    assert (r.headers["x-speech-span"], r.headers["x-speech-span-source"]) == ("0.300,1.200", "user")
+    r = _post(url, video=clip["video"], ref=clip["reference_audio"], **fields)
+    mouth = _wav(r)[0]
+    assert r.headers["x-speech-span-source"] == "mouth", r.headers
+    start, end = (float(x) for x in r.headers["x-speech-span"].split(","))
+    assert abs(start - clip["phonemes"][0][1]) <= 0.15 and abs(end - clip["phonemes"][-1][2]) <= 0.15
+    assert not np.array_equal(user, mouth)  # same seed, another span: other audio
+    again = _wav(_post(url, video=clip["video"], ref=clip["reference_audio"], speech_span=" 0.3 , 1.2 ", **fields))
+    np.testing.assert_array_equal(again[0], user)  # the span, not chance, changed it
+    assert _post(url, video=clip["video"], task="v2s", steps=2).headers["x-speech-span"] == "none"
+    for bad, needle in [("1.2,0.3", "START < END"), ("soon", "speech_span"), ("30,31", "outside the clip")]:
+        r = _post(url, video=clip["video"], speech_span=bad, **fields)
+        assert r.status_code == 422, (bad, r.status_code, r.text[:200])
+        detail = r.json()["detail"]
+        assert needle in detail and "\n" not in detail and "/" not in detail.replace("START,END", ""), detail
+
+    # .npz features: an optional speech_span array (and phoneme_durations) reaches the model the same way
+    f = random_features(32, 1.6, "tts", seed=3)
+    f.phoneme_durations = np.linspace(1.0, 2.0, len(f.phonemes)).astype(np.float32)
+
+    def post_npz(features) -> httpx.Response:
+        return httpx.post(f"{url}/v1/generate/features", files={"features": ("f.npz", features_npz(features))},
+                          data={"steps": "2", "seed": "5"}, timeout=300)  # fmt: skip
+
+    f.speech_span = (0.2, 1.0)
+    r = post_npz(f)
+    with_span = _wav(r)[0]
+    assert (r.headers["x-speech-span"], r.headers["x-speech-span-source"]) == ("0.200,1.000", "features")
+    f.speech_span = (0.6, 1.4)
+    assert not np.array_equal(_wav(post_npz(f))[0], with_span)
+    for bad, needle in [((1.0, 0.2), "speech_span"), ((5.0, 6.0), "outside the clip")]:
+        f.speech_span = bad
+        r = post_npz(f)
+        assert r.status_code == 422 and needle in r.json()["detail"], r.text
+
+
 async def _concurrent(coros):
     return await asyncio.gather(*coros)
 

@@ -101,6 +101,7 @@ def test_page_generates_plays_and_downloads(server, browser, tmp_path):
     Select(browser.find_element(By.ID, "task")).select_by_value("joint")
     browser.find_element(By.ID, "transcript").send_keys(server["transcript"])
     browser.find_element(By.ID, "reference_voice").send_keys(server["ref"])
+    browser.find_element(By.ID, "speech_span").send_keys("0.3,1.2")
     browser.find_element(By.ID, "steps").send_keys("3")
     browser.find_element(By.ID, "seed").send_keys("9")
     browser.execute_script(_RECORD_STATUS)
@@ -127,7 +128,8 @@ def test_page_generates_plays_and_downloads(server, browser, tmp_path):
         ".then(r => r.arrayBuffer()).then(b => done(b.byteLength));"
     )
     assert size == 44 + round(duration * 16000) * 2  # 16-bit mono WAV of exactly the video's length
-    assert "seed 9" in browser.find_element(By.ID, "meta").text
+    meta = browser.find_element(By.ID, "meta").text
+    assert "seed 9" in meta and "speech 0.300–1.200 s (user)" in meta, meta  # the span the model got
 
     shot = tmp_path / "web_page.png"
     browser.save_screenshot(str(shot))
@@ -148,6 +150,15 @@ def test_page_shows_the_reason_of_a_bad_upload(server, browser, tmp_path):
     assert _wait_state(browser, 120) == "error"
     status = browser.find_element(By.ID, "status").text
     assert status.startswith("HTTP 422") and "holiday.mp4" in status, status
+    # a malformed speech span: the server's one-line reason, before the video is looked at
+    browser.find_element(By.ID, "video").send_keys(server["video"])
+    Select(browser.find_element(By.ID, "task")).select_by_value("tts")
+    browser.find_element(By.ID, "transcript").send_keys(server["transcript"])
+    browser.find_element(By.ID, "speech_span").send_keys("1.2,0.3")
+    browser.find_element(By.ID, "submit").click()
+    assert _wait_state(browser, 120) == "error"
+    status = browser.find_element(By.ID, "status").text
+    assert status.startswith("HTTP 422") and "speech_span" in status, status
     shot = tmp_path / "web_page_error.png"
     browser.save_screenshot(str(shot))
     print(f"\nscreenshot: {shot}")

@@ -254,7 +254,7 @@ class Generator:
         fade = int(round(overlap * SAMPLE_RATE))
         for k, start in enumerate(starts):
             end = min(start + win, clip.duration_s)
-            part = slice_features(clip, start, end)
+            part = slice_features(clip, start, end, layout=self.config.phoneme_layout)
             wav = self._generate_batch([part], [seed + k], steps, cfg, method, progress)[0]
             a = int(round(start * SAMPLE_RATE))
             wav = wav[: n_total - a]
@@ -393,9 +393,15 @@ def window_starts(duration: float, window: float, overlap: float) -> list[float]
     return sorted(set(round(s, 6) for s in starts))
 
 
-def slice_features(clip: ClipFeatures, start: float, end: float) -> ClipFeatures:
-    """The features of ``clip`` between ``start`` and ``end`` seconds (phonemes cut in proportion to time, as the
-    model spreads them uniformly over the clip)."""
+def slice_features(clip: ClipFeatures, start: float, end: float, *, layout: str = "clip") -> ClipFeatures:
+    """The features of ``clip`` between ``start`` and ``end`` seconds.
+
+    Phonemes are cut where the model lays them (``layout``, :attr:`ModelConfig.phoneme_layout`): "clip" in proportion
+    to time over the whole clip; "span"/"duration" by where each phoneme falls in the speech span (uniformly, or by
+    its duration), keeping the part of the span inside the window and, with durations, the covered share of the
+    phonemes cut at the window's edges. ``speech_span`` becomes the part of the span inside the window (None when
+    the span lies outside it), in seconds from ``start``.
+    """
 
     def rows(a: np.ndarray | None, fps: int) -> np.ndarray | None:
         if a is None:
@@ -403,14 +409,34 @@ def slice_features(clip: ClipFeatures, start: float, end: float) -> ClipFeatures
         i, j = int(round(start * fps)), int(round(end * fps))
         return a[i : max(j, i + 1)]
 
-    phonemes = clip.phonemes
+    phonemes, durations, span = clip.phonemes, clip.phoneme_durations, clip.speech_span
+    if span is not None:
+        a, b = max(float(span[0]), start), min(float(span[1]), end)
+        span = (a - start, b - start) if b - a > 1e-6 else None
     if phonemes is not None and len(phonemes):
         p = len(phonemes)
-        i = int(math.floor(p * start / clip.duration_s))
-        j = int(math.ceil(p * end / clip.duration_s))
-        phonemes = phonemes[i:j]
+        if durations is not None and len(durations) != p:
+            durations = None
+        if layout == "clip":
+            i = int(math.floor(p * start / clip.duration_s))
+            j = int(math.ceil(p * end / clip.duration_s))
+            phonemes, durations = phonemes[i:j], None if durations is None else durations[i:j]
+        else:
+            s0, s1 = clip.speech_span or (0.0, clip.duration_s)
+            w = np.ones(p) if layout == "span" or durations is None else np.asarray(durations, np.float64)
+            w = w if w.sum() > 0 else np.ones(p)
+            edges = s0 + (s1 - s0) * np.concatenate([[0.0], np.cumsum(w) / w.sum()])  # (P + 1,) seconds
+            inside = np.flatnonzero((edges[1:] > start) & (edges[:-1] < end))
+            if span is None or not len(inside):  # no speech in this window: generated without phonemes
+                phonemes, durations = phonemes[:0], None
+            else:
+                i, j = int(inside[0]), int(inside[-1]) + 1
+                if durations is not None:  # the covered share of each phoneme, in seconds
+                    covered = np.minimum(edges[i + 1 : j + 1], end) - np.maximum(edges[i:j], start)
+                    durations = np.clip(covered, 0.0, None).astype(np.float32)
+                phonemes = phonemes[i:j]
         if not len(phonemes):
-            phonemes = None
+            phonemes = durations = None
     return replace(
         clip,
         duration_s=end - start,
@@ -419,5 +445,7 @@ def slice_features(clip: ClipFeatures, start: float, end: float) -> ClipFeatures
         sync=rows(clip.sync, SYNC_FPS),
         mel=rows(clip.mel, MEL_FPS),
         phonemes=phonemes,
+        phoneme_durations=durations,
+        speech_span=span,
         meta={**clip.meta, "window": [start, end]},
     )

@@ -31,6 +31,7 @@ $("form").addEventListener("submit", (event) => {
   data.append("output", $("output").value);
   if ($("task").value !== "v2s" && $("transcript").value.trim()) data.append("transcript", $("transcript").value.trim());
   if ($("task").value !== "v2s" && $("reference_voice").files[0]) data.append("reference_voice", $("reference_voice").files[0]);
+  if ($("task").value !== "v2s" && $("speech_span").value.trim()) data.append("speech_span", $("speech_span").value.trim());
   for (const name of ["steps", "cfg", "seed"]) if ($(name).value !== "") data.append(name, $(name).value);
 
   const xhr = new XMLHttpRequest();
@@ -74,7 +75,10 @@ $("form").addEventListener("submit", (event) => {
     link.href = resultUrl;
     link.download = `vssflow-${rid}.${ext}`;
     link.hidden = false;
-    $("meta").textContent = `request ${rid} · seed ${seed} · ${xhr.getResponseHeader("X-Duration-S")} s`;
+    const span = xhr.getResponseHeader("X-Speech-Span");
+    const spanText = span && span !== "none"
+      ? ` · speech ${span.replace(",", "–")} s (${xhr.getResponseHeader("X-Speech-Span-Source")})` : "";
+    $("meta").textContent = `request ${rid} · seed ${seed} · ${xhr.getResponseHeader("X-Duration-S")} s${spanText}`;
     $("seed").placeholder = `random (last: ${seed})`;
     finish(true, `Done: ${ext} ready.`);
   };

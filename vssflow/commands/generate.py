@@ -1,13 +1,15 @@
 """``vssflow generate``: audio (.wav) or the input video with a new soundtrack (.mp4) for one video.
 
     vssflow generate --model MODEL_DIR_OR_MLFLOW_URI --video IN.mp4 [--transcript TEXT | --transcript-file F]
-        [--reference-voice REF.wav] [--task v2s|tts|joint] [--steps N --cfg S --seed K] [--stems] --out OUT
+        [--reference-voice REF.wav] [--speech-span START,END] [--task v2s|tts|joint] [--steps N --cfg S --seed K]
+        [--stems] --out OUT
 
 The library pieces here are shared by every front end (CLI, Serve, batch jobs): :func:`extract_config_for` reads
 which feature extractors a model was trained with, :func:`load_extractors_for` loads them, :func:`prepare_features`
-turns a video (+ transcript, reference voice) into :class:`~vssflow.types.ClipFeatures` (no audio track needed),
-:func:`stem_plan` lists the generations behind ``--stems``. Generation itself is the one
-:meth:`vssflow.generator.Generator.generate`.
+turns a video (+ transcript, reference voice, speech span) into :class:`~vssflow.types.ClipFeatures` (no audio
+track needed), :func:`with_speech_span` picks the span the phonemes are laid over (the user's, else the mouth
+activity of the lip stream, else the whole clip), :func:`stem_plan` lists the generations behind ``--stems``.
+Generation itself is the one :meth:`vssflow.generator.Generator.generate`.
 
 A model given as an MLflow URI (``models:/name/version``, ``runs:/id/path``) is resolved by the orchestration layer
 (``pipelines.serve.resolve_model_dir``), imported by name only in that case, as ``vssflow.cli`` imports pipeline
@@ -22,6 +24,7 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,9 @@ __all__ = [
     "extract_config_for",
     "load_extractors_for",
     "check_request",
+    "check_speech_span",
     "prepare_features",
+    "with_speech_span",
     "stem_plan",
     "is_model_uri",
     "resolve_model",
@@ -95,6 +100,56 @@ def check_request(task: str, transcript: str | None) -> str:
     return text
 
 
+def check_speech_span(
+    span: str | Sequence[float] | None, duration_s: float | None = None, *, source: str = "--speech-span"
+) -> tuple[float, float] | None:
+    """A user's speech span ("START,END" seconds or a pair; None/"" = not given) -> (start, end), cut to the clip
+    when ``duration_s`` is known. Raises a one-line InputError when it is malformed or lies outside the clip."""
+    from vssflow.features.span import clamp_span, parse_span
+
+    parsed = parse_span(span, source=source)
+    if parsed is None or duration_s is None:
+        return parsed
+    cut = clamp_span(parsed, duration_s)
+    if cut is None:
+        raise InputError(
+            f"speech span {parsed[0]:g},{parsed[1]:g} s lies outside the clip (0 to {duration_s:.2f} s); give "
+            "START,END within it",
+            source=source,
+        )
+    return cut
+
+
+def with_speech_span(
+    features: ClipFeatures,
+    span: str | Sequence[float] | None = None,
+    *,
+    source: str = "--speech-span",
+    given_as: str = "user",
+) -> ClipFeatures:
+    """``features`` with the speech span the model lays the phonemes over, chosen in this order: ``span`` (the
+    user's, checked against the clip), the mouth activity of ``features.lip``
+    (:func:`vssflow.features.lip.speech_span_from_mouth`), else None (the whole clip). Clips without phonemes get
+    None. ``meta["speech_span_source"]`` says which: ``given_as`` ("user"; "features" for a span stored with
+    uploaded features), "mouth" or "clip".
+
+    Raises:
+        InputError when ``span`` is malformed or outside the clip.
+    """
+    user = check_speech_span(span, features.duration_s, source=source)
+    chosen, origin = None, "clip"
+    if features.phonemes is not None and len(features.phonemes):
+        if user is not None:
+            chosen, origin = user, given_as
+        elif features.lip is not None and len(features.lip) >= 3:
+            from vssflow.features.lip import speech_span_from_mouth
+            from vssflow.features.span import clamp_span
+
+            chosen = clamp_span(speech_span_from_mouth(np.asarray(features.lip), LIP_FPS), features.duration_s)
+            origin = "mouth" if chosen is not None else "clip"
+    return dataclasses.replace(features, speech_span=chosen, meta={**features.meta, "speech_span_source": origin})
+
+
 def prepare_features(
     video: str | os.PathLike,
     *,
@@ -102,6 +157,7 @@ def prepare_features(
     extractors: Extractors,
     transcript: str | None = None,
     reference_voice: str | os.PathLike | np.ndarray | None = None,
+    speech_span: str | Sequence[float] | None = None,
     info=None,
     clip_id: str | None = None,
 ) -> ClipFeatures:
@@ -114,13 +170,16 @@ def prepare_features(
         transcript: what is said; required for "tts" and "joint".
         reference_voice: a recording (path or (N,) float32 at 16 kHz) of the voice to speak with; without it the
             speaker condition is absent (the model's learned default voice).
+        speech_span: where in the video the words are ("START,END" seconds or a pair); without it the mouth
+            activity of the lip stream, else the whole clip (:func:`with_speech_span`).
         info: a :func:`vssflow.media.video.probe` result of ``video`` (skips probing again).
         clip_id: name used in error messages and ``meta``.
 
     Returns:
         ClipFeatures with ``sem`` (T_sem, D), ``sync`` (T_sync, 32, 32) uint8 (unless the extraction config turns it
-        off), and for speech tasks ``lip`` (T_lip, 32, 32) uint8, ``phonemes`` (P,) and ``speaker`` (256,) when a
-        reference voice is given; ``duration_s`` = the video's duration.
+        off), and for speech tasks ``lip`` (T_lip, 32, 32) uint8, ``phonemes`` (P,) with ``phoneme_durations`` (P,),
+        ``speech_span`` and ``speaker`` (256,) when a reference voice is given; ``duration_s`` = the video's
+        duration.
 
     Raises:
         InputError subclasses (BadVideoError, TranscriptError, ReferenceVoiceError, ...), one line each.
@@ -129,13 +188,14 @@ def prepare_features(
 
     text = check_request(task, transcript)
     info = info or probe(video)
+    check_speech_span(speech_span, float(info.duration))  # a bad span fails before any decoding
     cid = clip_id or Path(str(video)).stem
     speech = task in SPEECH_TASKS
     cfg = extractors.config
     size = _frame_size(info.height, info.width, cfg.max_short_side)
     sem_frames = read_frames(video, SEM_FPS, size=size, info=info)  # (T_sem, H, W, 3)
     sem = np.asarray(extractors.visual.encode(sem_frames), np.float32)  # (T_sem, D)
-    lip = sync = phonemes = speaker = None
+    lip = sync = phonemes = durations = speaker = None
     need_lips = speech and cfg.lips and extractors.mouth is not None
     frames_25 = read_frames(video, LIP_FPS, size=size, info=info) if need_lips or cfg.sync else None  # (T, H, W, 3)
     if cfg.sync:
@@ -143,7 +203,10 @@ def prepare_features(
 
         sync = sync_thumbnails(frames_25)  # (T_sync, 32, 32) uint8
     if speech:
-        phonemes = np.asarray(extractors.g2p(text, source=f"{cid}: transcript").ids, np.int16)
+        from vssflow.features.extract import phonemize_clip
+
+        ph = phonemize_clip({"clip_id": f"{cid}: transcript", "transcript": text}, extractors.g2p)
+        phonemes, durations = ph["phonemes"], ph["phoneme_durations"]  # (P,) int16, (P,) float32
         if need_lips:
             crops, _ = extractors.mouth(frames_25)
             lip = np.asarray(crops, np.uint8)  # (T_lip, 32, 32)
@@ -155,7 +218,7 @@ def prepare_features(
             ref = check_reference_voice(ref, source=f"{cid}: reference voice")
             speaker = np.asarray(extractors.speaker.embed(ref, source=f"{cid}: reference voice"), np.float32)
     assert lip is None or lip.shape[1:] == (LIP_SIZE, LIP_SIZE)
-    return ClipFeatures(
+    features = ClipFeatures(
         duration_s=float(info.duration),
         task=task,
         sem=sem,
@@ -164,7 +227,9 @@ def prepare_features(
         phonemes=phonemes,
         speaker=speaker,
         meta={"clip_id": cid, "transcript": transcript or None, "video": str(video)},
+        phoneme_durations=durations,
     )
+    return with_speech_span(features, speech_span)
 
 
 def stem_plan(features: ClipFeatures, *, stems: bool) -> list[tuple[str, ClipFeatures]]:
@@ -173,7 +238,9 @@ def stem_plan(features: ClipFeatures, *, stems: bool) -> list[tuple[str, ClipFea
     if not stems or features.task != "joint":
         return [("mix", features)]
     speech = dataclasses.replace(features, task="tts")
-    sound = dataclasses.replace(features, task="v2s", lip=None, phonemes=None, speaker=None)  # sync stays: timing
+    sound = dataclasses.replace(  # sync stays: timing
+        features, task="v2s", lip=None, phonemes=None, phoneme_durations=None, speaker=None, speech_span=None
+    )
     return [("speech", speech), ("sound", sound), ("mix", features)]
 
 
@@ -204,6 +271,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     text.add_argument("--transcript", help="what is said (tts and joint)")
     text.add_argument("--transcript-file", help="UTF-8 text file with the transcript")
     p.add_argument("--reference-voice", help="recording of the voice to speak with (wav/flac, >= 1 s)")
+    p.add_argument(
+        "--speech-span", metavar="START,END",
+        help="seconds of the video where the words are (tts, joint); default: where the mouth moves, else the whole "
+        "video",
+    )  # fmt: skip
     p.add_argument("--task", choices=TASKS, default=None, help="default: joint with a transcript, else v2s")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
@@ -259,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stems and task != "joint":
         raise InputError(f"--stems needs --task joint (got {task!r})")
     check_request(task, transcript)
+    check_speech_span(args.speech_span)
     tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     model_dir = resolve_model(args.model, tracking_uri=tracking)
     info = probe(args.video)
@@ -270,9 +343,13 @@ def run(args: argparse.Namespace) -> int:
     extractors = load_extractors_for(gen, device=args.device)
     features = prepare_features(
         args.video, task=task, extractors=extractors, transcript=transcript, reference_voice=args.reference_voice,
-        info=info,
+        speech_span=args.speech_span, info=info,
     )  # fmt: skip
     t_feat = time.perf_counter() - t0
+    if features.phonemes is not None:
+        span = features.speech_span
+        where = "the whole video" if span is None else f"{span[0]:.2f}-{span[1]:.2f} s"
+        print(f"vssflow generate: phonemes over {where} ({features.meta['speech_span_source']})")
     plan = stem_plan(features, stems=args.stems)
     per_window = steps * (2 if method == "midpoint" else 1)
     win = gen.config.max_frames / LATENT_HZ  # as Generator._generate_long cuts a long clip
