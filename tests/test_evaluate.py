@@ -23,7 +23,8 @@ from vssflow.audio.codec import MelCodec  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
 from vssflow.model import ModelConfig  # noqa: E402
 
-TINY = {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "lip_dim": 8, "phoneme_dim": 8, "time_freq_dim": 32}
+TINY = {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "lip_dim": 8, "phoneme_dim": 8, "time_freq_dim": 32,
+        "latent_dim": 32}  # fmt: skip
 # the evaluated model: as wide as the full 256-channel mel latent, so its (unfitted) MelCodec is lossless and the
 # ground truth through codec + vocoder is the vocoder's ceiling
 EVAL_MODEL = TINY | {"width": 256, "latent_dim": 256}

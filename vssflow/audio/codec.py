@@ -94,8 +94,11 @@ class MelCodec(LatentCodec):
     identity (mean 0, std 1).
 
     With ``components=k`` (0 < k < 256) the normalised frame is further projected onto its k principal components
-    (fitted with the statistics) and each component scaled to unit variance: a k-channel latent that keeps most of
-    the variance. A DiT narrower than 256 needs this: its output layer can only reach ``width`` latent directions,
+    (fitted with the statistics): a k-channel latent that keeps most of the variance. The projection is a rotation,
+    not a whitening, so a squared error in the latent is the same squared error in the normalised mel (the loudness
+    component keeps its large variance; whitened, the flow loss would weigh an error in it ~1/200 of what it costs
+    in the output, and the output's level drifted by tens of dB). ``whiten=True`` scales each component to unit
+    variance instead. A DiT narrower than 256 needs this: its output layer can only reach ``width`` latent directions,
     so with a 256-channel latent the rest of the sample would stay the initial noise (``ModelConfig`` refuses that).
     Decoding inverts every step exactly when k = 256 (or no projection), and up to the discarded components
     otherwise (``explained_variance`` says how much is kept).
@@ -116,6 +119,7 @@ class MelCodec(LatentCodec):
         basis: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
         explained_variance: float = 1.0,
+        whiten: bool = False,
     ):
         self.n_mels = n_mels
         self.mel_per_latent = mel_per_latent
@@ -127,6 +131,7 @@ class MelCodec(LatentCodec):
         self.min_std = float(min_std)
         self.count = int(count)  # number of latent frames the statistics were fitted on
         self.explained_variance = float(explained_variance)
+        self.whiten = bool(whiten)
         g = self.grouped_dim
         self.mean = torch.zeros(g) if mean is None else mean.detach().float().reshape(-1).clone()
         self.std = torch.ones(g) if std is None else std.detach().float().reshape(-1).clone()
@@ -186,7 +191,7 @@ class MelCodec(LatentCodec):
             vec = vec[:, order]  # (G, K)
             vec = vec * np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(vec.shape[1])])  # a fixed sign per axis
             self.basis = torch.from_numpy(vec).float()  # (G, K)
-            self.scale = torch.from_numpy(np.sqrt(lam)).float()  # (K,)
+            self.scale = torch.from_numpy(np.sqrt(lam) if self.whiten else np.ones_like(lam)).float()  # (K,)
             self.explained_variance = float(lam.sum() / max(np.trace(corr), 1e-12))
         return self
 
@@ -237,6 +242,7 @@ class MelCodec(LatentCodec):
                 "min_std": self.min_std,
                 "components": self.components,
                 "explained_variance": self.explained_variance,
+                "whiten": self.whiten,
                 "stats": "mel_codec_stats.safetensors",
             },
         )
@@ -261,6 +267,7 @@ class MelCodec(LatentCodec):
             basis=stats.get("basis"),
             scale=stats.get("scale"),
             explained_variance=float(meta.get("explained_variance", 1.0)),
+            whiten=bool(meta.get("whiten", False)),
         )
 
 

@@ -158,7 +158,7 @@ class Extractors:
 # ------------------------------------------------------------------------------------------------------ stages
 CLIP_KEYS = (
     "clip_id", "video", "task", "audio", "start", "end", "transcript", "speaker_id", "reference_audio",
-    "speech_stem", "split", "licence", "source", "events_json", "span_start", "span_end",
+    "speech_stem", "split", "licence", "source", "events_json", "span_start", "span_end", "timing_json",
 )  # fmt: skip
 
 
@@ -214,7 +214,16 @@ def row_dict(row) -> dict:
         "events_json": json.dumps([{"time": float(e["time"]), "class": str(e["class"])} for e in events]),
         "span_start": span[0],  # the speech span in seconds from ``start``; NaN: not known from the row
         "span_end": span[1],
+        "timing_json": row["timing_json"] if "timing_json" in row else _timing_json(row.get("phonemes")),
     }
+
+
+def _timing_json(phonemes) -> str:
+    """A manifest row's phoneme timing as JSON ``[[label, start, end], ...]`` ("" when it has none)."""
+    if not phonemes:
+        return ""
+    items = [(p.label, p.start, p.end) if hasattr(p, "label") else tuple(p)[:3] for p in phonemes]
+    return json.dumps([[str(a), float(b), float(c)] for a, b, c in items])
 
 
 def _slice_audio(wav: np.ndarray, start: float, duration: float) -> np.ndarray:
@@ -314,7 +323,7 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
 def phonemize_clip(row: dict, g2p=None, *, backend: str = "espeak") -> dict:
     """Add ``phonemes`` (P,) int16 and their relative ``phoneme_durations`` (P,) float32 from ``transcript`` (empty
     when there is none). Raises TranscriptError."""
-    from vssflow.text.durations import phoneme_durations
+    from vssflow.text.durations import durations_from_timing, phoneme_durations
 
     text = row.get("transcript")
     if not text:
@@ -325,7 +334,10 @@ def phonemize_clip(row: dict, g2p=None, *, backend: str = "espeak") -> dict:
         seq = g2p_fn(text, backend=backend, source=str(row["clip_id"]))
     else:
         seq = g2p(text, source=str(row["clip_id"]))
-    durations = phoneme_durations(seq.text, seq.symbols)  # (P,) espeak-ng's relative timing of the transcript
+    if row.get("timing_json"):  # the speech's own timing (training clips with a manifest timing)
+        durations = durations_from_timing(seq.symbols, json.loads(row["timing_json"]))
+    else:  # espeak-ng's neutral timing of the transcript (inference)
+        durations = phoneme_durations(seq.text, seq.symbols)
     return {**row, "phonemes": np.asarray(seq.ids, np.int16), "phoneme_durations": durations}
 
 

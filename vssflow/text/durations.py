@@ -6,7 +6,9 @@ vocabulary's canonical phones, and align that sequence with the G2P symbols (wor
 no time). The result is relative: the layout scales it to the clip's speech span, so the voice and rate used here
 do not matter, only the proportions (a stressed vowel is longer than a stop).
 
-When espeak-ng cannot speak (no library), a fixed table gives vowels twice a consonant's share.
+When espeak-ng cannot speak (no library), a fixed table gives vowels twice a consonant's share. Training clips with
+their own phoneme timing (the synthetic corpus's espeak events, a forced alignment) take their durations from it
+(:func:`durations_from_timing`), so the layout follows the actual speech; inference uses the neutral rendering.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from vssflow.text.vocab import PAD, PUNCTUATION, UNK, WORD_BOUNDARY, canonical_phones
 
-__all__ = ["phoneme_durations", "table_durations"]
+__all__ = ["align_durations", "durations_from_timing", "phoneme_durations", "table_durations"]
 
 _SILENT = {PAD, WORD_BOUNDARY, *PUNCTUATION}
 _VOWEL_CHARS = set("aeiouæɑɒɔəɚɛɜɝɪʊʌɐᵻɨøœyɯɤ")
@@ -48,7 +50,7 @@ def _espeak_phones(text: str) -> tuple[tuple[str, float], ...] | None:
 
 
 def phoneme_durations(text: str, symbols: Sequence[str]) -> np.ndarray:
-    """Relative duration of each G2P symbol of ``text``.
+    """Relative duration of each G2P symbol of ``text``, from espeak-ng's neutral rendering of it.
 
     Args:
         text: the transcript the symbols were made from (normalised or not).
@@ -58,10 +60,33 @@ def phoneme_durations(text: str, symbols: Sequence[str]) -> np.ndarray:
         (P,) float32 >= 0, seconds of espeak-ng's neutral rendering (any scale is fine for the layout): 0 for word
         boundaries and punctuation; a phoneme espeak did not say (a G2P that differs) gets the median duration.
     """
-    symbols = list(symbols)
     spoken = _espeak_phones(str(text).strip()) if str(text).strip() else None
-    if not spoken:
-        return table_durations(symbols)
+    return align_durations(symbols, spoken) if spoken else table_durations(symbols)
+
+
+def durations_from_timing(symbols: Sequence[str], timing: Sequence) -> np.ndarray:
+    """Relative duration of each G2P symbol from the speech's own phoneme timing (a manifest's ``phonemes``:
+    ``[label, start, end]`` lists or objects with ``label/start/end``, IPA labels), aligned like
+    :func:`phoneme_durations`. Training uses it when the clip has timing: the layout then follows the real speech."""
+    from vssflow.text.g2p import _ARPABET
+
+    phones: list[tuple[str, float]] = []
+    for item in timing:
+        label, start, end = (item.label, item.start, item.end) if hasattr(item, "label") else tuple(item)[:3]
+        label = str(label)
+        base = label.rstrip("012")
+        if base in _ARPABET:  # a forced aligner's ARPAbet (pocketsphinx): to IPA as the cmudict backend does
+            label = "ə" if base == "AH" and label.endswith("0") else _ARPABET[base]
+        parts = canonical_phones(label)
+        for part in parts:
+            phones.append((part, max(float(end) - float(start), 0.0) / max(len(parts), 1)))
+    return align_durations(symbols, phones) if phones else table_durations(symbols)
+
+
+def align_durations(symbols: Sequence[str], spoken: Sequence[tuple[str, float]]) -> np.ndarray:
+    """Durations of ``spoken`` (phone, seconds) carried onto the matching G2P ``symbols`` (difflib alignment); 0
+    for boundaries/punctuation, the median duration for a sounding symbol with no match (half for ``<unk>``)."""
+    symbols = list(symbols)
     sounding = [i for i, s in enumerate(symbols) if s not in _SILENT]
     out = np.zeros(len(symbols), np.float32)
     said = [p for p, _ in spoken]
