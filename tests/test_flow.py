@@ -165,3 +165,22 @@ def test_same_seed_gives_the_same_sample_bit_for_bit(tiny_model, method):
     a, b, other = run(7), run(7), run(8)
     assert torch.equal(a, b) and not torch.equal(a, other)
     assert torch.isfinite(a).all()
+
+
+def test_rescaled_guidance_keeps_the_conditional_level_and_the_guided_direction():
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 30, 8, generator=g), torch.tensor([0.3, 0.7])
+    v_c, v_u = torch.randn(2, 30, 8, generator=g) * 2, torch.randn(2, 30, 8, generator=g)
+    joint = lambda xx, tt: torch.cat([v_c, v_u])  # noqa: E731
+    plain = flow.cfg_velocity_batched(joint, lambda xx, tt: v_c, 3.0)(x, t)
+    torch.testing.assert_close(flow.cfg_velocity_batched(joint, lambda xx, tt: v_c, 3.0, rescale=0.0)(x, t), plain)
+    full = flow.cfg_velocity_batched(joint, lambda xx, tt: v_c, 3.0, rescale=1.0)(x, t)
+    one_minus_t = (1 - t)[:, None, None]
+    x1_c, x1_plain, x1_full = x + one_minus_t * v_c, x + one_minus_t * plain, x + one_minus_t * full
+    rms = lambda a: a.pow(2).mean((1, 2)).sqrt()  # noqa: E731
+    torch.testing.assert_close(rms(x1_full), rms(x1_c))  # the conditional level
+    assert (rms(x1_plain) > 1.2 * rms(x1_c)).all()  # plain guidance overshoots it
+    cos = torch.nn.functional.cosine_similarity(x1_full.flatten(1), x1_plain.flatten(1))
+    torch.testing.assert_close(cos, torch.ones(2))  # and points where plain guidance points
+    half = flow.cfg_velocity_batched(joint, lambda xx, tt: v_c, 3.0, rescale=0.5)(x, t)
+    torch.testing.assert_close(half, 0.5 * (plain + full))

@@ -48,12 +48,15 @@ class SamplingConfig:
         cfg_scale: classifier-free guidance scale (paper: 3; 1 = no guidance, one network call per step).
         method: "euler", "midpoint" or "dopri5".
         window_overlap_s: overlap of consecutive windows when a clip is longer than the model window.
+        cfg_rescale: weight of guidance rescaling (:func:`vssflow.flow.rescale_guidance`; 0 = the paper's plain
+            guidance, which overshoots the level at scale 3).
     """
 
     steps: int = 16
     cfg_scale: float = 3.0
     method: str = "euler"
     window_overlap_s: float = 1.0
+    cfg_rescale: float = 0.0
 
 
 class Generator:
@@ -187,7 +190,8 @@ class Generator:
         def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.model.predict_flow(x, t, conditions)
 
-        velocity = cond_fn if cfg == 1.0 else flow.cfg_velocity_batched(joint_fn, cond_fn, cfg)
+        rescale = self.sampling.cfg_rescale
+        velocity = cond_fn if cfg == 1.0 else flow.cfg_velocity_batched(joint_fn, cond_fn, cfg, rescale=rescale)
         calls = [0]
         total = steps * (2 if method == "midpoint" else 1)
 
