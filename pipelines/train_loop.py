@@ -84,6 +84,7 @@ class TrainJobConfig:
     eval_every: int = 250  # audio samples of the validation clips every N steps (0 = only at the end)
     eval_steps: int = 8  # ODE steps of validation sampling
     eval_cfg_scale: float = 3.0
+    cfg_rescale: float | None = None  # guidance rescaling saved with the model; None = the preset's (paper: 0)
     init: str = ""  # fine-tune from this model directory
     lora_rank: int = 0  # > 0: train LoRA adapters on the attention projections only
     lora_alpha: float = 8.0
@@ -99,6 +100,14 @@ class TrainJobConfig:
 
             return ModelConfig.from_dict(read_model_config(self.init)["model"]).replace(**self.model_overrides)
         return PRESETS[self.preset].replace(**self.model_overrides)
+
+    def sampling_config(self):
+        """The sampling defaults saved with the model: plain guidance for the paper preset (the paper), rescaled
+        guidance (:func:`vssflow.flow.rescale_guidance`) for the small presets, whose plain CFG overshoots the level."""
+        from vssflow.generator import SamplingConfig
+
+        rescale = self.cfg_rescale if self.cfg_rescale is not None else (0.0 if self.preset == "paper" else 1.0)
+        return SamplingConfig(cfg_scale=self.eval_cfg_scale, cfg_rescale=rescale)
 
     def flow_config(self) -> FlowConfig:
         return FlowConfig(**self.flow)
@@ -477,7 +486,7 @@ def _save_final(raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: dict, 
     if cfg.lora_rank > 0:
         save_adapter(averaged, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha), Path(run["out"]) / "lora")
         averaged = merge_lora(averaged)
-    gen = Generator(model=raw, codec=codec)
+    gen = Generator(model=raw, codec=codec, sampling=cfg.sampling_config())
     gen.step = step
     out = Path(run["out"])
     adapter = None
@@ -500,7 +509,7 @@ def _log_samples(tracker, model: VSSFlowDiT, codec, val_clips, cfg: TrainJobConf
     from vssflow.constants import SAMPLE_RATE
     from vssflow.generator import Generator
 
-    gen = Generator(model=model, codec=codec)
+    gen = Generator(model=model, codec=codec, sampling=cfg.sampling_config())
     for i, clip in enumerate(val_clips):
         wav = gen.generate(clip, steps=cfg.eval_steps, cfg=cfg.eval_cfg_scale, seed=i)
         name = f"{i:02d}_{clip.task}_{clip.meta.get('clip_id', i)}"

@@ -170,3 +170,18 @@ def test_info_command(gen, tmp_path):
         [sys.executable, "-m", "vssflow.cli", "info", str(tmp_path / "zzz")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "zzz" in bad.stderr
+
+
+def test_peak_guard_scales_only_a_clip_over_the_limit_and_is_counted(gen):
+    from vssflow.generator import PEAK_LIMIT, peak_guard
+
+    quiet = np.sin(np.linspace(0, 100, 16000)).astype(np.float32) * 0.5
+    assert peak_guard(quiet) is quiet  # within range: untouched
+    loud = quiet * 4
+    guarded = peak_guard(loud)
+    assert np.abs(guarded).max() == pytest.approx(PEAK_LIMIT)
+    assert np.allclose(guarded / guarded.max(), loud / loud.max())  # scaled as a whole, not distorted
+    before = gen.peak_guarded
+    latents = torch.full((1, 10, gen.config.latent_dim), 40.0)  # absurdly loud latents: the guard fires
+    (wav,) = gen.decode(latents, torch.tensor([10]), [0.4])
+    assert np.abs(wav).max() <= PEAK_LIMIT + 1e-6 and gen.peak_guarded == before + 1

@@ -94,6 +94,7 @@ class Generator:
             )
         self.vocoder = (vocoder or load_vocoder(None)).to(self.device)
         self.sampling = sampling
+        self.peak_guarded = 0  # clips the last guard against clipping scaled down (see peak_guard)
         self.step = 0
         self.info: dict[str, Any] = {}
 
@@ -223,7 +224,9 @@ class Generator:
                 w = wav[j, :n_samples]
                 if w.shape[0] < n_samples:  # duration not on the 40 ms grid: decode repeats the last latent frame
                     w = np.pad(w, (0, n_samples - w.shape[0]))
-                out[i] = np.ascontiguousarray(w, dtype=np.float32)
+                w = np.ascontiguousarray(w, dtype=np.float32)
+                out[i] = peak_guard(w)
+                self.peak_guarded += int(out[i] is not w)
         return out
 
     @torch.no_grad()
@@ -382,6 +385,17 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade vssflow"
         )
     return config
+
+
+PEAK_LIMIT = 0.98  # -0.2 dBFS
+
+
+def peak_guard(wav: np.ndarray, limit: float = PEAK_LIMIT) -> np.ndarray:
+    """The last guard against clipping: a clip whose peak exceeds ``limit`` is scaled down as a whole (no
+    distortion, no change to a clip within range). Not the level fix (that is guidance rescaling and the codec):
+    ``evaluate``'s level difference is measured on what the model makes, and a model that needs this is too loud."""
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    return wav * np.float32(limit / peak) if peak > limit else wav
 
 
 # ---- long clips --------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ HIGHER_IS_BETTER = {
     "lipsync_offset_abs_s": False, "duration_err_s": False, "speech_span_err_s": False, "onset_precision": True,
     "onset_recall": True, "onset_f1": True, "onset_f1_chance": True, "onset_f1_over_chance": True,
     "av_offset_abs_s": False, "av_sync_conf": True, "class_acc": True, "kl": False, "fd": False,
-    "level_db_abs": False, "clip_fraction": False,
+    "level_db_abs": False, "clip_fraction": False, "peak_guarded": False,
 }  # fmt: skip
 CLOSER_TO_ZERO = ("level_db_diff",)
 

@@ -189,12 +189,12 @@ class ConditionEncoder(nn.Module):
         self.sem_proj = mlp(cfg.sem_dim, cfg.width, cfg.cross_dim)
         self.speaker_proj = mlp(cfg.speaker_dim, cfg.width, cfg.cross_dim)
         if cfg.lip_input == "crops":
-            self.lip_encoder: nn.Module = LipCNN(cfg.lip_dim)
+            self.lip_encoder: nn.Module = LipCNN(cfg.lip_dim, cfg.cnn_channels)
         else:
             self.lip_encoder = mlp(cfg.lip_feature_dim, 2 * cfg.lip_dim, cfg.lip_dim)
         self.phoneme_emb = nn.Embedding(cfg.phoneme_vocab, cfg.phoneme_dim)
         if cfg.sync_dim:
-            self.sync_encoder = SyncCNN(cfg.sync_dim)
+            self.sync_encoder = SyncCNN(cfg.sync_dim, cfg.cnn_channels)
             self.absent_sync = nn.Parameter(torch.randn(cfg.sync_dim) * 0.02)
             if cfg.sync_placement == "cross":
                 self.sync_to_cross = nn.Linear(cfg.sync_dim, cfg.cross_dim)

@@ -46,6 +46,8 @@ class ModelConfig:
             "features" = (T, lip_feature_dim) float features of a frozen encoder, projected by an MLP.
         lip_feature_dim: size of frozen lip features (only used when lip_input == "features").
         lip_dim: width of the encoded lip stream.
+        cnn_channels: channels of the three stride-2 convolutions of the trainable lip and sync encoders (32x32
+            frames); a third of the tiny preset's training step went to them at (16, 32, 32).
         sync_dim: width of the encoded sync stream (25 fps frame thumbnails through a trainable CNN, the role of
             the paper's Synchformer features); 0 = the model has no sync input (models saved before it existed).
         phoneme_vocab: size of the phoneme id vocabulary (id 0 = none / padding).
@@ -73,6 +75,7 @@ class ModelConfig:
     lip_input: str = "crops"
     lip_feature_dim: int = 1024
     lip_dim: int = 32
+    cnn_channels: tuple[int, int, int] = (8, 16, 32)
     sync_dim: int = 32
     phoneme_vocab: int = 256
     phoneme_dim: int = 32
@@ -87,6 +90,9 @@ class ModelConfig:
     max_seconds: float = MAX_SECONDS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cnn_channels", tuple(int(c) for c in self.cnn_channels))  # JSON gives a list
+        if len(self.cnn_channels) != 3 or min(self.cnn_channels) < 1:
+            raise ValueError(f"ModelConfig.cnn_channels={self.cnn_channels}; expected three positive channel counts")
         for name in ("sem_placement", "phoneme_placement", "lip_placement", "sync_placement"):
             if getattr(self, name) not in PLACEMENTS:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {PLACEMENTS}")
@@ -160,13 +166,14 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Rebuild from ``to_dict()`` output (config.json); an unknown key is an error, a missing one a default
-        (except ``sync_dim`` and ``phoneme_layout``: a config written before the sync stream existed describes a model
-        without it, one written before phoneme layouts existed spread phonemes over the clip)."""
+        (except ``sync_dim``, ``phoneme_layout`` and ``cnn_channels``: a config written before the sync stream
+        existed describes a model without it, one written before phoneme layouts existed spread phonemes over the
+        clip, one written before the CNN width was a setting had (16, 32, 32))."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**{"sync_dim": 0, "phoneme_layout": "clip", **d})
+        return cls(**{"sync_dim": 0, "phoneme_layout": "clip", "cnn_channels": (16, 32, 32), **d})
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -176,13 +183,16 @@ class ModelConfig:
 # The tiny preset is 128 wide: its latent is the 128 principal components of the 256 grouped mel channels
 # (MelCodec(components=128), 99+ % of the variance), so the output layer reaches every latent direction.
 TINY = ModelConfig()
-SMALL = ModelConfig(depth=8, width=384, heads=6, cross_dim=256, lip_dim=64, sync_dim=64, latent_dim=FULL_LATENT)
+SMALL = ModelConfig(
+    depth=8, width=384, heads=6, cross_dim=256, lip_dim=64, sync_dim=64, latent_dim=FULL_LATENT,
+    cnn_channels=(16, 32, 32),
+)  # fmt: skip
 # The paper's backbone size (10 blocks, 24 heads x 64, GQA cross-attention with 12 kv heads of width 768, SwiGLU 4x);
 # the condition front-ends follow our features (MobileNetV2 semantics, mouth crops, sync thumbnails), not the
 # paper's frozen encoders (CLIP, AV-HuBERT, Synchformer); the sync stream is as wide as the paper's (768).
 PAPER = ModelConfig(
     depth=10, width=1536, heads=24, cross_dim=768, cross_kv_heads=12, lip_dim=1024, sync_dim=768,
-    latent_dim=FULL_LATENT, phoneme_layout="clip",
+    latent_dim=FULL_LATENT, phoneme_layout="clip", cnn_channels=(16, 32, 32),
 )  # fmt: skip
 
 PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "small": SMALL, "paper": PAPER}
