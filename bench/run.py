@@ -17,6 +17,7 @@ SECTIONS = [
     ("Ray Data preprocessing (issue 5)", "bench.bench_preprocess"),
     ("Ray Train + DeepSpeed (issue 6)", "bench.bench_train"),
     ("Ray Serve batching and HTTP overhead (issue 7)", "bench.bench_serve"),
+    ("vocoder intelligibility per mel inversion (issue 13)", "bench.bench_vocoder_quality"),
 ]
 
 

@@ -1,7 +1,8 @@
 """Waveform from log-mel: Griffin-Lim (default, no weights) or a HiFi-GAN (``transformers.SpeechT5HifiGan``).
 
-Griffin-Lim starts from a phase estimated from the magnitude and refines it with a few fast Griffin-Lim
-iterations (:mod:`vssflow.audio.phase`).
+Griffin-Lim first turns the mel into a linear STFT magnitude (a non-negative fit by default, or the filterbank's
+pseudo-inverse: :mod:`vssflow.audio.mel_inversion`), then starts from a phase estimated from that magnitude and
+refines it with a few fast Griffin-Lim iterations (:mod:`vssflow.audio.phase`).
 
 Both take natural-log mel (B, T, 64) at 100 Hz, exactly what :class:`vssflow.audio.mel.MelSpectrogram` produces,
 and return (B, T * 160) samples at 16 kHz. AudioLDM's HiFi-GAN (the ``vocoder/`` folder of an AudioLDM checkpoint,
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from vssflow.audio.mel import MelConfig, mel_filterbank
+from vssflow.audio.mel_inversion import INVERSIONS, MelInverter
 from vssflow.audio.phase import fast_griffin_lim, pghi_phase
 from vssflow.errors import AssetError, FeatureShapeError
 
@@ -69,24 +71,35 @@ class GriffinLimConfig:
             convergence, mel distance) than the previous default, 32 iterations from "zeros" with momentum 0.99
             (``GriffinLimConfig(n_iter=32, momentum=0.99, init="zeros")``, equal to ``torchaudio``'s
             ``griffinlim``), at ~40 % of its cost.
+        mel: the mel settings the input was computed with.
+        inversion: mel -> linear magnitude, "nnls" (non-negative fit by multiplicative updates) or "pinv" (the
+            filterbank's pseudo-inverse clamped at 0, the default before issue 13). See
+            :mod:`vssflow.audio.mel_inversion` and the measured table in ``docs/performance.md``.
+        inversion_iter: multiplicative updates of "nnls" (each costs ~0.5 ms per 2 s clip on one CPU core).
     """
 
     n_iter: int = 16
     momentum: float = 0.9
     init: str = "pghi"
     mel: MelConfig = MelConfig()
+    inversion: str = "nnls"
+    inversion_iter: int = 20
 
     def __post_init__(self) -> None:
         if self.init not in ("pghi", "zeros"):
             raise ValueError(f"GriffinLimConfig.init={self.init!r}; expected 'pghi' or 'zeros'")
+        if self.inversion not in INVERSIONS:
+            raise ValueError(f"GriffinLimConfig.inversion={self.inversion!r}; expected one of {INVERSIONS}")
+        if self.inversion_iter < 0:
+            raise ValueError(f"GriffinLimConfig.inversion_iter={self.inversion_iter}; expected >= 0")
 
 
 class GriffinLimVocoder(Vocoder):
-    """exp(log-mel) -> linear magnitude by the filterbank's pseudo-inverse (clamped at 0) -> phase reconstruction.
+    """exp(log-mel) -> linear magnitude (``config.inversion``) -> phase reconstruction.
 
-    Deterministic, needs no weights. The pseudo-inverse is a (M, F) matrix computed once, so the mel inversion is
-    one matmul; the cost is ``n_iter`` STFT/iSTFT pairs over the whole batch at once (plus, with the "pghi" start,
-    one pass over the frames).
+    Deterministic, needs no weights. The mel inversion is one matmul ("pinv") or ``inversion_iter`` pairs of
+    small matmuls ("nnls", ~20 % of the decode); the rest of the cost is ``n_iter`` STFT/iSTFT pairs over the whole
+    batch at once (plus, with the "pghi" start, one pass over the frames).
     """
 
     def __init__(self, config: GriffinLimConfig = GriffinLimConfig()):
@@ -94,31 +107,34 @@ class GriffinLimVocoder(Vocoder):
         mel = config.mel
         self.sample_rate, self.hop_length, self.n_mels = mel.sample_rate, mel.hop_length, mel.n_mels
         self.window = torch.hann_window(mel.win_length, periodic=True)
-        self.inverse_fbank = torch.linalg.pinv(mel_filterbank(mel).double()).float()  # (M, F)
+        self.inverter = MelInverter(mel_filterbank(mel), method=config.inversion, n_iter=config.inversion_iter)
 
     def to(self, device: str | torch.device) -> GriffinLimVocoder:
-        self.window, self.inverse_fbank = self.window.to(device), self.inverse_fbank.to(device)
+        self.window, self.inverter = self.window.to(device), self.inverter.to(device)
         return self
 
     def magnitude(self, mel: torch.Tensor) -> torch.Tensor:
         """log-mel (B, T, M) -> the STFT magnitude (B, F, T + 1) that Griffin-Lim reconstructs."""
-        magnitude = torch.clamp(torch.exp(mel.to(self.inverse_fbank.device)) @ self.inverse_fbank, min=0.0)
+        magnitude = self.inverter(torch.exp(mel.to(self.window.device)))  # (B, T, F)
         # the mel has N // hop frames (the last centre frame was trimmed); repeat the last one back so that
         # centre-framed Griffin-Lim yields exactly T * hop samples
         return torch.cat([magnitude, magnitude[:, -1:]], dim=1).transpose(1, 2)  # (B, F, T + 1)
 
-    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """STFT magnitude (B, F, T + 1) -> waveform (B, T * hop) by the configured phase reconstruction."""
         cfg = self.config.mel
         stft = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length)
-        magnitude = self.magnitude(mel)
         if self.config.init == "pghi":
             phase = pghi_phase(magnitude, **stft)
         else:
             phase = torch.zeros_like(magnitude)
         return fast_griffin_lim(
             magnitude, phase, **stft, window=self.window, n_iter=self.config.n_iter,
-            momentum=self.config.momentum, length=mel.shape[1] * cfg.hop_length,
+            momentum=self.config.momentum, length=(magnitude.shape[-1] - 1) * cfg.hop_length,
         )  # fmt: skip  # (B, T * hop)
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(self.magnitude(mel))
 
 
 class HiFiGanVocoder(Vocoder):
