@@ -23,7 +23,7 @@ frame for 513 unknowns, so many non-negative X give the same mel and the inversi
   and frames do not interact, and a batch is two (B * T, F) x (F, M) matmuls per update (~0.5 ms per 2 s clip).
 
 ``bench/bench_vocoder_quality.py`` measures them through Griffin-Lim by Whisper's word error rate; the table is in
-``docs/performance.md`` (WER 0.198 with "pinv", 0.181 with "nnls", 0.184 with the true magnitude).
+``docs/performance.md`` (WER 0.193 with "pinv", 0.185 with "nnls", 0.183 with the true magnitude).
 
 Shape letters: B batch, T mel frames, F = n_fft // 2 + 1 STFT bins, M mel bins.
 """
