@@ -126,9 +126,13 @@ class WhisperASR:
         wav = np.asarray(wav, np.float32).reshape(-1)
         if len(wav) < SAMPLE_RATE // 10:
             return ""
+        # temperature 0 only: faster-whisper's default falls back to sampling at higher temperatures when the audio
+        # is hard (generated speech), and the sampler's state carries over between calls, so a clip's WER depended
+        # on what was transcribed before it. One beam-search pass is a function of the audio alone.
         segments, _ = self.model.transcribe(
-            wav, language="en", beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False
-        )
+            wav, language="en", beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False,
+            temperature=0.0,
+        )  # fmt: skip
         return " ".join(s.text.strip() for s in segments).strip()
 
     def encode(self, wavs: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
