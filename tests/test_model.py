@@ -333,6 +333,8 @@ def test_config_refuses_a_latent_wider_than_the_model():
         TINY.replace(latent_dim=256)
     for name, cfg in PRESETS.items():
         assert cfg.latent_dim <= cfg.width, name
+    with pytest.raises(ValueError, match="LayerNorm"):  # LayerNorm centres each token: width - 1 directions
+        TINY.replace(final_norm="layer")
     with pytest.raises(ValueError, match="latent_dim"):  # an old saved config is refused with the reason, not run
         ModelConfig.from_dict({**TINY.to_dict(), "latent_dim": 256})
 

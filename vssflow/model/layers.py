@@ -173,7 +173,8 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.adaln = cfg.time_conditioning == "adaln"
-        self.norm = nn.LayerNorm(cfg.width, elementwise_affine=not self.adaln, eps=1e-6)
+        norm = nn.RMSNorm if cfg.final_norm == "rms" else nn.LayerNorm  # RMSNorm keeps all `width` directions
+        self.norm = norm(cfg.width, elementwise_affine=not self.adaln, eps=1e-6)
         self.linear = nn.Linear(cfg.width, cfg.latent_dim)
         if self.adaln:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
