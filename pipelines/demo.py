@@ -104,8 +104,10 @@ def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="demo directory (recreated)")
-    parser.add_argument("--clips", type=int, default=160, help="embedded corpus size")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--clips", type=int, default=280, help="embedded corpus size")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--eval-clips", type=int, default=12, help="held-out clips per task in the evaluation")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     parser.add_argument("--deepspeed", default="zero2")
     parser.add_argument("--sample-steps", type=int, default=16, help="solver steps when generating")
@@ -121,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     if not (corpus / "manifest.jsonl").exists():
-        _vssflow("synth", "--out", str(corpus), "--clips", str(args.clips), "--seed", "0", "--duration", "2.0..4.0")
+        _vssflow("synth", "--out", str(corpus), "--clips", str(args.clips), "--seed", "0", "--duration", "1.5..3.0",
+                 "--mix", "0.35,0.45,0.2", "--split", "0.7,0.1,0.2")  # fmt: skip  (a fifth of the sentences held out)
     _vssflow("preprocess", str(corpus / "manifest.jsonl"), "--out", str(shards), "--mlflow-uri", mlflow_uri)
     if not (args.keep and (model / "config.json").exists()):
         _vssflow(
             "train", "--data", str(shards), "--preset", "tiny", "--workers", str(args.workers),
-            "--max-steps", str(args.steps), "--deepspeed", args.deepspeed, "--out", str(model),
-            "--run-dir", str(run_dir), "--mlflow-uri", mlflow_uri,
+            "--max-steps", str(args.steps), "--deepspeed", args.deepspeed, "--out", str(model), "--lr", str(args.lr),
+            "--warmup-steps", "50", "--checkpoint-every", "250", "--eval-every", "750", "--run-dir", str(run_dir),
+            "--mlflow-uri", mlflow_uri,
         )  # fmt: skip
     _vssflow(
         "evaluate",
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         str(report),
         "--mlflow-uri",
         mlflow_uri,
+        "--max-clips",
+        str(args.eval_clips),
     )
     timing = _timing_summary(report / "report.json")
     written = _serve_and_generate(model, corpus / "manifest.jsonl", out, n=3, steps=args.sample_steps)

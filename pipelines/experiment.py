@@ -11,6 +11,8 @@ Experiments (every variant trained with the same model size and the same number 
   paper's finding: cross-attention for video, in-context for the transcript.
 * ``cfg``: the joint and the separate models evaluated at guidance scales 1..6. The paper: joint training
   stabilises CFG (its metrics degrade less at large scales).
+* ``phoneme-layout``: VisualTTS models with the phonemes stretched over the clip (the paper), spread over the speech
+  span, or laid over it by duration (``ModelConfig.phoneme_layout``); our departure, measured against the paper's.
 
 Training calls :func:`pipelines.train.run_training`, evaluation :func:`pipelines.evaluate.evaluate`; everything is
 logged to one MLflow store (``--mlflow-uri``, default ``DIR/mlflow``). Means and 95 % t-intervals are over seeds;
@@ -32,6 +34,7 @@ import numpy as np
 
 from vssflow.errors import InputError
 from vssflow.files import write_text_atomic
+from vssflow.model.config import PHONEME_LAYOUTS
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -98,10 +101,12 @@ def variants(name: str) -> list[Variant]:
             for s in ("cross", "context")
             for p in ("cross", "context")
         ]
+    if name == "phoneme-layout":
+        return [Variant(f"layout-{k}", MIXES["tts"], ("tts",), {"phoneme_layout": k}) for k in PHONEME_LAYOUTS]
     raise InputError(f"unknown experiment {name!r}; use one of {', '.join(EXPERIMENTS)}", source="vssflow experiment")
 
 
-EXPERIMENTS = ("joint-vs-separate", "placement", "cfg")
+EXPERIMENTS = ("joint-vs-separate", "placement", "cfg", "phoneme-layout")
 
 
 @dataclass(frozen=True)
@@ -299,6 +304,13 @@ def summarise(name: str, results: dict, cfg_values) -> dict:
                 _side(results, good, c0, task, metric), _side(results, bad, c0, task, metric), HIGHER_IS_BETTER[metric]
             )
         claim = _verdict(comparisons, "cross-attention for video semantics and in-context for the transcript are best")
+    elif name == "phoneme-layout":
+        for layout in ("span", "duration"):
+            for metric in PRIMARY["tts"]:
+                a, b = _values(results, f"layout-{layout}", c0, "tts", metric), _values(results, "layout-clip", c0,
+                                                                                      "tts", metric)  # fmt: skip
+                comparisons[f"tts/{metric}: {layout} vs clip"] = compare(a, b, HIGHER_IS_BETTER[metric])
+        claim = _verdict(comparisons, "phonemes laid over the speech span beat the paper's stretch over the clip")
     elif name == "cfg":
         spreads = {}
         for v in results:

@@ -192,6 +192,21 @@ def test_confidence_intervals_and_verdicts():
     assert compare([0.1, 0.5, 0.3], [0.3, 0.1, 0.5], higher_is_better=False)["verdict"] == "no difference"
 
 
+def test_phoneme_layout_experiment_compares_each_layout_with_the_papers():
+    from pipelines.experiment import summarise, variants
+
+    assert [(v.name, v.model) for v in variants("phoneme-layout")] == [
+        ("layout-clip", {"phoneme_layout": "clip"}), ("layout-span", {"phoneme_layout": "span"}),
+        ("layout-duration", {"phoneme_layout": "duration"}),
+    ]  # fmt: skip
+    wer = {"layout-clip": [1.0, 1.1, 0.9], "layout-span": [0.98, 1.12, 0.91], "layout-duration": [0.5, 0.6, 0.4]}
+    results = {v: {s: {"eval": {"3": {"tts": {"wer": w[s], "mcd": 40.0 + s, "spk_sim": 0.5}}}} for s in range(3)}
+               for v, w in wer.items()}  # fmt: skip
+    comps = summarise("phoneme-layout", results, [3.0])["comparisons"]
+    assert comps["tts/wer: duration vs clip"]["verdict"] == "better"
+    assert comps["tts/wer: span vs clip"]["verdict"] == "no difference"
+
+
 def _toy_shards(root: Path) -> Path:
     from bench.bench_train import make_toy_shards
 
