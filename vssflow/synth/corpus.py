@@ -39,8 +39,10 @@ class CorpusConfig:
     """What to write. ``mix`` is the share of v2s, tts and joint clips; ``real_speech`` the share of tts clips
     spoken by the real (asterisk) speaker when that package is installed.
 
-    ``text`` is where clip sentences come from: "grid" (the GRID grammar, 61,440 sentences) or "sentences" (the
-    32 fixed sentences of earlier corpora). A tts/joint clip's ``split`` follows its sentence
+    ``text`` is where clip sentences come from: "phrases" (default; a grammar of short natural sentences that
+    Whisper, the evaluation's ASR, reads reliably), "grid" (the GRID grammar, 61,440 sentences, for the paper's
+    benchmark layout) or "sentences" (the 32 fixed sentences of earlier corpora); see
+    :mod:`vssflow.synth.sentences`. A tts/joint clip's ``split`` follows its sentence
     (:func:`~vssflow.synth.sentences.sentence_split` with the ``split`` fractions), so no sentence is in two
     splits; v2s clips draw their split at random. The last ``held_out_voices`` of the ``n_speakers`` espeak
     voices speak only val/test clips (:data:`HELD_OUT_SHARE` of them); the others speak in every split.
@@ -58,7 +60,7 @@ class CorpusConfig:
     n_speakers: int = len(SPEAKERS)
     refs_per_speaker: int = 2
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    text: str = "grid"
+    text: str = "phrases"
     held_out_voices: int = 2
     workers: int = 2
     crf: int = 20
