@@ -21,6 +21,16 @@ def _duration(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three shares train,val,test, e.g. 0.8,0.1,0.1")
+    return parts
+
+
 def _mix(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(v) for v in text.split(","))
@@ -37,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same corpus")
     parser.add_argument("--duration", type=_duration, default=(2.0, 4.0), help="clip seconds: 2.0 or 2.0..4.0")
     parser.add_argument("--mix", type=_mix, default=(0.4, 0.4, 0.2), help="share of v2s,tts,joint (0.4,0.4,0.2)")
+    parser.add_argument(
+        "--split", type=_split, default=(0.8, 0.1, 0.1),
+        help="share of train,val,test (0.8,0.1,0.1); a speech clip follows its sentence's split",
+    )  # fmt: skip
     parser.add_argument(
         "--real-speech",
         type=float,
@@ -79,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         duration=args.duration,
         mix=args.mix,
+        split=args.split,
         real_speech=args.real_speech,
         real_sounds=not args.synth_sounds_only,
         text=args.text,
