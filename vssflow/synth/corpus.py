@@ -30,8 +30,8 @@ from vssflow.synth.sounds import CLASSES
 SYNTH_LICENCE = "CC0-1.0"  # what vssflow renders and espeak-ng speaks for the corpus
 REAL_SPEAKER = "asterisk-allison"
 HELD_OUT_SHARE = 0.5  # share of the val/test espeak clips spoken by a held-out voice (when some are held out)
-LEAD_S = (0.12, 0.25)  # silence before the speech (>= 3 video frames: the mouth is seen closed first)
-TAIL_S = (0.1, 0.25)  # silence after it
+LEAD_S = (0.2, 0.3)  # silence before the speech (>= 5 video frames: the mouth is seen closed first)
+TAIL_S = (0.2, 0.3)  # silence after it (>= 0.2 s: a 200 ms shift, the metric validation's, cuts no word)
 
 
 @dataclass(frozen=True)
