@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="demo directory (recreated)")
     parser.add_argument("--clips", type=int, default=280, help="embedded corpus size")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--eval-clips", type=int, default=12, help="held-out clips per task in the evaluation")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     if not (corpus / "manifest.jsonl").exists():
-        _vssflow("synth", "--out", str(corpus), "--clips", str(args.clips), "--seed", "0", "--duration", "1.5..3.0",
-                 "--mix", "0.35,0.45,0.2", "--split", "0.7,0.1,0.2")  # fmt: skip  (a fifth of the sentences held out)
+        # a fifth of the sentences (and two voices) are held out for the evaluation
+        _vssflow(
+            "synth", "--out", str(corpus), "--clips", str(args.clips), "--seed", "0", "--duration", "1.5..3.0",
+            "--mix", "0.35,0.45,0.2", "--split", "0.7,0.1,0.2",
+        )  # fmt: skip
     _vssflow("preprocess", str(corpus / "manifest.jsonl"), "--out", str(shards), "--mlflow-uri", mlflow_uri)
     if not (args.keep and (model / "config.json").exists()):
         _vssflow(
