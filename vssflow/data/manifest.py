@@ -42,6 +42,16 @@ class TimedLabel:
     end: float
 
 
+def timed_triples(labels) -> list[tuple[str, float, float]]:
+    """(label, start, end) of timed labels given as :class:`TimedLabel` objects or ``[label, start, end]`` lists
+    (a manifest row's ``phonemes``/``words`` before or after parsing, or their JSON)."""
+    out = []
+    for item in labels or ():
+        label, start, end = (item.label, item.start, item.end) if hasattr(item, "label") else tuple(item)[:3]
+        out.append((str(label), float(start), float(end)))
+    return out
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     """One clip. Paths are absolute after :func:`read_manifest`; relative ones are written relative to the manifest.

@@ -220,10 +220,9 @@ def row_dict(row) -> dict:
 
 def _timing_json(phonemes) -> str:
     """A manifest row's phoneme timing as JSON ``[[label, start, end], ...]`` ("" when it has none)."""
-    if not phonemes:
-        return ""
-    items = [(p.label, p.start, p.end) if hasattr(p, "label") else tuple(p)[:3] for p in phonemes]
-    return json.dumps([[str(a), float(b), float(c)] for a, b, c in items])
+    from vssflow.data.manifest import timed_triples
+
+    return json.dumps([list(t) for t in timed_triples(phonemes)]) if phonemes else ""
 
 
 def _slice_audio(wav: np.ndarray, start: float, duration: float) -> np.ndarray:

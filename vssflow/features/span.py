@@ -45,10 +45,9 @@ def clamp_span(span: Span | None, duration: float) -> Span | None:
 def span_from_timing(labels: Iterable | None, *, offset: float = 0.0) -> Span | None:
     """First start and last end of timed labels (manifest phonemes or words: objects with ``start``/``end``, or
     ``[label, start, end]`` lists), shifted by ``-offset`` (the clip's start in the file)."""
-    times = []
-    for item in labels or ():
-        start, end = (item.start, item.end) if hasattr(item, "start") else (item[1], item[2])
-        times.append((float(start), float(end)))
+    from vssflow.data.manifest import timed_triples
+
+    times = [(start, end) for _, start, end in timed_triples(labels)]
     if not times:
         return None
     return min(s for s, _ in times) - offset, max(e for _, e in times) - offset

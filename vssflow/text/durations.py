@@ -68,18 +68,17 @@ def durations_from_timing(symbols: Sequence[str], timing: Sequence) -> np.ndarra
     """Relative duration of each G2P symbol from the speech's own phoneme timing (a manifest's ``phonemes``:
     ``[label, start, end]`` lists or objects with ``label/start/end``, IPA labels), aligned like
     :func:`phoneme_durations`. Training uses it when the clip has timing: the layout then follows the real speech."""
+    from vssflow.data.manifest import timed_triples
     from vssflow.text.g2p import _ARPABET
 
     phones: list[tuple[str, float]] = []
-    for item in timing:
-        label, start, end = (item.label, item.start, item.end) if hasattr(item, "label") else tuple(item)[:3]
-        label = str(label)
+    for label, start, end in timed_triples(timing):
         base = label.rstrip("012")
         if base in _ARPABET:  # a forced aligner's ARPAbet (pocketsphinx): to IPA as the cmudict backend does
             label = "ə" if base == "AH" and label.endswith("0") else _ARPABET[base]
         parts = canonical_phones(label)
         for part in parts:
-            phones.append((part, max(float(end) - float(start), 0.0) / max(len(parts), 1)))
+            phones.append((part, max(end - start, 0.0) / max(len(parts), 1)))
     return align_durations(symbols, phones) if phones else table_durations(symbols)
 
 
