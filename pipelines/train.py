@@ -132,7 +132,7 @@ def fit_codec(paths: list[Location], out_dir: Path, latent_dim: int = FULL_LATEN
             for row in table_to_rows(t):
                 yield np.asarray(row["mel"], np.float32)
 
-    codec = MelCodec(components=0 if latent_dim == FULL_LATENT else latent_dim).fit(mels())
+    codec = MelCodec.for_latent_dim(latent_dim).fit(mels())
     codec.save(out_dir)
     return codec
 

@@ -32,7 +32,6 @@ from vssflow.audio.vocoder import Vocoder, load_vocoder
 from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, SYNC_FPS, latent_frames
 from vssflow.errors import AssetError, InputError, MissingFileError
 from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
-from vssflow.model.config import FULL_LATENT
 from vssflow.types import ClipFeatures
 
 FORMAT = "vssflow-generator"
@@ -86,7 +85,7 @@ class Generator:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = (model or VSSFlowDiT(self.config)).to(self.device, dtype).eval()
-        self.codec = (codec or MelCodec(components=self.config.latent_dim % FULL_LATENT)).to(self.device)
+        self.codec = (codec or MelCodec.for_latent_dim(self.config.latent_dim)).to(self.device)
         if self.codec.latent_dim != self.config.latent_dim:
             raise AssetError(
                 f"codec has {self.codec.latent_dim} latent channels but the model expects {self.config.latent_dim}; "

@@ -145,6 +145,12 @@ class MelCodec(LatentCodec):
         if self.basis.shape != (g, k) or self.scale.shape != (k,):
             raise AssetError(f"MelCodec projection must be ({g}, {k}) + ({k},), got {tuple(self.basis.shape)}")
 
+    @classmethod
+    def for_latent_dim(cls, latent_dim: int, **options) -> MelCodec:
+        """An unfitted codec whose latent has ``latent_dim`` channels: the grouped mel itself (256), else that many
+        principal components."""
+        return cls(components=0 if latent_dim == N_MELS * MEL_PER_LATENT else latent_dim, **options)
+
     @property
     def fitted(self) -> bool:
         return self.count > 0
