@@ -97,6 +97,35 @@ def test_linear_ode_accuracy_and_adaptivity():
         flow.sample(v, x0, method="rk4")
 
 
+def test_dopri5_steps_each_sample_on_its_own_error_not_its_batch_mates_or_padding():
+    # dx/dt = -k_b x: a stiff sample (k = 40) needs many more steps than a gentle one (k = 1). Alone, the gentle
+    # sample takes few steps; batched with the stiff one and padded (the padding's own field is stiffer still), it
+    # must take exactly the same steps, so it ends at the same x (bit for bit: its rows see the same arithmetic).
+    g = torch.Generator().manual_seed(0)
+    gentle, stiff = torch.randn(1, 4, 3, generator=g, dtype=torch.float64), torch.randn(1, 6, 3, dtype=torch.float64)
+    x0 = torch.zeros(2, 6, 3, dtype=torch.float64)
+    x0[0, :4], x0[1] = gentle[0], stiff[0]
+    x0[0, 4:] = 1.0  # padding the norm must not see
+    k = torch.tensor([1.0, 40.0], dtype=torch.float64)[:, None, None].expand(2, 6, 3).clone()
+    k[0, 4:] = 200.0
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    calls_t = []
+
+    def v(x, t):
+        calls_t.append(t.clone())
+        return -k[: x.shape[0], : x.shape[1]] * x
+
+    alone, nfe_alone = flow.dopri5(v, gentle, atol=1e-6, rtol=1e-6)
+    t_alone = [t[0].item() for t in calls_t]
+    calls_t.clear()
+    batched, nfe_batched = flow.dopri5(v, x0, mask=mask, atol=1e-6, rtol=1e-6)
+    assert nfe_batched > nfe_alone  # the stiff sample kept stepping ...
+    assert [t[0].item() for t in calls_t][:nfe_alone] == t_alone  # ... and the gentle one took its own steps
+    torch.testing.assert_close(batched[0, :4], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(alone[0], gentle[0] * math.exp(-1.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[1], stiff[0] * math.exp(-40.0), rtol=1e-4, atol=1e-6)
+
+
 # ---- guidance ----------------------------------------------------------------------------------------------------
 
 

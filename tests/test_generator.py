@@ -79,6 +79,21 @@ def test_batched_generation_equals_one_by_one(gen):
         assert np.abs(log_mel(wav) - log_mel(alone)).mean() < 0.05
 
 
+def test_dopri5_clip_alone_and_batched_with_a_longer_clip_give_the_same_audio(gen):
+    # dopri5 sizes each clip's steps on that clip's own error: a longer batch-mate (and the padding it brings) does
+    # not change the short clip's steps, so its audio matches the clip generated alone.
+    short, long_ = _clip(0.8, "tts", 5), _clip(2.0, "v2s", 6)
+    x_alone, _, nfe_alone = gen.sample_latents([short], [1], steps=2, cfg=3.0, method="dopri5")
+    x_both, n_frames, nfe_both = gen.sample_latents([short, long_], [1, 2], steps=2, cfg=3.0, method="dopri5")
+    n = int(n_frames[0])
+    assert n_frames.tolist() == [20, 50] and nfe_alone > 1
+    torch.testing.assert_close(x_both[0, :n], x_alone[0, :n], atol=2e-5, rtol=2e-5)  # whole-batch norm: 7e-4 off
+    alone = gen.generate(short, steps=2, seed=1, method="dopri5")
+    batched = gen.generate([short, long_], steps=2, seed=[1, 2], method="dopri5")[0]
+    assert alone.shape == batched.shape
+    assert np.abs(log_mel(batched) - log_mel(alone)).mean() < 0.05
+
+
 def test_save_load_round_trip_gives_identical_audio(gen, tmp_path):
     gen.codec = MelCodec(components=CFG.latent_dim).fit(
         [np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)]

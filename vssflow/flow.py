@@ -191,42 +191,62 @@ def dopri5(
     velocity_fn: VelocityFn,
     x0: torch.Tensor,
     *,
+    mask: torch.Tensor | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     first_step: float = 0.1,
     max_steps: int = 1000,
 ) -> tuple[torch.Tensor, int]:
-    """Adaptive Dormand-Prince 5(4) from t = 0 to 1 (one step size for the whole batch, as torchdiffeq).
+    """Adaptive Dormand-Prince 5(4) from t = 0 to 1, with a time and a step size per sample.
 
-    Error control: RMS over all elements of err / (atol + rtol * max(|x|, |x_new|)) <= 1.
+    Error control per sample: RMS over the sample's valid elements of err / (atol + rtol * max(|x|, |x_new|)) <= 1.
+    Each sample accepts, rejects and sizes its steps on its own error (one network call still serves the whole
+    batch, each row at its own t), so a clip's trajectory does not depend on its batch-mates or on its padding.
+    (torchdiffeq takes one norm over the batch: there a long clip's error would set a short clip's steps.)
+
+    Args:
+        velocity_fn: (x (B, N, C), t (B,)) -> v (B, N, C).
+        x0: (B, N, C) start at t = 0.
+        mask: (B, N) bool, True on the frames that count in the error norm (default: all).
+        atol, rtol: tolerances; first_step: the first step size; max_steps: attempted steps per sample at most.
 
     Returns:
-        (x1, nfe) - the solution at t = 1 and the number of velocity evaluations.
+        (x1, nfe) - the solution at t = 1 and the number of (batched) velocity evaluations.
     """
-    x, t, h = x0, 0.0, min(first_step, 1.0)
-    k1 = velocity_fn(x, _t(x, t))
+    b = x0.shape[0]
+    tdtype = _t(x0, 0.0).dtype
+    m = torch.ones(x0.shape[:2], dtype=torch.bool, device=x0.device) if mask is None else mask.to(x0.device)
+    m = m.reshape(*m.shape, *([1] * (x0.ndim - m.ndim))).to(x0.dtype).expand_as(x0)  # (B, N, C)
+    n_valid = m.flatten(1).sum(1).clamp(min=1)  # (B,)
+    t = torch.zeros(b, dtype=torch.float64, device=x0.device)  # float64 bookkeeping: t reaches 1 exactly
+    h = torch.full_like(t, min(first_step, 1.0))
+    x, k1 = x0, velocity_fn(x0, t.to(tdtype))
     nfe, steps = 1, 0
-    while t < 1.0:
+    while bool((t < 1.0).any()):
         if steps >= max_steps:
             raise RuntimeError(f"dopri5: no convergence in {max_steps} steps (atol={atol}, rtol={rtol})")
-        h = min(h, 1.0 - t)
+        active = t < 1.0
+        h = torch.where(active, torch.minimum(h, 1.0 - t), torch.zeros_like(h))  # finished samples stand still
+        hb = _bcast(h, x)
         ks = [k1]
         for c, a in zip(_DP_C[1:], _DP_A[1:], strict=True):
-            xi = x + h * sum(aj * kj for aj, kj in zip(a, ks, strict=False) if aj != 0.0)
-            ks.append(velocity_fn(xi, _t(x, t + c * h)))
+            xi = x + hb * sum(aj * kj for aj, kj in zip(a, ks, strict=False) if aj != 0.0)
+            ks.append(velocity_fn(xi, (t + c * h).to(tdtype)))
         nfe += 6
-        x5 = x + h * sum(b * k for b, k in zip(_DP_B5, ks, strict=True) if b != 0.0)
-        x4 = x + h * sum(b * k for b, k in zip(_DP_B4, ks, strict=True) if b != 0.0)
+        x5 = x + hb * sum(bj * k for bj, k in zip(_DP_B5, ks, strict=True) if bj != 0.0)
+        x4 = x + hb * sum(bj * k for bj, k in zip(_DP_B4, ks, strict=True) if bj != 0.0)
         scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
-        err = float(((x5 - x4) / scale).pow(2).mean().sqrt())
+        err = (((x5 - x4) / scale).pow(2) * m).flatten(1).sum(1).div(n_valid).sqrt().double()  # (B,)
+        err = torch.where(active, err, torch.zeros_like(err))
         steps += 1
-        if err <= 1.0:  # accept; FSAL: the 7th stage is the first of the next step
-            x, t, k1 = x5, t + h, ks[-1]
+        accept = active & (err <= 1.0)  # FSAL: an accepted step's 7th stage is the first of the next step
+        ab = _bcast(accept, x).bool()
+        x, k1 = torch.where(ab, x5, x), torch.where(ab, ks[-1], k1)
+        t = torch.where(accept, t + h, t)
+        t = torch.where(1.0 - t < 1e-12, torch.ones_like(t), t)
         # standard controller: safety 0.9, order 5, growth clamped to [0.2, 10]
-        factor = 10.0 if err == 0.0 else min(10.0, max(0.2, 0.9 * err ** (-1 / 5)))
+        factor = torch.where(err == 0.0, 10.0, (0.9 * err.clamp(min=1e-300) ** (-1 / 5)).clamp(0.2, 10.0))
         h = h * factor
-        if 1.0 - t < 1e-12:
-            break
     return x, nfe
 
 
@@ -238,6 +258,7 @@ def sample(
     method: str = "euler",
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Integrate dx/dt = velocity_fn(x, t) from the noise x0 (t = 0) to the data (t = 1).
 
@@ -247,6 +268,7 @@ def sample(
         steps: number of steps (euler, midpoint); for dopri5 the first step is 1/steps, then adaptive.
         method: "euler", "midpoint" or "dopri5".
         atol, rtol: dopri5 tolerances (paper: 1e-5).
+        mask: (B, N) bool, the valid frames of each sample: dopri5's error norm is taken per sample over them.
 
     Returns:
         (x1, nfe): the sample (B, N, C) and the number of velocity evaluations.
@@ -258,5 +280,5 @@ def sample(
     if method == "midpoint":
         return midpoint(velocity_fn, x0, steps)
     if method == "dopri5":
-        return dopri5(velocity_fn, x0, atol=atol, rtol=rtol, first_step=1.0 / steps)
+        return dopri5(velocity_fn, x0, mask=mask, atol=atol, rtol=rtol, first_step=1.0 / steps)
     raise ValueError(f"unknown ODE method {method!r}; expected one of {METHODS}")

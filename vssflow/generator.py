@@ -202,7 +202,7 @@ class Generator:
                 progress(min(calls[0], total), total)
             return v
 
-        x1, nfe = flow.sample(counted, x0, steps=steps, method=method)
+        x1, nfe = flow.sample(counted, x0, steps=steps, method=method, mask=cond.frame_mask)
         return x1.float(), cond.n_frames, nfe
 
     def decode(self, x1: torch.Tensor, n_frames: torch.Tensor, durations: Sequence[float]) -> list[np.ndarray]:
