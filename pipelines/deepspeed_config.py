@@ -15,13 +15,10 @@ import logging
 import math
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-
-if TYPE_CHECKING:
-    from pipelines.train_loop import TrainJobConfig
 
 log = logging.getLogger("vssflow.train")
 
@@ -100,6 +97,21 @@ def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 # ---- engines --------------------------------------------------------------------------------------------------------
 
 
+class EngineSettings(Protocol):
+    """What the engines read of a training job's settings (``pipelines.train_loop.TrainJobConfig`` has them all)."""
+
+    engine: str  # "zero0".."zero3" or "ddp"
+    batch_size: int  # clips per worker per micro-step
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    grad_clip: float  # <= 0: no clipping
+    warmup_steps: int
+    max_steps: int
+    min_lr_ratio: float
+    use_gpu: bool
+
+
 class DDPEngine:
     """The plain data-parallel fallback with the DeepSpeed engine's small interface (backward / step / save / load).
 
@@ -107,7 +119,7 @@ class DDPEngine:
     forward wrapper, since the training step calls ``preprocess_conditions`` / ``predict_flow`` directly).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainJobConfig, schedule):
+    def __init__(self, model: torch.nn.Module, cfg: EngineSettings, schedule):
         self.module = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -165,7 +177,7 @@ class DDPEngine:
         return state
 
 
-def build_engine(model: torch.nn.Module, cfg: TrainJobConfig, world: int):
+def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
     """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
     schedule = partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
     if cfg.engine == "ddp":
