@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.linalg
 from conftest_media import synth_corpus
 
 from vssflow.constants import SAMPLE_RATE
@@ -74,6 +75,24 @@ def test_fd_and_kl_basics():
     assert frechet_distance(a, b) < 0.3 < frechet_distance(a, b + 2.0)
     p = np.array([[0.9, 0.1], [0.5, 0.5]])
     assert np.allclose(kl_paired(p, p), 0) and (kl_paired(p, p[::-1]) > 0).all()
+
+
+@pytest.mark.filterwarnings("error")  # scipy's sqrtm(disp=False) warned (its `disp` is removed in SciPy 1.18)
+def test_frechet_distance_matches_the_closed_forms_without_warnings():
+    rng = np.random.default_rng(1)
+    # 1-D: (mu_r - mu_g)^2 + (sigma_r - sigma_g)^2
+    a, b = rng.normal(0.0, 1.0, (300, 1)), rng.normal(0.5, 2.0, (300, 1))
+    sa, sb = np.sqrt(np.var(a, ddof=1) + 1e-6), np.sqrt(np.var(b, ddof=1) + 1e-6)
+    expected = (a.mean() - b.mean()) ** 2 + (sa - sb) ** 2 - 2e-6
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    # D dims against the matrix square root of S_r S_g
+    a, b = rng.normal(0, 1, (40, 6)) @ rng.normal(0, 1, (6, 6)), rng.normal(0, 1, (30, 6))
+    s1, s2 = np.cov(a, rowvar=False) + 1e-6 * np.eye(6), np.cov(b, rowvar=False) + 1e-6 * np.eye(6)
+    tr_root = np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    mean_term = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    expected = mean_term + np.trace(s1) + np.trace(s2) - 12e-6 - 2 * tr_root
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_onset_matching_tolerance():

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import linalg
 
 from vssflow.errors import AssetError
 
@@ -110,11 +109,14 @@ def frechet_distance(real: np.ndarray, gen: np.ndarray, *, eps: float = 1e-6) ->
     if len(real) < 2 or len(gen) < 2:
         raise ValueError("frechet_distance: need at least 2 real and 2 generated embeddings")
     mu1, mu2 = real.mean(0), gen.mean(0)
-    s1, s2 = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
+    s1, s2 = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(gen, rowvar=False))  # (D, D), D = 1 too
     off = np.eye(len(mu1)) * eps
-    covmean, _ = linalg.sqrtm((s1 + off) @ (s2 + off), disp=False)
-    covmean = covmean.real
-    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)))
+    # tr((S1 S2)^(1/2)) = sum of sqrt(eig(S1^(1/2) S2 S1^(1/2))): a symmetric PSD matrix, so eigh gives real,
+    # non-negative eigenvalues (up to rounding) without the non-symmetric sqrtm (its ``disp`` goes in SciPy 1.18).
+    w1, v1 = np.linalg.eigh(s1 + off)
+    root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T  # S1^(1/2)
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ (s2 + off) @ root1), 0.0, None)).sum()
+    return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
 
 
 def kl_paired(p_real: np.ndarray, p_gen: np.ndarray, *, eps: float = 1e-6) -> np.ndarray:
