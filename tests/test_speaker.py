@@ -179,3 +179,17 @@ def test_trainable_encoder_trains_and_roundtrips(wavs, tmp_path):
 def test_train_needs_two_speakers(wavs):
     with pytest.raises(ValueError, match="two speakers"):
         train_speaker_encoder([wavs["m3", 0]], ["a"], steps=1)
+
+
+@pytest.mark.parametrize(
+    "first", ["vssflow.features.speaker_trainable", "vssflow.features.speaker_base", "vssflow.features.speaker"]
+)
+def test_the_speaker_modules_import_in_any_order(first):
+    import sys
+
+    code = (
+        f"import {first}; from vssflow.features.speaker import TrainableSpeakerEncoder, load_speaker_encoder; "
+        "from vssflow.features.speaker_trainable import TrainableSpeakerEncoder as T; "
+        "assert T is TrainableSpeakerEncoder"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

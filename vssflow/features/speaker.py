@@ -10,7 +10,8 @@ Two implementations of :class:`SpeakerEncoder`:
   Checked against the upstream ``VoiceEncoder().embed_utterance(preprocess_wav(wav))`` (Resemblyzer 0.1.4 with
   librosa 0.11 and webrtcvad, in a scratch environment): cosine 1.0000, max abs difference 3e-7 on espeak speech.
   The mel pads frames by reflection, as the librosa (< 0.10) the weights were trained with.
-* :class:`TrainableSpeakerEncoder` (in ``speaker_trainable.py``, re-exported here): a small encoder the project
+* :class:`TrainableSpeakerEncoder` (in ``speaker_trainable.py``, re-exported here, as are the interface
+  :class:`SpeakerEncoder` and :func:`check_reference_voice` of ``speaker_base.py``): a small encoder the project
   trains itself (:func:`train_speaker_encoder`), saved as ``config.json`` + ``model.safetensors``.
 
 :func:`load_speaker_encoder` picks one: ``"resemblyzer"`` or a directory written by ``TrainableSpeakerEncoder.save``.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,10 @@ from einops import rearrange
 from scipy.ndimage import binary_dilation
 from torch import nn
 
-from vssflow.constants import SAMPLE_RATE, SPEAKER_DIM
-from vssflow.errors import AssetError, ReferenceVoiceError
+from vssflow.constants import SAMPLE_RATE
+from vssflow.errors import AssetError
+from vssflow.features.speaker_base import MIN_REFERENCE_SECONDS, SpeakerEncoder, check_reference_voice
+from vssflow.features.speaker_trainable import TrainableSpeakerConfig, TrainableSpeakerEncoder, train_speaker_encoder
 from vssflow.files import sha256_file
 
 __all__ = [
@@ -49,86 +51,8 @@ __all__ = [
     "MIN_REFERENCE_SECONDS",
 ]
 
-MIN_REFERENCE_SECONDS = 1.0
 RESEMBLYZER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"  # Resemblyzer 0.1.4
 _INT16_MAX = 2**15 - 1
-
-
-def check_reference_voice(wav: np.ndarray | torch.Tensor, *, source: str | None = None) -> np.ndarray:
-    """Validate a reference voice and return it as (N,) float32 at 16 kHz.
-
-    Raises:
-        ReferenceVoiceError: not 1-D, non-finite, shorter than 1 s, or silent.
-    """
-    wav = np.asarray(wav.detach().cpu() if isinstance(wav, torch.Tensor) else wav, dtype=np.float32)
-    if wav.ndim == 2 and 1 in wav.shape:
-        wav = wav.reshape(-1)
-    if wav.ndim != 1:
-        raise ReferenceVoiceError(
-            f"reference voice must be a mono waveform (N,), got shape {wav.shape}; mix it down to one channel",
-            source=source,
-        )
-    seconds = len(wav) / SAMPLE_RATE
-    if seconds < MIN_REFERENCE_SECONDS:
-        raise ReferenceVoiceError(
-            f"reference voice is {seconds:.2f} s long, at least {MIN_REFERENCE_SECONDS:g} s of speech is needed; "
-            "give a longer recording of the speaker",
-            source=source,
-        )
-    if not np.isfinite(wav).all():
-        raise ReferenceVoiceError("reference voice has NaN or infinite samples; re-export it as PCM WAV", source=source)
-    if float(np.abs(wav).max()) < 1e-4:
-        raise ReferenceVoiceError(
-            "reference voice is silent; give a recording in which the speaker talks", source=source
-        )
-    return wav
-
-
-class SpeakerEncoder(ABC):
-    """Reference voice -> speaker embedding. Subclasses set ``name``, ``version`` and implement ``_embed``."""
-
-    name: str = "speaker"
-    version: str = "0"
-    dim: int = SPEAKER_DIM
-
-    def embed(self, wav: np.ndarray | torch.Tensor, *, source: str | None = None) -> np.ndarray:
-        """Embed one reference voice.
-
-        Args:
-            wav: (N,) float waveform at 16 kHz, at least 1 s long.
-            source: what the voice belongs to (file, clip id), for error messages.
-
-        Returns:
-            (D,) float32 with unit L2 norm.
-
-        Raises:
-            ReferenceVoiceError: too short, silent, non-finite or not mono.
-        """
-        wav = check_reference_voice(wav, source=source)
-        with torch.inference_mode():
-            e = self._embed(torch.from_numpy(wav)).float().cpu()
-        e = F.normalize(e, dim=-1).numpy().astype(np.float32)
-        assert e.shape == (self.dim,)
-        return e
-
-    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
-        """Read an audio file (any rate, resampled to 16 kHz mono) and embed it; see :meth:`embed`."""
-        from vssflow.audio.io import read_audio
-
-        return self.embed(read_audio(path), source=str(path))
-
-    def to(self, device: str | torch.device) -> SpeakerEncoder:
-        """Move the network to ``device`` (inputs follow it; embeddings always come back as numpy on the CPU)."""
-        self.net.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @abstractmethod
-    def _embed(self, wav: torch.Tensor) -> torch.Tensor:
-        """(N,) float32 CPU tensor -> (D,)."""
 
 
 # ---------------------------------------------------------------- Resemblyzer (GE2E)
@@ -310,19 +234,9 @@ def load_speaker_encoder(spec: str | os.PathLike = "resemblyzer") -> SpeakerEnco
         return ResemblyzerEncoder()
     path = Path(spec)
     if path.is_dir():
-        from vssflow.features.speaker_trainable import TrainableSpeakerEncoder
-
         return TrainableSpeakerEncoder.load(path)
     if path.suffix == ".pt" and path.is_file():
         return ResemblyzerEncoder(path)
     raise AssetError(
         f"{spec}: unknown speaker encoder; use 'resemblyzer' or a directory written by TrainableSpeakerEncoder.save"
     )
-
-
-# re-exported: the trainable encoder lives in its own file (it imports SpeakerEncoder from this one)
-from vssflow.features.speaker_trainable import (  # noqa: E402
-    TrainableSpeakerConfig,
-    TrainableSpeakerEncoder,
-    train_speaker_encoder,
-)

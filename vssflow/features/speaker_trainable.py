@@ -25,7 +25,7 @@ from torch import nn
 
 from vssflow.constants import SAMPLE_RATE, SPEAKER_DIM
 from vssflow.errors import AssetError
-from vssflow.features.speaker import SpeakerEncoder, check_reference_voice
+from vssflow.features.speaker_base import SpeakerEncoder, check_reference_voice
 
 __all__ = ["TrainableSpeakerConfig", "TrainableSpeakerEncoder", "train_speaker_encoder"]
 
