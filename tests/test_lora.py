@@ -6,7 +6,16 @@ from torch import nn
 
 from vssflow.ema import EMA
 from vssflow.errors import InputError, MissingFileError
-from vssflow.lora import ADAPTER_WEIGHTS, LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from vssflow.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+)
 
 
 class _Attn(nn.Module):
@@ -70,6 +79,29 @@ def test_lora_starts_as_the_base_model_and_trains_only_adapters(tmp_path):
     merged = merge_lora(fresh)
     assert not any(isinstance(m, LoRALinear) for m in merged.modules())
     assert torch.allclose(merged(x), model(x), atol=1e-5)
+
+
+def test_adapter_files_do_not_take_peft_names_and_old_names_still_load(tmp_path):
+    model, x = _model(), torch.randn(2, 5, 4)
+    apply_lora(model, LoRAConfig(rank=2))
+    with torch.no_grad():
+        model.attn.to_q.lora_B.normal_()  # a non-zero update, so loading the wrong thing shows
+    save_adapter(model, LoRAConfig(rank=2), tmp_path / "new")
+    names = sorted(f.name for f in (tmp_path / "new").iterdir())
+    assert names == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS])
+    assert not {"adapter_model.safetensors", "adapter_config.json", "adapter_model.bin"} & set(names)
+    # an adapter written by an earlier version, under peft's names in our format, loads the same
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "adapter_model.safetensors").write_bytes((tmp_path / "new" / ADAPTER_WEIGHTS).read_bytes())
+    (old / "adapter_config.json").write_text((tmp_path / "new" / ADAPTER_CONFIG).read_text())
+    fresh = _model()
+    assert load_adapter(fresh, old) == LoRAConfig(rank=2)
+    assert torch.allclose(fresh(x), model(x), atol=1e-6)
+    # a real peft adapter is refused in one line that says what it is
+    (old / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q"]}')
+    with pytest.raises(InputError, match="peft adapter"):
+        load_adapter(_model(), old)
 
 
 def test_lora_errors(tmp_path):

@@ -3,7 +3,11 @@
 ``apply_lora`` wraps the matching ``nn.Linear`` layers in place: ``y = W x + (alpha / r) * B A x`` with ``A``
 (r, in) Kaiming-initialised and ``B`` (out, r) zero, so the wrapped model starts equal to the base model. Every
 base weight is frozen; only ``A`` and ``B`` train. The adapter is saved apart from the base model
-(``adapter_model.safetensors`` + ``adapter_config.json``) and can be merged into the base weights for inference.
+(``vssflow_lora.safetensors`` + ``vssflow_lora.json``) and can be merged into the base weights for inference.
+
+The format is this module's own (tensor names ``<layer>.lora_A`` / ``.lora_B``, our ``LoRAConfig`` as JSON), so
+its files do not take peft's names: a peft tool finding ``adapter_model.safetensors`` would misread it. Adapters
+written under those names by earlier versions still load.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from torch import nn
 
 from vssflow.errors import InputError, MissingFileError
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "vssflow_lora.safetensors"
+ADAPTER_CONFIG = "vssflow_lora.json"
+# The names earlier versions wrote (peft's names, but not peft's format): read, never written.
+LEGACY_WEIGHTS, LEGACY_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -127,13 +133,25 @@ def save_adapter(model: nn.Module, config: LoRAConfig, out_dir: str | os.PathLik
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig:
     """Wrap ``model`` as the saved adapter says and load the adapter weights into it."""
     d = Path(adapter_dir)
-    if not (d / ADAPTER_WEIGHTS).is_file():
+    weights, config_file = d / ADAPTER_WEIGHTS, d / ADAPTER_CONFIG
+    if not weights.is_file() and (d / LEGACY_WEIGHTS).is_file():
+        weights, config_file = d / LEGACY_WEIGHTS, d / LEGACY_CONFIG
+    if not weights.is_file():
         raise MissingFileError(
-            f"no {ADAPTER_WEIGHTS} here; pass the directory written by training with --lora", source=str(d)
+            f"no {ADAPTER_WEIGHTS} here; pass the directory written by training with --lora-rank", source=str(d)
         )
-    config = LoRAConfig(**json.loads((d / ADAPTER_CONFIG).read_text()))
+    if not config_file.is_file():
+        raise MissingFileError(f"{weights.name} without its {config_file.name}; copy both files", source=str(d))
+    raw = json.loads(config_file.read_text())
+    if "peft_type" in raw:
+        raise InputError(
+            f"{config_file.name} is a peft adapter, not a vssflow one; merge it with peft, or train one with "
+            "vssflow train --lora-rank",
+            source=str(d),
+        )
+    config = LoRAConfig(**raw)
     apply_lora(model, config)
-    state = load_file(str(d / ADAPTER_WEIGHTS))
+    state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(k.endswith(("lora_A", "lora_B")) for k in missing):
         raise InputError(f"adapter does not fit this model ({len(unexpected)} unexpected tensors)", source=str(d))
