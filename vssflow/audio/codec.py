@@ -1,19 +1,16 @@
 """Latent codecs: log-mel (B, T_mel, 64) at 100 Hz <-> latent (B, N, C) at 25 Hz, the grid the DiT works on.
 
-``LatentCodec`` is the interface; ``MelCodec`` (default) groups four mel frames into one 256-channel latent frame
-and normalises each channel with mean/std statistics fitted on data; ``vssflow.audio.vae.AutoencoderKLCodec`` wraps
-an AudioLDM-style mel VAE. A codec saves itself into a directory (``codec.json`` + weights/statistics) and
-``load_codec(dir)`` rebuilds it from there.
+``LatentCodec`` is the interface (``latent.py``, re-exported here); ``MelCodec`` (default) groups four mel frames
+into one 256-channel latent frame and normalises each channel with mean/std statistics fitted on data;
+``vssflow.audio.vae.AutoencoderKLCodec`` wraps an AudioLDM-style mel VAE. A codec saves itself into a directory
+(``codec.json`` + weights/statistics) and ``load_codec(dir)`` rebuilds it from there.
 
 Shape letters: B batch, T mel frames (100 Hz), M = 64 mel bins, N latent frames (25 Hz), C latent channels.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,68 +19,11 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from vssflow.audio.mel import LOG_FLOOR
-from vssflow.constants import LATENT_HZ, MEL_PER_LATENT, N_MELS
+from vssflow.audio.latent import CODEC_JSON, LatentCodec, check_mel, pad_mel, read_codec_json
+from vssflow.constants import MEL_PER_LATENT, N_MELS
 from vssflow.errors import AssetError, FeatureShapeError
 
 __all__ = ["CODEC_JSON", "LatentCodec", "MelCodec", "load_codec", "pad_mel"]
-
-CODEC_JSON = "codec.json"
-MEL_SILENCE = math.log(LOG_FLOOR)  # pad value: digital silence in log-mel
-
-
-def pad_mel(mel: torch.Tensor, multiple: int, value: float = MEL_SILENCE) -> torch.Tensor:
-    """Pads (B, T, M) along T with ``value`` (silence) up to a multiple of ``multiple``."""
-    extra = (-mel.shape[1]) % multiple
-    if extra == 0:
-        return mel
-    return torch.nn.functional.pad(mel, (0, 0, 0, extra), value=value)  # (B, T + extra, M)
-
-
-def _check_mel(mel: torch.Tensor, n_mels: int) -> None:
-    if mel.dim() != 3 or mel.shape[-1] != n_mels:
-        raise FeatureShapeError(f"mel must have shape (B, T_mel, {n_mels}), got {tuple(mel.shape)}", source="mel")
-
-
-class LatentCodec(ABC):
-    """Maps log-mel (B, T_mel, 64) to a latent sequence (B, N, C) at ``latent_hz`` and back.
-
-    ``encode`` pads T_mel up to a multiple of ``mel_per_latent`` (with silence), so N = ceil(T_mel / 4);
-    ``decode`` returns N * mel_per_latent frames (callers trim to the clip length).
-    """
-
-    kind: str = ""  # name in codec.json
-    latent_dim: int
-    latent_hz: int = LATENT_HZ
-    mel_per_latent: int = MEL_PER_LATENT
-    n_mels: int = N_MELS
-
-    @abstractmethod
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, T_mel, M) log-mel -> (B, N, C) latent."""
-
-    @abstractmethod
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) latent -> (B, N * mel_per_latent, M) log-mel."""
-
-    @abstractmethod
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``codec.json`` (+ weights/statistics) into ``directory``; returns it."""
-
-    @abstractmethod
-    def to(self, device: str | torch.device) -> LatentCodec:
-        """Moves tensors/weights to ``device``; returns self."""
-
-    def latent_frames(self, mel_frames: int) -> int:
-        """N for a mel of ``mel_frames`` frames (ceil division)."""
-        return -(-int(mel_frames) // self.mel_per_latent)
-
-    def _write_json(self, directory: Path, payload: dict) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        body = {"kind": self.kind, "latent_dim": self.latent_dim, "latent_hz": self.latent_hz, **payload}
-        tmp = directory / f".{CODEC_JSON}.tmp"
-        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, directory / CODEC_JSON)
 
 
 class MelCodec(LatentCodec):
@@ -204,7 +144,7 @@ class MelCodec(LatentCodec):
     # -- codec ------------------------------------------------------------------------------------------------
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, T_mel, M) -> (B, ceil(T_mel / 4), 4 * M) normalised latent."""
-        _check_mel(mel, self.n_mels)
+        check_mel(mel, self.n_mels)
         mel = pad_mel(mel.float(), self.mel_per_latent)  # (B, 4N, M)
         z = rearrange(mel, "b (n g) m -> b n (g m)", g=self.mel_per_latent)  # (B, N, G)
         z = (z - self.mean.to(z.device)) / self.std.to(z.device)
@@ -257,7 +197,7 @@ class MelCodec(LatentCodec):
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MelCodec:
         directory = Path(directory)
-        meta = _read_json(directory)
+        meta = read_codec_json(directory)
         stats_path = directory / meta.get("stats", "mel_codec_stats.safetensors")
         if not stats_path.is_file():
             raise AssetError(f"{stats_path}: MelCodec statistics missing; re-save the model or refit the codec")
@@ -277,16 +217,6 @@ class MelCodec(LatentCodec):
         )
 
 
-def _read_json(directory: Path) -> dict:
-    path = directory / CODEC_JSON
-    if not path.is_file():
-        raise AssetError(f"{path}: no codec description found; pass a directory written by codec.save()")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise AssetError(f"{path}: codec.json is not valid JSON ({err.msg}); re-save the codec") from err
-
-
 def load_codec(directory: str | os.PathLike, **options) -> LatentCodec:
     """Rebuilds a codec saved with ``codec.save(directory)``.
 
@@ -300,7 +230,7 @@ def load_codec(directory: str | os.PathLike, **options) -> LatentCodec:
         from vssflow.audio.vae import AutoencoderKLCodec
 
         return AutoencoderKLCodec.from_vae_dir(directory, **options)
-    meta = _read_json(directory)
+    meta = read_codec_json(directory)
     kind = meta.get("kind")
     if kind == MelCodec.kind:
         return MelCodec.load(directory)

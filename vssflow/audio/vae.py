@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from vssflow.audio.codec import LatentCodec, _check_mel, _read_json, pad_mel
+from vssflow.audio.latent import LatentCodec, check_mel, pad_mel, read_codec_json
 from vssflow.constants import MEL_PER_LATENT, N_MELS
 from vssflow.errors import AssetError, FeatureShapeError
 
@@ -74,7 +74,7 @@ class AutoencoderKLCodec(LatentCodec):
     def load(cls, directory: str | os.PathLike, **options) -> AutoencoderKLCodec:
         """Rebuilds a codec written by :meth:`save` (``options`` override the saved sample/scale)."""
         directory = Path(directory)
-        meta = _read_json(directory)
+        meta = read_codec_json(directory)
         kwargs = {"sample": bool(meta.get("sample", False)), "scale": float(meta.get("scale", 1.0)), **options}
         return cls.from_vae_dir(directory / meta.get("vae", VAE_SUBDIR), **kwargs)
 
@@ -92,7 +92,7 @@ class AutoencoderKLCodec(LatentCodec):
     @torch.no_grad()
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, T, 64) log-mel -> (B, ceil(T / 4), latent_dim)."""
-        _check_mel(mel, N_MELS)
+        check_mel(mel, N_MELS)
         mel = pad_mel(mel.float(), MEL_PER_LATENT)  # (B, 4N, M)
         image = rearrange(mel, "b t m -> b 1 t m").to(self.vae.device)  # (B, 1, 4N, M)
         posterior = self.vae.encode(image).latent_dist
