@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 
-import jiwer
-
-from vssflow.errors import TranscriptError
+from vssflow.errors import AssetError, TranscriptError
 from vssflow.text.normalize import normalize_text
 
 _PUNCT = re.compile(r"[^a-z' ]+")
@@ -29,6 +27,14 @@ def normalize_for_wer(text: str | None) -> str:
     return " ".join(text.split())
 
 
+def _jiwer():
+    try:  # the assets extra, not a core dependency: imported when a score is asked for
+        import jiwer
+    except ImportError as e:
+        raise AssetError(f"WER/CER need jiwer: pip install 'vssflow[assets]' ({e})") from None
+    return jiwer
+
+
 def wer(reference: str, hypothesis: str) -> float:
     """Word error rate of ``hypothesis`` against ``reference`` (both normalised). Can exceed 1 (insertions)."""
     ref, hyp = normalize_for_wer(reference), normalize_for_wer(hypothesis)
@@ -36,7 +42,7 @@ def wer(reference: str, hypothesis: str) -> float:
         raise TranscriptError("empty reference transcript; WER is undefined", source="wer")
     if not hyp:
         return 1.0
-    return float(jiwer.wer(ref, hyp))
+    return float(_jiwer().wer(ref, hyp))
 
 
 def cer(reference: str, hypothesis: str) -> float:
@@ -46,4 +52,4 @@ def cer(reference: str, hypothesis: str) -> float:
         raise TranscriptError("empty reference transcript; CER is undefined", source="cer")
     if not hyp:
         return 1.0
-    return float(jiwer.cer(ref, hyp))
+    return float(_jiwer().cer(ref, hyp))

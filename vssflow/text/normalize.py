@@ -9,7 +9,7 @@
   :class:`~vssflow.errors.TranscriptError`: only English transcripts are supported;
 * numbers: currency ("$3.50" -> "three dollars fifty cents"), percentages, ordinals ("21st"), years ("1999" ->
   "nineteen ninety nine"), decimals ("3.14" -> "three point one four"), thousands separators, negatives, clock
-  times ("3:30"), and plain cardinals up to the trillions;
+  times ("3:30"), and plain cardinals up to the trillions, spelled by ``num2words`` (American: no "and");
 * abbreviations: titles (Dr., Mr., Mrs., Ms., Prof., St. ...), "e.g.", "i.e.", "etc.", "vs.", "&", "%", "@", "+";
 * punctuation and whitespace: brackets and quotes dropped, ``; :`` become commas, runs of marks collapse to one.
 
@@ -21,72 +21,38 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from num2words import num2words
+
 from vssflow.errors import TranscriptError
 
 __all__ = ["normalize_text", "number_to_words", "ordinal_to_words", "year_to_words", "check_script"]
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL_WORDS = {
-    "one": "first",
-    "two": "second",
-    "three": "third",
-    "five": "fifth",
-    "eight": "eighth",
-    "nine": "ninth",
-    "twelve": "twelfth",
-}
+_ONES = "zero one two three four five six seven eight nine".split()
 
 
-def _below_thousand(n: int) -> list[str]:
-    words: list[str] = []
-    if n >= 100:
-        words += [_ONES[n // 100], "hundred"]
-        n %= 100
-    if n >= 20:
-        words.append(_TENS[n // 10])
-        if n % 10:
-            words.append(_ONES[n % 10])
-    elif n > 0:
-        words.append(_ONES[n])
-    return words
+def _plain(words: str) -> str:
+    """num2words' English ("one hundred and twenty-one", "one thousand, two") in our form: American (no "and"),
+    no hyphens or commas ("one hundred twenty one", "one thousand two")."""
+    return " ".join(w for w in words.replace("-", " ").replace(",", " ").split() if w != "and")
 
 
 def number_to_words(n: int) -> str:
-    """Spell a non-negative integer in English words ("1234" -> "one thousand two hundred thirty four").
+    """Spell an integer in English words ("1234" -> "one thousand two hundred thirty four"), by num2words.
 
     Numbers of 10**15 and above are read digit by digit (as a phone or serial number would be).
     """
     if n < 0:
         return "minus " + number_to_words(-n)
-    if n == 0:
-        return "zero"
     if n >= 10**15:
-        return " ".join(_ONES[int(d)] for d in str(n))
-    words: list[str] = []
-    for scale, name in _SCALES:
-        if n >= scale:
-            words += _below_thousand(n // scale) + [name]
-            n %= scale
-    words += _below_thousand(n)
-    return " ".join(words)
+        return _digits(str(n))
+    return _plain(num2words(n, lang="en"))
 
 
 def ordinal_to_words(n: int) -> str:
-    """Spell an ordinal ("21" -> "twenty first", "12" -> "twelfth", "100" -> "one hundredth")."""
-    words = number_to_words(n).split()
-    last = words[-1]
-    if last in _ORDINAL_WORDS:
-        words[-1] = _ORDINAL_WORDS[last]
-    elif last.endswith("y"):
-        words[-1] = last[:-1] + "ieth"
-    else:
-        words[-1] = last + "th"
-    return " ".join(words)
+    """Spell an ordinal ("21" -> "twenty first", "12" -> "twelfth", "100" -> "one hundredth"), by num2words."""
+    if n >= 10**15:
+        return _digits(str(n))
+    return _plain(num2words(n, lang="en", to="ordinal"))
 
 
 def year_to_words(n: int) -> str:
