@@ -115,6 +115,21 @@ def test_path_escape_is_refused(tmp_path):
     assert read_manifest(m, allowed_roots=[tmp_path])[0].video == str(tmp_path / "outside.mp4")
 
 
+def test_a_symlink_then_dotdot_resolves_to_the_real_path_not_the_lexical_one(tmp_path):
+    # root/lnk -> root/a/b: "lnk/../../secret.mp4" is root/secret.mp4 on disk (inside: allowed) but lexically
+    # root/../secret.mp4 (outside). The path checked is the path returned and opened.
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "lnk").symlink_to(root / "a" / "b")
+    touch(tmp_path / "secret.mp4")
+    touch(root / "secret.mp4")
+    m = write_lines(root / "m.jsonl", [{"clip_id": "a", "video": "lnk/../../secret.mp4", "task": "v2s"}])
+    assert read_manifest(m)[0].video == str(root / "secret.mp4")
+    m = write_lines(root / "m.jsonl", [{"clip_id": "a", "video": "lnk/../../../secret.mp4", "task": "v2s"}])
+    with pytest.raises(PathEscapeError, match=r"m\.jsonl:1: video"):  # really outside: refused
+        read_manifest(m)
+
+
 @pytest.mark.parametrize(
     "rec, line, field",
     [

@@ -234,7 +234,12 @@ def _inside(p: Path, roots: Sequence[Path]) -> bool:
 
 
 def resolve_path(value: str, base: Path, roots: Sequence[Path], where: str, name: str) -> str:
-    """Resolve ``value`` against ``base``; raise PathEscapeError when it lands outside every root."""
+    """Resolve ``value`` against ``base``; raise PathEscapeError when it lands outside every root.
+
+    Returns the real path (symlinks resolved, then ``..``), the one that was checked: a lexically normalised path
+    would differ from it when a symlink precedes ``..`` (``link/../x`` with ``link -> a/b`` is ``a/x``, not ``x``),
+    and ``in-root-link/../../secret`` would pass the check and then open a file outside the root.
+    """
     p = Path(value)
     p = p if p.is_absolute() else base / p
     if not _inside(p, roots):
@@ -244,7 +249,7 @@ def resolve_path(value: str, base: Path, roots: Sequence[Path], where: str, name
             "in allowed_roots",
             source=where,
         )
-    return os.path.normpath(str(p))
+    return str(_real(p))
 
 
 def resolve_row(row: ManifestRow, base: Path, roots: Sequence[Path], where: str) -> ManifestRow:
