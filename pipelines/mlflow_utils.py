@@ -16,7 +16,8 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,8 @@ def log_and_register_model(
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=VssflowModel(),
-            artifacts={MODEL_ARTIFACT: str(Path(model_dir).resolve())},
+            # abspath, not resolve: a model directory is a symlink to a hidden version; the artifact keeps its name
+            artifacts={MODEL_ARTIFACT: os.path.abspath(model_dir)},
             pip_requirements=["vssflow", "torch", "numpy", "safetensors"],
             registered_model_name=registered_name,
         )
@@ -299,6 +301,21 @@ def log_run_artifacts(
 def finish_run(run_id: str, *, tracking_uri: str, status: str = "FINISHED") -> None:
     """Mark a run created with :func:`create_run` as ended."""
     MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+@contextmanager
+def failed_on_error(run_id: str, *, tracking_uri: str) -> Iterator[None]:
+    """Mark the run FAILED (KILLED on Ctrl-C) when the block raises, then let the error through: a job that dies
+    must not stay RUNNING in the store. The block's own error wins over a store that cannot be reached."""
+    try:
+        yield
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            finish_run(run_id, tracking_uri=tracking_uri, status=status)
+        except Exception as store_err:  # noqa: BLE001 - reported, then the original error is raised
+            print(f"vssflow: could not mark MLflow run {run_id} {status} ({type(store_err).__name__}: {store_err})")
+        raise
 
 
 def log_run_file(run_id: str, path: str | os.PathLike, *, tracking_uri: str, artifact_path: str | None = None) -> None:
