@@ -193,6 +193,45 @@ def fit_model_to_data(cfg: TrainJobConfig, paths: list[Location]) -> TrainJobCon
     return replace(cfg, model_overrides={**cfg.model_overrides, **diff})
 
 
+def train_task_counts(paths: list[Location]) -> dict[str, int]:
+    """Training-split rows per task of the shard set (two columns read per shard)."""
+    counts: dict[str, int] = {}
+    for p in paths:
+        t = _read_table(p, columns=["task", "split"])
+        tasks = pc.cast(t["task"], "string").filter(pc.equal(pc.cast(t["split"], "string"), "train"))
+        for task, n in zip(*pc.value_counts(tasks).flatten(), strict=True):
+            counts[task.as_py()] = counts.get(task.as_py(), 0) + n.as_py()
+    return counts
+
+
+def fit_batches_to_data(cfg: TrainJobConfig, counts: dict[str, int]) -> TrainJobConfig:
+    """Small training sets train: when a task the mix asks for has fewer than ``batch_size`` clips per worker, the
+    end of each epoch forms smaller and mixed-task batches (``keep_tail``), said in one line. Called before Ray
+    starts, so what no batch size can train is refused here, not inside the job.
+
+    Raises:
+        InputError: fewer usable training clips than workers (Ray gives each worker an equal share of the rows).
+    """
+    weights = {"v2s": cfg.v2s_weight, "tts": cfg.tts_weight, "joint": cfg.joint_weight}
+    mixing = cfg.joint_weight > 0 and counts.get("v2s", 0) > 0 and counts.get("tts", 0) > 0
+    usable = {t: n for t, n in counts.items() if weights.get(t, 0) > 0 or (mixing and t in ("v2s", "tts"))}
+    total = sum(usable.values())
+    have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "none"
+    if total < cfg.workers:
+        raise InputError(
+            f"{total} training clips of the tasks --mix {cfg.v2s_weight:g}:{cfg.tts_weight:g}:{cfg.joint_weight:g} "
+            f"trains (train split: {have}) for {cfg.workers} workers; each worker needs at least one: use --workers "
+            f"{max(total, 1)} or fewer, or add clips",
+            source=cfg.data,
+        )
+    per_worker = cfg.batch_size * cfg.workers
+    if cfg.keep_tail or all(n >= per_worker for t, n in usable.items() if weights.get(t, 0) > 0):
+        return cfg
+    print(f"vssflow train: training clips {have} over {cfg.workers} workers: under {cfg.batch_size} clips of a task "
+          "per worker, so each epoch's last batches shrink to what a worker holds, and may mix tasks")  # fmt: skip
+    return replace(cfg, keep_tail=True)
+
+
 # ---- the job -------------------------------------------------------------------------------------------------------
 
 
@@ -247,6 +286,7 @@ def run_training(
 
     paths, data_version, lip_dim = shard_paths(cfg.data)
     data_mb = sum(p.size() for p in paths) / 2**20
+    cfg = fit_batches_to_data(cfg, train_task_counts(paths))
     if not state.get("config"):
         cfg = fit_model_to_data(cfg, paths)
     codec_dir = run_dir / "codec"
@@ -309,19 +349,23 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        datasets={"train": build_dataset(paths, cfg.seed, cache=data_mb <= cfg.cache_mb)},
+        # a small set in blocks of one row: the workers' equal shares then mix the tasks (8-row blocks of one-task
+        # shards gave a 14-clip set's V2S rows to one worker and its speech to the other)
+        datasets={"train": build_dataset(paths, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8,
+                                         cache=data_mb <= cfg.cache_mb)},  # fmt: skip
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").is_file() else {}
-    steps = int((result.metrics or {}).get("step", 0))
-    model_uri = None
-    if final and register_as:
-        model_uri = mlflow_utils.log_and_register_model(
-            final["out"], run_id=state["mlflow_run_id"], tracking_uri=tracking_uri, registered_name=register_as
-        )
+    with mlflow_utils.failed_on_error(state["mlflow_run_id"], tracking_uri=tracking_uri):  # not left RUNNING
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").is_file() else {}
+        steps = int((result.metrics or {}).get("step", 0))
+        model_uri = None
+        if final and register_as:
+            model_uri = mlflow_utils.log_and_register_model(
+                final["out"], run_id=state["mlflow_run_id"], tracking_uri=tracking_uri, registered_name=register_as
+            )
     last = _latest_checkpoint(storage / name)
     state.update({"model_uri": model_uri, "steps": steps, "checkpoint": last.uri if last else None})
     _write_json(run_dir / RUN_JSON, state)

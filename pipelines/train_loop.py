@@ -27,8 +27,7 @@ import torch.distributed as dist
 
 from pipelines.deepspeed_config import build_engine, optimizer_state_bytes
 from vssflow.audio.codec import MelCodec
-from vssflow.constants import TASKS
-from vssflow.data.sampler import BucketSampler, SamplerConfig
+from vssflow.data.sampler import BATCH_TASKS, BucketSampler, SamplerConfig
 from vssflow.data.schema import META, row_to_features, table_to_rows
 from vssflow.ema import EMA
 from vssflow.errors import InputError
@@ -75,6 +74,7 @@ class TrainJobConfig:
     tts_weight: float = 1.0
     joint_weight: float = 0.5
     buffer_size: int = 128  # rows per worker for batching; at 32 the workers agreed on no V2S batch in 1000 steps
+    keep_tail: bool = False  # small sets: an epoch's remainder forms smaller / mixed-task batches (set by the driver)
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -121,6 +121,7 @@ class TrainJobConfig:
             buffer_size=self.buffer_size,
             seed=self.seed,
             phoneme_layout=self.model_config().phoneme_layout,
+            keep_tail=self.keep_tail,
         )
 
     def to_dict(self) -> dict:
@@ -226,10 +227,10 @@ def shared_task_chooser(seed: int, epoch: int):
     rng = np.random.default_rng([seed, epoch, 7919])
 
     def choose(feasible: dict[str, float]) -> str | None:
-        mask = torch.tensor([1 if t in feasible else 0 for t in TASKS], dtype=torch.int32)
+        mask = torch.tensor([1 if t in feasible else 0 for t in BATCH_TASKS], dtype=torch.int32)
         if dist.is_initialized():
             dist.all_reduce(mask, op=dist.ReduceOp.MIN)
-        common = [t for t, m in zip(TASKS, mask.tolist(), strict=True) if m]
+        common = [t for t, m in zip(BATCH_TASKS, mask.tolist(), strict=True) if m]
         if not common:
             return None
         p = np.array([feasible[t] for t in common], dtype=np.float64)

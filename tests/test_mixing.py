@@ -195,3 +195,33 @@ def test_sampler_task_weights_and_external_chooser():
     assert {b.task for b in batches} == {"tts"} and 1 <= len(batches) <= 6
     assert asked[0] == {"v2s": 1.0, "tts": 1.0, "joint": 0.5}
     assert "tts" not in asked[-1]  # the chooser's None ended the epoch (the buffer held only V2S rows then)
+
+
+def test_sampler_keep_tail_trains_a_set_smaller_than_a_batch_of_a_task():
+    # 3 V2S + 2 TTS clips, batch size 4: no task fills a batch. Without keep_tail the epoch forms none (as before);
+    # with it every clip is used once, in smaller batches, one task or "mixed".
+    pool = _pool(n_v2s=3, n_tts=2)
+    assert list(BucketSampler(SamplerConfig(batch_size=4, buffer_size=16)).batches(pool)) == []
+    cfg = SamplerConfig(batch_size=4, buffer_size=16, keep_tail=True)
+    batches = list(BucketSampler(cfg).batches(pool))
+    ids = [i for b in batches for i in b.source_ids if b.task != "joint"]
+    joint = [b for b in batches if b.task == "joint"]
+    assert all(1 <= len(b.clips) <= 4 for b in batches)
+    assert len(ids) == len(set(ids)) and sum(len(b.source_ids) for b in batches) == 5
+    for b in joint:
+        assert len(b.source_ids) == 2 * len(b.clips)
+    assert [b.source_ids for b in BucketSampler(cfg).batches(pool)] == [b.source_ids for b in batches]
+
+    # a distributed chooser that agrees only on "mixed" (one worker holds only V2S, another only speech):
+    # a mixed batch takes clips of both tasks
+    def only_mixed(feasible):
+        return "mixed" if "mixed" in feasible else None
+
+    mixed = list(BucketSampler(cfg).batches(pool, choose=only_mixed))
+    assert [len(b.clips) for b in mixed] == [4, 1] and {b.task for b in mixed} == {"mixed"}
+    assert {c.task for c in mixed[0].clips} == {"v2s", "tts"}
+    # a full-size stream is unchanged by keep_tail until its end
+    big = list(BucketSampler(SamplerConfig(batch_size=4, buffer_size=16, keep_tail=True)).batches(_pool()))
+    plain = list(BucketSampler(SamplerConfig(batch_size=4, buffer_size=16)).batches(_pool()))
+    assert [b.source_ids for b in big[: len(plain)]] == [b.source_ids for b in plain]
+    assert sum(len(b.source_ids) for b in big) == 48

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,64 @@ def test_zero2_shards_optimizer_state_across_workers(reference, data, tmp_path, 
     assert 0.4 < zero2 / ddp < 0.6 and 0.4 < zero2_max / ddp < 0.6, (zero2, zero2_max, ddp)
 
 
+def test_a_16_clip_set_trains_on_2_workers_with_batches_that_shrink_or_mix(cluster, tmp_path, capsys):
+    # 7 V2S + 7 TTS training clips (+1 val each) over 2 workers, batch size 4: no worker can fill a batch of a task
+    # (the job used to stop inside Ray with "cannot form one batch of 4 clips of a task per worker").
+    small = str(make_toy_shards(tmp_path / "shards", n_v2s=7, n_tts=7, n_val=1))
+    cfg = _cfg(small, max_steps=6, checkpoint_every=6, eval_every=0, warmup_steps=1)
+    res = run_training(cfg, out=tmp_path / "model", run_dir=tmp_path / "run", register_as=None, n_val_clips=0)
+    assert res.steps == 6 and (res.out / "config.json").is_file()
+    assert "may mix tasks" in capsys.readouterr().out  # said once, before Ray started
+    seen = _samples(tmp_path / "run")
+    for rank in (0, 1):
+        assert [r["step"] for r in seen[rank]] == list(range(6))
+        assert all(1 <= len(r["ids"]) <= 4 for r in seen[rank])
+        by_epoch: dict[int, list[str]] = {}
+        for r in seen[rank]:
+            by_epoch.setdefault(r["epoch"], []).extend(r["ids"])
+        assert all(len(ids) == len(set(ids)) for ids in by_epoch.values())  # no clip twice in an epoch
+    tasks = {i.split("-")[0] for rank in (0, 1) for r in seen[rank] for i in r["ids"]}
+    assert tasks == {"v2s", "tts"}
+
+
+def test_too_few_clips_for_the_workers_is_refused_before_ray_starts(tmp_path):
+    # In a fresh process: the refusal comes from the driver's check, with Ray never started.
+    import subprocess
+    import sys
+
+    tiny = make_toy_shards(tmp_path / "shards", n_v2s=1, n_tts=1, n_val=1)
+    code = (
+        "import ray, sys\n"
+        "from pipelines.train import run_training\n"
+        "from pipelines.train_loop import TrainJobConfig\n"
+        "from vssflow.errors import InputError\n"
+        f"cfg = TrainJobConfig(data={str(tiny)!r}, workers=3)\n"
+        "try:\n"
+        f"    run_training(cfg, out={str(tmp_path / 'm')!r}, run_dir={str(tmp_path / 'r')!r}, register_as=None)\n"
+        "except InputError as e:\n"
+        "    print('REFUSED', e, '| ray started:', ray.is_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "REFUSED" in out and "| ray started: False" in out, out
+    assert "2 training clips" in out and "3 workers" in out and "--workers 2" in out
+
+
 # ---- no Ray needed ----------------------------------------------------------------------------------------------
+
+
+def test_batches_fit_the_data_before_the_job():
+    from pipelines.train import fit_batches_to_data
+    from vssflow.errors import InputError
+
+    cfg = TrainJobConfig(data="d", workers=2, batch_size=4)
+    assert not fit_batches_to_data(cfg, {"v2s": 40, "tts": 40}).keep_tail  # enough for full batches
+    assert fit_batches_to_data(cfg, {"v2s": 7, "tts": 7}).keep_tail
+    assert fit_batches_to_data(cfg, {"v2s": 40, "tts": 3}).keep_tail  # one task short is enough to shrink
+    assert not fit_batches_to_data(replace(cfg, tts_weight=0, joint_weight=0), {"v2s": 40, "tts": 3}).keep_tail
+    with pytest.raises(InputError, match="0 training clips"):  # speech only asked for, none there
+        fit_batches_to_data(replace(cfg, v2s_weight=0, joint_weight=0), {"v2s": 40})
+    with pytest.raises(InputError, match="--workers 1"):
+        fit_batches_to_data(cfg, {"tts": 1})
 
 
 def test_deepspeed_config_is_bf16_on_gpu_and_fp32_on_cpu():

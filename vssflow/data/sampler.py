@@ -8,6 +8,9 @@ The sampler turns one pass over a stream of clips (one worker's share of the sha
 * **task mix**: the next batch's task is drawn with probabilities proportional to ``task_weights`` among the tasks
   the buffer can serve; "joint" batches are built by :func:`~vssflow.data.mixing.mix_clips` from a V2S clip and a
   TTS clip each (real joint rows, if the shards have any, form "joint" batches of their own);
+* **small data sets** (``keep_tail``): once the stream is exhausted, what is left forms smaller batches of one task
+  (down to one clip), or "mixed" batches of clips of several tasks, instead of being dropped. A fine-tuning set of
+  a dozen clips split over two workers then trains instead of forming no batch at all;
 * **no clip is used twice in one epoch**, and the order is a pure function of (stream order, seed, epoch, rank):
   replaying the first ``k`` batches reproduces the sampler's state exactly, which is how a run resumes mid-epoch.
 
@@ -25,6 +28,7 @@ from vssflow.data.mixing import mix_clips
 from vssflow.types import ClipFeatures
 
 Chooser = Callable[[dict[str, float]], "str | None"]  # feasible {task: weight} -> chosen task, or None = epoch over
+BATCH_TASKS = ("v2s", "tts", "joint", "mixed")  # what a batch can be; "mixed" only at the tail with keep_tail
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class SamplerConfig:
         buffer_size: rows held for bucketing and task choice (larger = better buckets and mix, more memory).
         seed: base seed of the per-epoch, per-rank random streams.
         phoneme_layout: the model's phoneme layout, used to lay out the speech of joint mixtures.
+        keep_tail: at the end of the stream, form batches smaller than ``batch_size`` (of one task, or "mixed"
+            from several) from what is left instead of dropping it; for sets too small to fill a batch of a task.
     """
 
     batch_size: int = 4
@@ -47,6 +53,7 @@ class SamplerConfig:
     buffer_size: int = 64
     seed: int = 0
     phoneme_layout: str = "clip"
+    keep_tail: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -88,22 +95,32 @@ class BucketSampler:
     def _buffered(self) -> int:
         return sum(len(p) for p in self.pools.values())
 
-    def _feasible(self) -> dict[str, float]:
-        c, bs = self.config, self.config.batch_size
+    def _weights(self) -> dict[str, float]:
+        c = self.config
+        return {"v2s": c.v2s_weight, "tts": c.tts_weight, "joint": c.joint_weight}
+
+    def _feasible(self, tail: bool = False) -> dict[str, float]:
+        """{task: weight} of the batches the buffer can form; at the tail (``keep_tail``, stream exhausted) a batch
+        needs only one clip, and "mixed" is offered while any clip of a weighted task is left."""
+        c, n = self.config, {t: len(p) for t, p in self.pools.items()}
+        need = 1 if tail else c.batch_size
         out = {}
-        if c.v2s_weight > 0 and len(self.pools["v2s"]) >= bs:
+        if c.v2s_weight > 0 and n["v2s"] >= need:
             out["v2s"] = c.v2s_weight
-        if c.tts_weight > 0 and len(self.pools["tts"]) >= bs:
+        if c.tts_weight > 0 and n["tts"] >= need:
             out["tts"] = c.tts_weight
-        if c.joint_weight > 0 and (
-            len(self.pools["joint"]) >= bs or (len(self.pools["v2s"]) >= bs and len(self.pools["tts"]) >= bs)
-        ):
+        if c.joint_weight > 0 and (n["joint"] >= need or (n["v2s"] >= need and n["tts"] >= need)):
             out["joint"] = c.joint_weight
+        if tail and any(n[t] > 0 for t, w in self._weights().items() if w > 0):
+            # Offered even where a single task is: the workers must agree on one choice, and one worker may hold
+            # only V2S clips when another holds only speech.
+            out["mixed"] = min(w for w in self._weights().values() if w > 0)
         return out
 
-    def _take_bucket(self, pool: list[ClipFeatures]) -> list[ClipFeatures]:
-        """Remove and return ``batch_size`` clips of the most similar durations (a random one of the tightest)."""
-        bs = self.config.batch_size
+    def _take_bucket(self, pool: list[ClipFeatures], size: int | None = None) -> list[ClipFeatures]:
+        """Remove and return ``size`` (default ``batch_size``, at most the pool) clips of the most similar durations
+        (a random one of the tightest windows)."""
+        bs = min(size or self.config.batch_size, len(pool))
         order = sorted(range(len(pool)), key=lambda i: (pool[i].duration_s, _clip_id(pool[i])))
         durations = np.array([pool[i].duration_s for i in order])
         spans = durations[bs - 1 :] - durations[: len(order) - bs + 1]  # duration range of each window of bs
@@ -122,15 +139,23 @@ class BucketSampler:
         p = np.array([feasible[t] for t in tasks], dtype=np.float64)
         return tasks[int(self.rng.choice(len(tasks), p=p / p.sum()))]
 
-    def _next_batch(self, choose: Chooser | None) -> Batch | None:
-        feasible = self._feasible()
+    def _next_batch(self, choose: Chooser | None, tail: bool = False) -> Batch | None:
+        feasible = self._feasible(tail)
         task = choose(feasible) if choose is not None else self._choose_local(feasible)
         if task is None:
             return None
         bs = self.config.batch_size
-        if task == "joint" and len(self.pools["joint"]) < bs:
-            sounds, speeches = self._take_bucket(self.pools["v2s"]), self._take_bucket(self.pools["tts"])
-            speeches = [speeches[i] for i in self.rng.permutation(bs)]
+        if task == "mixed":
+            pool = [c for t, w in self._weights().items() if w > 0 for c in self.pools[t]]
+            clips = self._take_bucket(pool)
+            taken = {id(c) for c in clips}
+            for t in self.pools:
+                self.pools[t] = [c for c in self.pools[t] if id(c) not in taken]
+            return Batch("mixed", clips, [_clip_id(c) for c in clips])
+        if task == "joint" and len(self.pools["joint"]) < (1 if tail else bs):
+            k = min(bs, len(self.pools["v2s"]), len(self.pools["tts"]))
+            sounds, speeches = self._take_bucket(self.pools["v2s"], k), self._take_bucket(self.pools["tts"], k)
+            speeches = [speeches[i] for i in self.rng.permutation(k)]
             layout = self.config.phoneme_layout
             clips = [
                 mix_clips(s, sp, rng=self.rng, phoneme_layout=layout) for s, sp in zip(sounds, speeches, strict=True)
@@ -140,7 +165,8 @@ class BucketSampler:
         return Batch(task, clips, [_clip_id(c) for c in clips])
 
     def batches(self, clips: Iterable[ClipFeatures], *, choose: Chooser | None = None) -> Iterator[Batch]:
-        """Yield batches until the stream is exhausted and no task can form a full batch (the rest is dropped).
+        """Yield batches until the stream is exhausted and no task can form a full batch (the rest is dropped;
+        with ``keep_tail`` until nothing is left).
 
         Args:
             clips: one epoch's stream of clips.
@@ -157,7 +183,7 @@ class BucketSampler:
                     exhausted = True
                 else:
                     self.pools["joint" if clip.task == "joint" else clip.task].append(clip)
-            batch = self._next_batch(choose)
+            batch = self._next_batch(choose, tail=exhausted and self.config.keep_tail)
             if batch is None:
                 if exhausted or choose is not None:
                     return
