@@ -634,6 +634,15 @@ def log_to_mlflow(report: dict, out: Path, cfg: EvalConfig, tracking_uri: str) -
         tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or f"eval-{Path(cfg.model).name}",
         params=params, tags={"kind": "evaluation", **{k: str(v) for k, v in cfg.tags.items()}},
     )  # fmt: skip
+    with mlflow_utils.failed_on_error(run_id, tracking_uri=tracking_uri):  # not left RUNNING when logging fails
+        _log_report(run_id, report, out, tracking_uri)
+    mlflow_utils.finish_run(run_id, tracking_uri=tracking_uri)
+    return run_id
+
+
+def _log_report(run_id: str, report: dict, out: Path, tracking_uri: str) -> None:
+    from pipelines import mlflow_utils
+
     flat = {f"{t}/{k}": v["mean"] for t, m in report["metrics"].items() for k, v in m.items()}
     flat |= {f"{t}/gt_vocoded/{k}": v["mean"] for t, m in report.get("metrics_gt_vocoded", {}).items()
              for k, v in m.items()}  # fmt: skip
@@ -645,8 +654,6 @@ def log_to_mlflow(report: dict, out: Path, cfg: EvalConfig, tracking_uri: str) -
     write_report(report, out)
     for name in ("report.json", "report.md"):
         mlflow_utils.log_run_file(run_id, out / name, tracking_uri=tracking_uri, artifact_path="report")
-    mlflow_utils.finish_run(run_id, tracking_uri=tracking_uri)
-    return run_id
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------------

@@ -160,6 +160,25 @@ def test_speech_span_option(corpus, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path):
+    """A real SQLite store; the report directory cannot be created (its parent is a file): the run the failed
+    evaluation created is FAILED, not left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.evaluate import log_to_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "file").write_text("not a directory")
+    report = {"config": {"steps": 2}, "measured_with": {}, "model": {"step": 3},
+              "metrics": {"v2s": {"onset_f1": {"mean": 0.5, "median": 0.5}}}}  # fmt: skip
+    cfg = EvalConfig(model="m", data="d", out=str(tmp_path / "file" / "report"), run_name="fails")
+    with pytest.raises(OSError):
+        log_to_mlflow(report, tmp_path / "file" / "report", cfg, uri)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("fails", "FAILED")]
+
+
 def test_reconstruct_goes_through_the_codec_and_vocoder():
     """Generator.reconstruct: a clip's own mel through the model's codec and vocoder, as long as the clip."""
     import torch
@@ -208,7 +227,7 @@ def test_phoneme_layout_experiment_compares_each_layout_with_the_papers():
 
 
 def _toy_shards(root: Path) -> Path:
-    from bench.bench_train import make_toy_shards
+    from conftest_data import make_toy_shards
 
     return make_toy_shards(root / "shards", n_v2s=6, n_tts=6, n_val=2)  # 2 val clips per task: FD needs 2
 

@@ -279,6 +279,24 @@ def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
     assert [s for s, _ in run_metrics(logger.run_id, tracking_uri=uri)["loss"]] == list(range(7))
 
 
+def test_a_training_run_that_fails_ends_failed_not_running(cluster, data, tmp_path):
+    """The workers fail at start (the run directory's codec statistics are gone; every worker loads them) and no
+    retry is allowed: the MLflow run (a real SQLite store) ends FAILED, not RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from vssflow.audio.codec import MelCodec
+
+    run_dir = tmp_path / "run"
+    MelCodec().save(run_dir / "codec")
+    (run_dir / "codec" / "mel_codec_stats.safetensors").unlink()
+    cfg = _cfg(data, max_failures=0, max_steps=4, log_samples=False)
+    with pytest.raises(Exception, match="statistics missing"):
+        run_training(cfg, out=tmp_path / "model", run_dir=run_dir, register_as=None, n_val_clips=0)
+    state = json.loads((run_dir / "run.json").read_text())
+    assert MlflowClient(state["tracking_uri"]).get_run(state["mlflow_run_id"]).info.status == "FAILED"
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.gpu
 def test_gpu_training_runs_in_bf16_with_deepspeed(data, tmp_path):
     """On a CUDA machine: one GPU worker, ZeRO-2, bf16 (the config's GPU path); skipped without a GPU."""
