@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
                 [
                     sys.executable,
                     "-m",
-                    "vssflow.cli",
+                    "pipelines.cli",
                     "synth",
                     "--out",
                     str(corpus),

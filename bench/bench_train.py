@@ -149,7 +149,7 @@ def bench_shards(root: Path, *, clips: int, seed: int = 0) -> str:
     except Exception:  # noqa: BLE001 - not made yet (or incomplete, or of an older schema): make it
         pass
     t0 = time.perf_counter()
-    cli = [sys.executable, "-m", "vssflow.cli"]
+    cli = [sys.executable, "-m", "pipelines.cli"]
     if not (corpus / "manifest.jsonl").exists():
         subprocess.run([*cli, "synth", "--out", str(corpus), "--clips", str(clips), "--seed", str(seed),
                         "--duration", "2.0", "--workers", "2"], check=True)  # fmt: skip

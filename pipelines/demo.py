@@ -21,7 +21,7 @@ from pipelines.net import free_port, stop_process_group, wait_ready
 
 
 def _vssflow(*args: str) -> None:
-    cmd = [sys.executable, "-m", "vssflow.cli", *args]
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
     print(f"\n$ vssflow {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
     code = subprocess.run(cmd).returncode
@@ -60,7 +60,7 @@ def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: i
         [
             sys.executable,
             "-m",
-            "vssflow.cli",
+            "pipelines.cli",
             "serve",
             "--model",
             str(model),

@@ -261,7 +261,7 @@ class EvalActor:
 
 def speech_span_for(feats, mode: str):
     """``feats`` with the speech span of ``mode``: "data" as stored, "mouth" from its lip crops, "clip" none."""
-    from vssflow.commands.generate import with_speech_span
+    from vssflow.inference import with_speech_span
 
     if mode == "data":
         return replace(feats, meta={**feats.meta, "speech_span_source": "data" if feats.speech_span else "clip"})

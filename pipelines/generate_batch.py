@@ -11,7 +11,7 @@ output directory is local.
 
 A manifest row may give ``speech_span`` (an extra column: "START,END" or ``[start, end]``, seconds from the row's
 ``start``): where its words are. Without it the phonemes are laid over the mouth activity of the clip's lip
-stream, else the whole clip (:func:`vssflow.commands.generate.with_speech_span`); a malformed span fails that row.
+stream, else the whole clip (:func:`vssflow.inference.with_speech_span`); a malformed span fails that row.
 
 Resumable like preprocessing: a clip whose output exists is complete (atomic writes) and is skipped, so rerunning
 after a crash or a kill does only the rest. Each clip's seed is derived from ``--seed`` and its ``clip_id``, so a
@@ -146,12 +146,11 @@ class GenerateActor:
         torch.set_num_threads(max(1, int(config.actor_cpus)))
         self.config = config
         self.gen = Generator.from_pretrained(config.model, device=config.device)
-        self.extractors = None
         self._table: tuple[str, object] | None = None
 
     def _features(self, job: dict):
-        from vssflow.commands.generate import check_speech_span, with_speech_span
         from vssflow.generator import slice_features
+        from vssflow.inference import check_speech_span, with_speech_span
 
         if job["kind"] == "shard":
             from vssflow.data.schema import row_to_features, table_to_rows
@@ -162,16 +161,14 @@ class GenerateActor:
             f.mel = None
             f.sem = None if f.sem is None else np.asarray(f.sem, np.float32)
             return with_speech_span(f, f.speech_span, given_as="features")  # the stored span, else the mouth's
-        from vssflow.commands.generate import load_extractors_for, prepare_features
+        from vssflow.inference import prepare
 
         where = f"{job['clip_id']}: speech_span"
         span = str(job.get("speech_span") or "") or None
         check_speech_span(span, source=where)  # a malformed span fails the row before any decoding
-        if self.extractors is None:
-            self.extractors = load_extractors_for(self.gen, device=self.config.device)
-        f = prepare_features(job["video"], task=job["task"], extractors=self.extractors,
-                             transcript=job["transcript"] or None, reference_voice=job["reference_audio"] or None,
-                             clip_id=job["clip_id"])  # fmt: skip
+        f = prepare(job["video"], task=job["task"], transcript=job["transcript"] or None,
+                    reference_voice=job["reference_audio"] or None, extractors=self.gen.extractors,
+                    clip_id=job["clip_id"])  # fmt: skip
         start, end = float(job["start"]), float(job["end"])
         end = f.duration_s if math.isnan(end) else min(end, f.duration_s)
         if start > 0 or end < f.duration_s - 1e-6:

@@ -62,9 +62,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from vssflow.commands.generate import check_speech_span, with_speech_span
 from vssflow.constants import SAMPLE_RATE, TASKS
 from vssflow.errors import InputError, VssflowError
+from vssflow.inference import check_request, is_model_uri, with_speech_span
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
@@ -137,8 +137,6 @@ class ServeConfig:
 def resolve_model_dir(spec: str, *, tracking_uri: str | None = None) -> Path:
     """A local model directory for ``spec``: a directory as is, or the download of an MLflow URI
     (``models:/name/version``, ``models:/name/stage``, ``runs:/<id>/model``) from ``tracking_uri``."""
-    from vssflow.commands.generate import is_model_uri
-
     if not is_model_uri(spec):
         return Path(spec)
     if not tracking_uri:
@@ -220,9 +218,9 @@ class FeatureExtractor:
     def __init__(self, model_dir: str, config: ServeConfig):
         import torch
 
-        from vssflow.commands.generate import extract_config_for
         from vssflow.features.extract import Extractors
         from vssflow.generator import read_model_config
+        from vssflow.inference import extract_config_for
 
         torch.set_num_threads(max(1, int(config.extractor.num_cpus)))
         self.config = config
@@ -241,14 +239,13 @@ class FeatureExtractor:
         return await asyncio.to_thread(self._extract, job)
 
     def _extract(self, job: dict) -> dict:
-        from vssflow.commands.generate import check_request, prepare_features
+        from vssflow.inference import prepare
         from vssflow.media.video import probe
 
         workdir = tempfile.mkdtemp(prefix=f"x-{job['request_id']}-", dir=job["upload_dir"])
         video = os.path.join(workdir, "video" + job["video_suffix"])
         names = {video: job["video_name"], workdir: "upload"}
         try:
-            check_request(job["task"], job.get("transcript"))
             Path(video).write_bytes(job["video"])
             ref = None
             if job.get("reference_voice") is not None:
@@ -256,7 +253,6 @@ class FeatureExtractor:
                 Path(ref).write_bytes(job["reference_voice"])
                 names[ref] = job["reference_name"]
             info = probe(video)
-            check_speech_span(job.get("speech_span"), info.duration, source="speech_span")
             if info.duration > self.config.max_video_seconds:
                 raise HTTPError(413, "video_too_long",
                                 f"{job['video_name']}: video is {info.duration:.1f} s; at most "
@@ -266,10 +262,8 @@ class FeatureExtractor:
                                 f"{job['video_name']}: {info.width}x{info.height} frames; at most "
                                 f"{self.config.max_pixels} pixels per frame are accepted, downscale it")  # fmt: skip
             with self.lock:
-                features = prepare_features(
-                    video, task=job["task"], extractors=self.extractors, transcript=job.get("transcript"),
-                    reference_voice=ref, speech_span=job.get("speech_span"), info=info, clip_id=job["request_id"],
-                )  # fmt: skip
+                features = prepare(video, request=job["request"], reference_voice=ref, extractors=self.extractors,
+                                   info=info, clip_id=job["request_id"])  # fmt: skip
             features.meta["video"] = job["video_name"]
             return {"ok": True, "features": features}
         except HTTPError as e:
@@ -331,17 +325,8 @@ class GeneratorServer:
 
     async def generate(self, request: dict) -> dict:
         """``{"features", "steps", "cfg", "seed"}`` -> ``{"ok", "wav" (L,) float32, "batch_size", "group_size"}``."""
-        from vssflow.model import collate
-
         try:  # reject a bad request alone, before it can fail a whole batch
-            self.gen._options(request.get("steps"), request.get("cfg"), None)
-            f = request["features"]
-            if f.duration_s <= self.gen.config.max_seconds + 1e-6:
-                collate([f], self.gen.config)
-            else:
-                from vssflow.generator import slice_features
-
-                collate([slice_features(f, 0.0, self.gen.config.max_seconds * 0.99)], self.gen.config)
+            self.gen.check(request["features"], steps=request.get("steps"), cfg=request.get("cfg"))
         except InputError as e:
             return {"ok": False, "status": 422, "reason": e.reason, "detail": str(e).splitlines()[0]}
         # Waiting for company only pays when there is company: a request alone in the replica (nothing queued,
@@ -622,14 +607,15 @@ class Api:
 
     async def _generate_video(self, form, rid: str) -> Response:
         params: GenerateForm = self._fields(form, GenerateForm, {"video", "reference_voice"})
-        try:  # malformed spans fail here; one outside the video fails in the extractor, once its length is known
-            check_speech_span(params.speech_span, source="speech_span")
+        try:  # checked once, here; a span outside the video fails in the extractor, once its length is known
+            checked = check_request(params.task, params.transcript, speech_span=params.speech_span,
+                                    span_source="speech_span")  # fmt: skip
         except InputError as e:
-            raise HTTPError(422, "bad_field", str(e).splitlines()[0]) from e
+            raise HTTPError(422, e.reason, str(e).splitlines()[0]) from e
         video, video_name = await self._read_file(form, "video", required=True)
         ref, ref_name = await self._read_file(form, "reference_voice", required=False)
-        job = {"request_id": rid, "upload_dir": self.upload_dir, "task": params.task, "transcript": params.transcript,
-               "speech_span": params.speech_span, "video": video, "video_name": video_name,
+        job = {"request_id": rid, "upload_dir": self.upload_dir, "request": checked, "video": video,
+               "video_name": video_name,
                "video_suffix": _suffix(video_name, _VIDEO_SUFFIXES, ".mp4"),
                "reference_voice": ref, "reference_name": ref_name,
                "reference_suffix": _suffix(ref_name, _AUDIO_SUFFIXES, ".wav")}  # fmt: skip

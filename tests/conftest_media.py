@@ -104,7 +104,7 @@ def synth_corpus(
     manifest path."""
     import sys
 
-    cmd = [sys.executable, "-m", "vssflow.cli", "synth", "--out", str(out), "--clips", str(clips), "--seed", str(seed),
-           "--duration", duration, "--workers", "1", *(["--mix", mix] if mix else []), *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipelines.cli", "synth", "--out", str(out), "--clips", str(clips), "--seed",
+           str(seed), "--duration", duration, "--workers", "1", *(["--mix", mix] if mix else []), *extra]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
     return Path(out) / "manifest.jsonl"

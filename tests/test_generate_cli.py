@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg n
 
 
 def _vssflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vssflow.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"vssflow {args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -129,7 +129,7 @@ def test_generate_wav_v2s(corpus, model_dir, tmp_path):
 
 
 def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, capsys):
-    from vssflow.cli import main
+    from pipelines.cli import main
 
     junk = tmp_path / "notavideo.mp4"
     junk.write_bytes(b"this is not a video" * 100)
@@ -157,7 +157,7 @@ def test_speech_span_reaches_the_model(corpus, model_dir, tmp_path, monkeypatch,
     """--speech-span, else the mouth activity of the video: the span the model's collate() puts into the condition
     batch of every window (a spy that wraps the real collate), and a different span gives different audio."""
     import vssflow.generator
-    from vssflow.cli import main
+    from pipelines.cli import main
 
     seen: list[np.ndarray] = []
     real = vssflow.generator.collate
@@ -199,8 +199,8 @@ def test_speech_span_reaches_the_model(corpus, model_dir, tmp_path, monkeypatch,
 def test_generate_from_the_mlflow_registry(corpus, model_dir, tmp_path, capsys):
     """--model models:/NAME/VERSION: the registered copy of the model directory is downloaded and used."""
     pytest.importorskip("mlflow")
+    from pipelines.cli import main
     from pipelines.mlflow_utils import create_run, default_tracking_uri, log_and_register_model
-    from vssflow.cli import main
 
     uri = default_tracking_uri(tmp_path / "runs")
     run_id = create_run(uri, run_name="tiny")
@@ -213,3 +213,21 @@ def test_generate_from_the_mlflow_registry(corpus, model_dir, tmp_path, capsys):
     from vssflow.media.video import probe
 
     assert sf.info(out).frames == round(probe(corpus["video"]).duration * 16000)
+
+
+def test_the_request_is_checked_once(corpus, model_dir, tmp_path, monkeypatch, capsys):
+    """check_request runs once per `vssflow generate`, before the model is loaded; prepare() does not check again."""
+    import vssflow.generator
+    import vssflow.inference
+    from pipelines.cli import main
+
+    order: list[str] = []
+    check, load = vssflow.inference.check_request, vssflow.generator.Generator.from_pretrained.__func__
+    monkeypatch.setattr(vssflow.inference, "check_request", lambda *a, **k: order.append("check") or check(*a, **k))
+    monkeypatch.setattr(vssflow.generator.Generator, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: order.append("load") or load(cls, *a, **k)))  # fmt: skip
+    out = tmp_path / "once.wav"
+    code = main(["generate", "--model", str(model_dir), "--video", corpus["video"], "--transcript",
+                 corpus["transcript"], "--steps", "1", "--no-progress", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert order == ["check", "load"]

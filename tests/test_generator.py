@@ -253,6 +253,39 @@ def test_bad_options_and_features_give_one_line_errors(gen):
     assert "sem" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_check_is_the_public_validity_check_of_options_and_shapes(gen):
+    assert gen.check() == (16, 3.0, "euler")  # the model's defaults, as generate() will use them
+    assert gen.check(_clip(), steps=4, cfg=1.5, method="midpoint") == (4, 1.5, "midpoint")
+    assert gen.check([_clip(), _clip(9.3, "tts")], steps=2) == (2, 3.0, "euler")  # a long clip: its first window
+    for kwargs, needle in [({"steps": 0}, "steps"), ({"cfg": 1e9}, "cfg"), ({"method": "rk4"}, "method")]:
+        with pytest.raises(InputError, match=needle):
+            gen.check(**kwargs)
+    for bad in (_clip(), _clip(9.3)):
+        bad.sem = bad.sem[:, :16]
+        with pytest.raises(FeatureShapeError, match="sem"):
+            gen.check(bad)
+    wrong_task = _clip()
+    wrong_task.task = "singing"
+    with pytest.raises(InputError, match="task"):
+        gen.check([_clip(), wrong_task])
+
+
+def test_windows_are_where_generate_cuts_a_long_clip(gen):
+    assert gen.windows(2.0) == [(0.0, 2.0)]
+    assert gen.windows(4.0) == [(0.0, 4.0)]  # the model window itself: one
+    assert gen.windows(9.3) == [(0.0, 4.0), (3.0, 7.0), (5.3, 9.3)]  # 1 s overlap, the last one ends at the end
+
+
+@pytest.mark.parametrize("method,per_step", [("euler", 1), ("midpoint", 2)])
+def test_progress_counts_every_solver_step_of_the_call(gen, method, per_step):
+    """One progress over the whole call: the short clips' one integration, then each window of the long clip."""
+    seen: list[tuple[int, int]] = []
+    clips = [_clip(1.0), _clip(9.3), _clip(2.0)]
+    gen.generate(clips, steps=2, method=method, progress=lambda done, total: seen.append((done, total)))
+    total = (1 + len(gen.windows(9.3))) * 2 * per_step
+    assert seen == [(k, total) for k in range(1, total + 1)]
+
+
 def test_loading_errors_name_the_directory(tmp_path):
     with pytest.raises(MissingFileError, match="nowhere"):
         Generator.from_pretrained(tmp_path / "nowhere")
@@ -265,11 +298,11 @@ def test_loading_errors_name_the_directory(tmp_path):
 def test_info_command(gen, tmp_path):
     gen.save_pretrained(tmp_path / "m")
     out = subprocess.run(
-        [sys.executable, "-m", "vssflow.cli", "info", str(tmp_path / "m")], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pipelines.cli", "info", str(tmp_path / "m")], capture_output=True, text=True, check=True
     ).stdout
     assert f"{gen.model.num_params():,}" in out and "sem=cross" in out
     bad = subprocess.run(
-        [sys.executable, "-m", "vssflow.cli", "info", str(tmp_path / "zzz")], capture_output=True, text=True
+        [sys.executable, "-m", "pipelines.cli", "info", str(tmp_path / "zzz")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "zzz" in bad.stderr
 

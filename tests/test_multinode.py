@@ -41,7 +41,7 @@ JOB = textwrap.dedent(
     t0 = time.monotonic()
     def vssflow(*args):
         print("STAGE", args[0], f"at {time.monotonic() - t0:.0f} s", flush=True)
-        subprocess.run([sys.executable, "-m", "vssflow.cli", *args], check=True)
+        subprocess.run([sys.executable, "-m", "pipelines.cli", *args], check=True)
     vssflow("preprocess", f"{corpus}/manifest.jsonl", "--out", f"{work}/shards", "--ray-address", "auto",
             "--no-progress")
     vssflow("train", "--data", f"{work}/shards", "--preset", "tiny", "--workers", "2", "--max-steps", "%(steps)d",
@@ -54,7 +54,7 @@ JOB = textwrap.dedent(
     print("STAGE serve", f"at {time.monotonic() - t0:.0f} s", flush=True)
     import httpx, soundfile, io
     from pipelines.net import stop_process_group, wait_ready
-    proc = subprocess.Popen([sys.executable, "-m", "vssflow.cli", "serve", "--model", f"{work}/model", "--host",
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--model", f"{work}/model", "--host",
                              "127.0.0.1", "--port", port, "--ray-address", "auto"], start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -143,7 +143,7 @@ def test_kill_9_midway_then_rerun_gives_exactly_one_row_per_clip(corpus, tiny_cl
     out = tmp_path / "out"
     manifest = corpus.parent / "kill.jsonl"  # 5 clips (beside the corpus, so its relative paths hold)
     manifest.write_text("\n".join(corpus.read_text().splitlines()[:5]) + "\n")
-    cmd = [sys.executable, "-m", "vssflow.cli", "preprocess", str(manifest), "--out", str(out), "--num-cpus", "2"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", str(manifest), "--out", str(out), "--num-cpus", "2"]
     cmd += ["--encoder", tiny_clip, "--rows-per-shard", "1", "--clips-per-task", "1", "--no-progress"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)

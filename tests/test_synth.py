@@ -171,7 +171,7 @@ def test_synthesized_fallback_sounds_are_in_sync_too(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from vssflow.cli import main
+    from pipelines.cli import main
 
     out = tmp_path / "cli"
     args = ["synth", "--out", str(out), "--clips", "2", "--seed", "5", "--duration", "2.0", "--mix", "0,1,0"]
@@ -519,7 +519,7 @@ def test_clip_i_is_a_function_of_seed_and_i(split_corpus, tmp_path):
 
 
 def test_the_grid_and_old_sentences_stay_available(tmp_path):
-    from vssflow.cli import main
+    from pipelines.cli import main
     from vssflow.synth.sentences import GRID_SLOTS, SENTENCES
 
     out = tmp_path / "old"

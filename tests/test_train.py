@@ -158,7 +158,7 @@ def test_resume_keeps_the_data_position(reference, data, tmp_path):
 
 def test_zero2_shards_optimizer_state_across_workers(reference, data, tmp_path, capsys):
     # The DDP baseline goes through the `vssflow train` command line (plain DDP, said in the log and the result).
-    from vssflow.cli import main
+    from pipelines.cli import main
 
     model_flags = [x for k, v in TOY_MODEL.items() for x in ("--model", f"{k}={v}")]
     argv = ["train", "--data", data, "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),

@@ -99,6 +99,7 @@ class Generator:
         self.peak_guarded = 0  # clips the last guard against clipping scaled down (see peak_guard)
         self.step = 0
         self.info: dict[str, Any] = {}
+        self._extractors = None  # loaded on first use (the extractors property)
 
     # ---- generation ------------------------------------------------------------------------------------------
 
@@ -121,7 +122,8 @@ class Generator:
             steps, cfg, method: sampling options (defaults from ``self.sampling``); cfg is the guidance scale.
             seed: one seed, or one per clip. A clip's audio depends only on its features, options and seed, not on
                 the other clips of the batch.
-            progress: called as ``progress(done, total)`` after each solver step.
+            progress: called as ``progress(done, total)`` after each solver step, counted over the whole call (every
+                clip and every window of a long clip); not called by the adaptive dopri5.
 
         Returns:
             float32 waveform (L,) at 16 kHz with L = round(duration_s * 16000), or a list of them for a batch.
@@ -133,21 +135,92 @@ class Generator:
         seeds = [int(seed)] * len(clips) if isinstance(seed, int | np.integer) else [int(s) for s in seed]
         if len(seeds) != len(clips):
             raise InputError(f"seed: got {len(seeds)} seeds for {len(clips)} clips; give one seed or one per clip")
-        steps, cfg, method = self._options(steps, cfg, method)
+        steps, cfg, method = self.check(steps=steps, cfg=cfg, method=method)
         wavs: list[np.ndarray | None] = [None] * len(clips)
         short = [i for i, c in enumerate(clips) if latent_frames(c.duration_s) <= self.config.max_frames]
+        long = [i for i in range(len(clips)) if i not in short]
+        if progress is not None:  # one integration for the short clips, one per window of each long clip
+            runs = (1 if short else 0) + sum(len(self.windows(clips[i].duration_s)) for i in long)
+            progress = _over_the_call(progress, runs * steps * (2 if method == "midpoint" else 1))
         if short:
             out = self._generate_batch(
                 [clips[i] for i in short], [seeds[i] for i in short], steps, cfg, method, progress
             )
             for i, w in zip(short, out, strict=True):
                 wavs[i] = w
-        for i, c in enumerate(clips):
-            if wavs[i] is None:
-                wavs[i] = self._generate_long(c, seeds[i], steps, cfg, method, progress)
+        for i in long:
+            wavs[i] = self._generate_long(clips[i], seeds[i], steps, cfg, method, progress)
         return wavs[0] if single else wavs
 
-    def _options(self, steps: int | None, cfg: float | None, method: str | None) -> tuple[int, float, str]:
+    def generate_for_video(
+        self,
+        video: str | os.PathLike,
+        *,
+        task: str,
+        transcript: str | None = None,
+        reference_voice: str | os.PathLike | np.ndarray | None = None,
+        speech_span: str | Sequence[float] | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int = 0,
+        method: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """The soundtrack of a video, of any length, with or without an audio track of its own: its conditions by
+        :func:`vssflow.inference.prepare` with this model's extractors (:attr:`extractors`), then :meth:`generate`.
+
+        Args:
+            video: the video file.
+            task, transcript, reference_voice, speech_span: see :func:`vssflow.inference.prepare`.
+            steps, cfg, seed, method, progress: see :meth:`generate`.
+
+        Returns:
+            float32 waveform (L,) at 16 kHz, as long as the video.
+
+        Raises:
+            InputError subclasses (bad video, transcript, reference voice, span or sampling option), one line each;
+            the request and the options are checked before any decoding.
+        """
+        from vssflow.inference import prepare
+
+        self.check(steps=steps, cfg=cfg, method=method)
+        features = prepare(
+            video, task=task, transcript=transcript, reference_voice=reference_voice, speech_span=speech_span,
+            extractors=self.extractors,
+        )  # fmt: skip
+        return self.generate(features, steps=steps, cfg=cfg, seed=seed, method=method, progress=progress)
+
+    @property
+    def extractors(self):
+        """The feature extractors this model was trained with (:func:`vssflow.inference.load_extractors_for`),
+        loaded on first use and kept."""
+        if self._extractors is None:
+            from vssflow.inference import load_extractors_for
+
+            self._extractors = load_extractors_for(self, device=str(self.device))
+        return self._extractors
+
+    def check(
+        self,
+        features: ClipFeatures | Sequence[ClipFeatures] | None = None,
+        *,
+        steps: int | None = None,
+        cfg: float | None = None,
+        method: str | None = None,
+    ) -> tuple[int, float, str]:
+        """Check sampling options, and clips when given, against this model before any work is done.
+
+        Args:
+            features: clip(s) whose conditions must fit the model (shapes, rates, task, phoneme ids); a clip longer
+                than the model window is checked on its first window.
+            steps, cfg, method: sampling options; None = this model's default (``self.sampling``).
+
+        Returns:
+            (steps, cfg, method) as :meth:`generate` will use them.
+
+        Raises:
+            InputError (FeatureShapeError, ...), one line naming the option or the feature.
+        """
         steps = self.sampling.steps if steps is None else int(steps)
         cfg = self.sampling.cfg_scale if cfg is None else float(cfg)
         method = method or self.sampling.method
@@ -157,7 +230,25 @@ class Generator:
             raise InputError(f"cfg: expected a guidance scale in [0, 20], got {cfg}")
         if method not in flow.METHODS:
             raise InputError(f"method: expected one of {flow.METHODS}, got {method!r}")
+        clips = [] if features is None else [features] if isinstance(features, ClipFeatures) else list(features)
+        for clip in clips:
+            if latent_frames(clip.duration_s) > self.config.max_frames:
+                clip = slice_features(clip, 0.0, self.config.max_frames / LATENT_HZ, layout=self.config.phoneme_layout)
+            collate([clip], self.config)
         return steps, cfg, method
+
+    def windows(self, duration_s: float) -> list[tuple[float, float]]:
+        """The (start, end) seconds of the windows :meth:`generate` cuts a clip of ``duration_s`` into: one for a
+        clip within the model window, else windows of the model's length overlapping by
+        ``sampling.window_overlap_s`` (at most a quarter of the window), crossfaded over the overlap."""
+        win = self.config.max_frames / LATENT_HZ  # the model window in seconds, on the latent grid
+        if latent_frames(duration_s) <= self.config.max_frames:
+            return [(0.0, float(duration_s))]
+        starts = window_starts(duration_s, win, self._overlap())
+        return [(s, min(s + win, duration_s)) for s in starts]
+
+    def _overlap(self) -> float:
+        return min(self.sampling.window_overlap_s, self.config.max_frames / LATENT_HZ / 4)
 
     def sample_latents(
         self,
@@ -253,16 +344,13 @@ class Generator:
         return self.decode(x1, n_frames, [c.duration_s for c in clips])
 
     def _generate_long(self, clip: ClipFeatures, seed: int, steps, cfg, method, progress) -> np.ndarray:
-        """Overlapping windows of the model's length, crossfaded linearly over the overlap."""
-        win = self.config.max_frames / LATENT_HZ  # the model window in seconds, on the latent grid
-        overlap = min(self.sampling.window_overlap_s, win / 4)
-        starts = window_starts(clip.duration_s, win, overlap)
+        """Overlapping windows of the model's length (:meth:`windows`), crossfaded linearly over the overlap."""
+        windows = self.windows(clip.duration_s)
         n_total = int(round(clip.duration_s * SAMPLE_RATE))
         out = np.zeros(n_total, dtype=np.float32)
         weight = np.zeros(n_total, dtype=np.float32)
-        fade = int(round(overlap * SAMPLE_RATE))
-        for k, start in enumerate(starts):
-            end = min(start + win, clip.duration_s)
+        fade = int(round(self._overlap() * SAMPLE_RATE))
+        for k, (start, end) in enumerate(windows):
             part = slice_features(clip, start, end, layout=self.config.phoneme_layout)
             wav = self._generate_batch([part], [seed + k], steps, cfg, method, progress)[0]
             a = int(round(start * SAMPLE_RATE))
@@ -270,7 +358,7 @@ class Generator:
             ramp = np.ones(len(wav), dtype=np.float32)
             if k > 0 and fade:
                 ramp[:fade] = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)[: len(wav)]
-            if k < len(starts) - 1 and fade:
+            if k < len(windows) - 1 and fade:
                 ramp[-fade:] = np.minimum(ramp[-fade:], np.linspace(1.0, 0.0, fade, dtype=np.float32))
             out[a : a + len(wav)] += ramp * wav
             weight[a : a + len(wav)] += ramp
@@ -397,6 +485,18 @@ def peak_guard(wav: np.ndarray, limit: float = PEAK_LIMIT) -> np.ndarray:
 
 
 # ---- long clips --------------------------------------------------------------------------------------------------
+
+
+def _over_the_call(progress: Callable[[int, int], None], total: int) -> Callable[[int, int], None]:
+    """``progress(done, total)`` of one integration -> ``progress(done, total)`` over every integration of a call."""
+    base = [0]
+
+    def step(done: int, run_total: int) -> None:
+        progress(min(base[0] + done, total), total)
+        if done == run_total:  # the integration's last step: the next one counts on from here
+            base[0] += run_total
+
+    return step
 
 
 def window_starts(duration: float, window: float, overlap: float) -> list[float]:

@@ -1,18 +1,21 @@
-"""The ``vssflow`` command line: one entry point, one module per subcommand.
+"""The ``vssflow`` command line: one entry point, one module per subcommand, above both layers.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. A module is imported only when
-its command is asked for, so ``vssflow --help`` stays fast and the library never imports the orchestration layer
-(``pipelines``, which needs Ray) unless a pipeline command runs.
+Imports run one way: this CLI -> ``pipelines`` (Ray, DeepSpeed, MLflow) -> ``vssflow`` (the library). Commands the
+library can do alone (``synth``, ``generate``, ``info``) live in ``vssflow/commands/``; the others in ``pipelines/``.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when its
+command is asked for, so ``vssflow --help`` stays fast and Ray is imported only by a command that needs it. A
+``--model`` given as an MLflow URI to a library command is resolved to a local directory here, before it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from vssflow import __version__
-from vssflow.errors import VssflowError
+from vssflow.errors import AssetError, VssflowError
 
 # name -> (module implementing it, one-line help); order is the order shown in --help
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,16 +29,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("pipelines.experiment", "run one of the paper's experiments at small or full scale"),
     "info": ("vssflow.commands.info", "describe a saved model directory"),
 }
+LIBRARY_COMMANDS = tuple(name for name, (module, _) in COMMANDS.items() if module.startswith("vssflow."))
 
 
-def _load(name: str):
+# what `pip install 'vssflow[pipelines]'` adds: a command whose module needs one of them says so in one line
+_PIPELINES_EXTRA = {"ray", "deepspeed", "mlflow", "fastapi", "multipart", "httpx", "psycopg2", "yaml", "pydantic"}
+
+
+def _load(name: str, parser: argparse.ArgumentParser):
     module, _ = COMMANDS[name]
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            return None  # not part of this checkout yet
+        if (e.name or "").split(".")[0] in _PIPELINES_EXTRA:
+            parser.error(f"command {name!r} needs {e.name}, which is not installed: pip install 'vssflow[pipelines]'")
         raise
+
+
+def _resolve_model(args: argparse.Namespace) -> None:
+    """A library command's ``--model`` given as an MLflow URI -> the local copy (downloaded by ``pipelines``)."""
+    from vssflow.inference import is_model_uri
+
+    if args.command in LIBRARY_COMMANDS and is_model_uri(getattr(args, "model", None) or ""):
+        try:
+            from pipelines.serve import resolve_model_dir
+        except ModuleNotFoundError as e:
+            raise AssetError(f"{args.model}: MLflow model URIs need {e.name}: pip install 'vssflow[pipelines]'") from e
+        tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+        args.model = str(resolve_model_dir(args.model, tracking_uri=tracking))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -49,9 +70,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == command:
-            mod = _load(name)
-            if mod is None:
-                parser.error(f"command {name!r} is not available in this installation")
+            mod = _load(name, parser)
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser
@@ -66,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _resolve_model(args)
         return int(args._run(args) or 0)
     except VssflowError as e:
         print(f"vssflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a pipeline command that imports Ray (or MLflow, ...) only when it runs
+        if (e.name or "").split(".")[0] not in _PIPELINES_EXTRA:
+            raise
+        print(f"vssflow {args.command}: error: needs {e.name}: pip install 'vssflow[pipelines]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vssflow {args.command}: interrupted", file=sys.stderr)
