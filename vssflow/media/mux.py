@@ -1,8 +1,11 @@
 """Put a generated soundtrack on a video: the video stream is copied bit for bit (``-c:v copy``), the audio is new.
 
-ffmpeg does the muxing. The output is written to a temporary name in the target's directory and renamed into
-place, so a half-written file is never visible. The audio is encoded as AAC in MP4/MOV (Opus in WebM/MKV) and is as
-long as the video: the generator already returns exactly ``video duration * 16000`` samples.
+When the input's video stream cannot go into the requested container as it is (e.g. Microsoft Video-1 from an AVI
+or MKV into an .mp4), it is re-encoded instead: H.264 for MP4/MOV/MKV, VP9 for WebM. ffmpeg does the muxing.
+The output is written to a temporary name in the target's directory and renamed into place, so a half-written
+file is never visible. The audio is encoded as AAC in MP4/MOV (Opus in WebM/MKV) and is as long as the video: the
+generator already returns exactly ``video duration * 16000`` samples. :func:`check_writable` checks an output path
+before the generation that fills it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,38 @@ from pathlib import Path
 import numpy as np
 
 from vssflow.constants import SAMPLE_RATE
-from vssflow.errors import AssetError, BadVideoError
+from vssflow.errors import AssetError, BadVideoError, InputError
 
-__all__ = ["mux_audio", "ffmpeg_exe"]
+__all__ = ["mux_audio", "ffmpeg_exe", "check_writable"]
 
 _AUDIO_CODEC = {".mp4": "aac", ".m4v": "aac", ".mov": "aac", ".mkv": "libopus", ".webm": "libopus"}
+# The re-encode when the stream cannot be copied: widely playable, even frame sizes (4:2:0 needs them).
+_H264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p"]
+_VIDEO_REENCODE = {".mp4": _H264, ".m4v": _H264, ".mov": _H264, ".mkv": _H264,
+                   ".webm": ["-c:v", "libvpx-vp9", "-crf", "32", "-b:v", "0", "-pix_fmt", "yuv420p"]}  # fmt: skip
+_EVEN = ["-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2"]
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Check, before any work is spent on it, that ``out`` can be written: not a directory, and its nearest
+    existing parent is a directory this process can create files in. Nothing is created.
+
+    Raises:
+        InputError: naming ``out`` and what is wrong with it.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out} is a directory; give a file name (e.g. {out / 'out.mp4'})", source=str(out))
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {out}: {parent} is a file, not a directory; choose another path",
+                         source=str(out))  # fmt: skip
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {out}: no permission to create files in {parent}; choose another path",
+                         source=str(out))  # fmt: skip
+    return out
 
 
 def ffmpeg_exe() -> str:
@@ -39,7 +69,8 @@ def mux_audio(
     sample_rate: int = SAMPLE_RATE,
     audio_bitrate: str = "128k",
 ) -> Path:
-    """Write ``out``: the video stream of ``video`` copied unchanged plus ``audio`` as its only audio stream.
+    """Write ``out``: the video stream of ``video`` copied unchanged (re-encoded when the container of ``out`` cannot
+    hold it) plus ``audio`` as its only audio stream.
 
     Args:
         video: source video (its own audio streams, subtitles and data streams are dropped).
@@ -52,7 +83,7 @@ def mux_audio(
         ``out`` as a Path.
 
     Raises:
-        BadVideoError when ffmpeg cannot read the video or copy its stream into the container of ``out``.
+        BadVideoError when ffmpeg cannot read the video, or neither copy nor re-encode its stream into ``out``.
     """
     import soundfile as sf
 
@@ -73,11 +104,13 @@ def mux_audio(
         else:
             audio_path = str(audio)
         cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-i", audio_path]
-        cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", codec, "-b:a", audio_bitrate]
+        cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:a", codec, "-b:a", audio_bitrate]
         if out.suffix.lower() in (".mp4", ".m4v", ".mov"):
             cmd += ["-movflags", "+faststart"]
-        cmd += [tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([*cmd, "-c:v", "copy", tmp], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:  # e.g. "codec not currently supported in container": re-encode the video stream
+            video_codec = _VIDEO_REENCODE[out.suffix.lower()] + _EVEN
+            proc = subprocess.run([*cmd, *video_codec, tmp], capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1][:200]
             raise BadVideoError(
