@@ -17,82 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "image_size": 32, "patch_size": 8}  # fmt: skip
-
-
-def wake(model, seed: int = 0, scale: float = 0.05) -> None:
-    """Give zero-initialised layers (adaLN-Zero, output head) small random weights, so an untrained model's output
-    depends on its conditions (a freshly initialised DiT predicts v = 0 whatever it is given)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-def make_tiny_serving_model(
-    directory: str | os.PathLike, *, model_overrides: dict | None = None, steps: int = 4
-) -> Path:
-    """Write a tiny generator for Serve tests and benches: a 1-layer CLIPVisionModel (32-d, saved next to the model
-    and recorded in ``info["extractors"]``) and a small DiT with ``sem_dim`` = 32. Returns the model directory."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from vssflow.generator import Generator, SamplingConfig
-    from vssflow.model import ModelConfig
-
-    directory = Path(directory)
-    clip_dir = directory.with_name(directory.name + "-clip")
-    CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP)).save_pretrained(clip_dir)
-    kw = dict(depth=1, width=32, heads=2, cross_dim=32, sem_dim=TINY_CLIP["hidden_size"], lip_dim=8, phoneme_dim=8,
-              max_seconds=4.0)  # fmt: skip
-    kw.update(model_overrides or {})
-    kw.setdefault("latent_dim", min(kw["width"], ModelConfig().latent_dim))  # ModelConfig refuses latent > width
-    gen = Generator(ModelConfig(**kw), sampling=SamplingConfig(steps=steps, cfg_scale=2.0))
-    wake(gen.model)
-    extractors = {"encoder": str(clip_dir.resolve()), "speaker_encoder": "resemblyzer", "g2p_backend": "espeak",
-                  "lips": True}  # fmt: skip
-    return gen.save_pretrained(directory, extractors=extractors)
-
-
-def features_npz(features) -> bytes:
-    """ClipFeatures -> the .npz body of ``POST /v1/generate/features``."""
-    arrays = {"duration_s": np.float32(features.duration_s), "task": np.str_(features.task), "sem": features.sem}
-    for k in ("lip", "phonemes", "speaker", "phoneme_durations"):
-        if getattr(features, k) is not None:
-            arrays[k] = getattr(features, k)
-    if features.speech_span is not None:
-        arrays["speech_span"] = np.asarray(features.speech_span, np.float32)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def random_features(sem_dim: int, duration: float = 2.0, task: str = "v2s", seed: int = 0):
-    """A clip's features with random values (what a client that preprocessed would send)."""
-    from vssflow.constants import LIP_FPS, SEM_FPS
-    from vssflow.types import ClipFeatures
-
-    rng = np.random.default_rng(seed)
-    f = ClipFeatures(duration_s=duration, task=task,
-                     sem=rng.standard_normal((round(duration * SEM_FPS), sem_dim)).astype(np.float32))  # fmt: skip
-    if task != "v2s":
-        f.lip = rng.integers(0, 255, (round(duration * LIP_FPS), 32, 32), dtype=np.uint8)
-        f.phonemes = rng.integers(1, 60, 20).astype(np.int16)
-        spk = rng.standard_normal(256).astype(np.float32)
-        f.speaker = spk / np.linalg.norm(spk)
-    return f
-
+# the tests' tiny model and request bodies (tests/conftest_data.py), shared with the Serve tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest_data import features_npz, make_tiny_serving_model, random_features  # noqa: E402
 
 MODELS = {
     # the Serve tests' model: 1 block of width 32 (overhead- and vocoder-bound)

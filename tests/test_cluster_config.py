@@ -290,17 +290,11 @@ def test_serve_config_names_what_pipelines_serve_defines():
 
     values = render.load_values()
     module_name, attr = values["serve"]["import_path"].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            pytest.skip(f"{module_name} is not in this checkout yet")
-        raise
-    if not hasattr(module, attr):  # reported as xfailed (visible in -ra), so the gap is not silent
-        pytest.xfail(
-            f"the RayService imports {values['serve']['import_path']}: {module_name} needs an application builder "
-            f"`{attr}(args: dict)` (args: model, tracking_uri, device)"
-        )
+    module = importlib.import_module(module_name)  # a module the RayService names but the checkout lacks fails here
+    assert callable(getattr(module, attr, None)), (
+        f"the RayService imports {values['serve']['import_path']}: {module_name} needs an application builder "
+        f"`{attr}(args: dict)` (args: model, tracking_uri, device)"
+    )
     (svc,) = [d for d in _docs(None) if d["kind"] == "RayService"]
     app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
     source = inspect.getsource(module)
@@ -480,17 +474,11 @@ def _entrypoints() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("job", "entrypoint"), _entrypoints(), ids=[n for n, _ in _entrypoints()])
 def test_job_entrypoints_parse_with_the_vssflow_cli(job, entrypoint):
-    from vssflow import cli
+    from pipelines import cli
 
     argv = shlex.split(entrypoint)
     assert argv[0] == "vssflow" and argv[1] in cli.COMMANDS, entrypoint
-    module = cli.COMMANDS[argv[1]][0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            pytest.skip(f"{module} is not in this checkout yet, so `vssflow {argv[1]}` flags cannot be checked")
-        raise
+    importlib.import_module(cli.COMMANDS[argv[1]][0])  # the command's module exists (no skip when it does not)
     try:
         args = cli.build_parser(argv[1]).parse_args(argv[1:])
     except SystemExit as e:

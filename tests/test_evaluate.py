@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from conftest_media import synth_corpus
 
 ray = pytest.importorskip("ray")
@@ -239,8 +240,17 @@ def _check_experiment(rep: dict, root: Path, n_variants: int, seeds: int) -> Non
     assert len(rep["results"]) == n_variants and all(len(v) == seeds for v in rep["results"].values())
     claim = rep["summary"]["claim"]
     assert claim["verdict"] and claim["verdict"] in (root / "experiment.md").read_text()
-    for comp in rep["summary"]["comparisons"].values():
-        assert comp["verdict"] in ("better", "worse", "no difference", "undetermined")
+    from vssflow.metrics.suite import HIGHER_IS_BETTER
+
+    for key, comp in rep["summary"]["comparisons"].items():  # each verdict follows from its own interval
+        metric = key.split("/", 1)[1].split(":", 1)[0]
+        if not math.isfinite(comp["ci95"]):
+            expected = "undetermined"
+        elif abs(comp["mean"]) <= comp["ci95"]:
+            expected = "no difference"
+        else:
+            expected = "better" if (comp["mean"] > 0) == HIGHER_IS_BETTER[metric] else "worse"
+        assert comp["verdict"] == expected, (key, comp)
     # every training run and every evaluation is in the experiment's MLflow store
     for seeds_ in rep["results"].values():
         for e in seeds_.values():
@@ -257,7 +267,14 @@ def test_experiment_smoke(cluster, tmp_path):
     rep = run_experiment(cfg)
     _check_experiment(rep, tmp_path / "exp", 2, 2)
     fd = rep["summary"]["comparisons"]["v2s/fd: joint vs v2s-only"]
-    assert fd["n"] == 2 and fd["verdict"] in ("better", "worse", "no difference")
+    # the comparison recomputed from the per-seed results: paired differences, a t interval with 1 degree of freedom
+    joint, alone = ([rep["results"][v][s]["eval"]["3"]["v2s"]["fd"] for s in sorted(rep["results"][v])]
+                    for v in ("joint", "v2s"))  # fmt: skip
+    d = np.subtract(joint, alone)
+    half = scipy.stats.t.ppf(0.975, df=1) * d.std(ddof=1) / np.sqrt(2)
+    assert fd["n"] == 2 and fd["mean"] == pytest.approx(d.mean()) and fd["ci95"] == pytest.approx(half, rel=1e-3)
+    expected = "no difference" if abs(d.mean()) <= half else "better" if d.mean() < 0 else "worse"  # lower FD is better
+    assert fd["verdict"] == expected
     assert not any(k.startswith("tts/") for k in rep["summary"]["comparisons"])  # TTS was not evaluated
     assert rep["summary"]["table"]["joint"]["3"]["v2s"]["fd"]["n"] == 2
 

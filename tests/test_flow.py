@@ -53,11 +53,13 @@ def test_time_sampling_is_seeded_and_in_range():
 
 
 def test_euler_is_exact_for_a_constant_field():
-    x0, c = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    x0, c = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
     for method in flow.METHODS:
         x1, nfe = flow.sample(lambda x, t: c, x0, steps=7, method=method)
         torch.testing.assert_close(x1, x0 + c, rtol=1e-6, atol=1e-6)
-        assert nfe == {"euler": 7, "midpoint": 14}.get(method, nfe)
+        # dopri5: a constant field's error estimate is rounding only (float64), so the step grows tenfold: 1/7,
+        # then the remaining 6/7 (2 steps x 6 stages + the first evaluation)
+        assert nfe == {"euler": 7, "midpoint": 14, "dopri5": 13}[method]
 
 
 def test_midpoint_and_dopri5_are_exact_for_a_time_polynomial_field():

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg n
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import ray
-
-    from bench.bench_serve import make_tiny_serving_model
+    from conftest_data import make_tiny_serving_model
 
     root = tmp_path_factory.mktemp("batch")
     corpus = root / "corpus"
@@ -68,8 +67,8 @@ def test_manifest_run_then_resume(setup, tmp_path):
 
 def test_parquet_features_input(setup, tmp_path):
     import pyarrow.parquet as pq
+    from conftest_data import random_features
 
-    from bench.bench_serve import random_features
     from pipelines.generate_batch import BatchConfig, output_path, run_generate_batch
     from vssflow.data.schema import build_schema, features_to_row, rows_to_table
 

@@ -154,8 +154,8 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
     from pathlib import Path
 
     import numpy as np
+    from conftest_data import TOY_MODEL, tts_clip, v2s_clip
 
-    from bench.bench_train import TOY_MODEL, _tts_clip, _v2s_clip
     from pipelines.deepspeed_config import DDPEngine
     from pipelines.train_loop import (
         TrainJobConfig,
@@ -169,7 +169,7 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
     from vssflow.training import training_step
 
     rng = np.random.default_rng(0)
-    clips = [_v2s_clip(rng, i, 1.2) for i in range(2)] + [_tts_clip(rng, i, 1.2) for i in range(2)]
+    clips = [v2s_clip(rng, i, 1.2) for i in range(2)] + [tts_clip(rng, i, 1.2) for i in range(2)]
     codec = MelCodec(components=TOY_MODEL["latent_dim"]).fit(c.mel for c in clips)
     base_cfg = TrainJobConfig(model_overrides=TOY_MODEL, seed=3)
     base = build_model(base_cfg)

@@ -37,9 +37,9 @@ def _synth(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import ray
+    from conftest_data import make_tiny_serving_model
     from ray import serve
 
-    from bench.bench_serve import make_tiny_serving_model
     from pipelines.net import free_port, wait_ready
     from pipelines.serve import Scaling, ServeConfig, start
 
@@ -147,7 +147,7 @@ def test_generate_mp4_copies_the_video_stream(server, tmp_path):
 
 
 def test_features_endpoint(server):
-    from bench.bench_serve import features_npz, random_features
+    from conftest_data import features_npz, random_features
 
     f = random_features(32, 1.6, "tts", seed=3)
     r = httpx.post(f"{server['url']}/v1/generate/features", files={"features": ("f.npz", features_npz(f))},
@@ -163,7 +163,7 @@ def test_features_endpoint(server):
 def test_speech_span_reaches_the_model(server):
     """The form's speech_span (else the mouth activity of the upload) is the span the generator got (echoed in
     X-Speech-Span), and it changes the audio for a fixed seed; a bad span is a 422 with a one-line reason."""
-    from bench.bench_serve import features_npz, random_features
+    from conftest_data import features_npz, random_features
 
     url, clip = server["url"], server["clips"][0]
     fields = {"task": "tts", "transcript": clip["transcript"], "steps": 3, "seed": 42}
@@ -210,7 +210,7 @@ async def _concurrent(coros):
 
 
 def test_batching_observed(server):
-    from bench.bench_serve import features_npz, random_features
+    from conftest_data import features_npz, random_features
 
     url = server["url"]
     bodies = [features_npz(random_features(32, 2.0, "v2s", seed=i)) for i in range(6)]
@@ -305,7 +305,7 @@ def test_bad_input_burst(server, tmp_path):
 
 
 def test_overload_answers_503_with_retry_after(server):
-    from bench.bench_serve import features_npz, random_features
+    from conftest_data import features_npz, random_features
 
     url = server["url"]
     body = features_npz(random_features(32, 3.0, "v2s"))

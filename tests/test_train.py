@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 pytest.importorskip("mlflow")
 
-from bench.bench_train import TOY_MODEL, make_toy_shards  # noqa: E402
+from conftest_data import TOY_MODEL, make_toy_shards  # noqa: E402
+
 from pipelines.mlflow_utils import load_registered_generator, run_artifacts, run_metrics  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_loop import TrainJobConfig  # noqa: E402

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import ray
+    from conftest_data import make_tiny_serving_model
     from ray import serve
 
-    from bench.bench_serve import make_tiny_serving_model
     from pipelines.net import free_port, wait_ready
     from pipelines.serve import Scaling, ServeConfig, start
 
