@@ -153,6 +153,18 @@ def test_generate_bad_inputs_fail_with_one_line(corpus, model_dir, tmp_path, cap
         assert not out.exists()
 
 
+def test_an_output_that_cannot_be_written_fails_before_anything_runs(tmp_path, capsys):
+    # Neither the model nor the video exists: the output's own error comes first, before any of them is opened.
+    from pipelines.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    argv = ["generate", "--model", str(tmp_path / "no_model"), "--video", str(tmp_path / "no_video.mp4"),
+            "--task", "v2s", "--out", str(tmp_path / "a_file" / "out.mp4")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a_file is a file, not a directory" in err and "no_video" not in err and "no_model" not in err
+
+
 def test_speech_span_reaches_the_model(corpus, model_dir, tmp_path, monkeypatch, capsys):
     """--speech-span, else the mouth activity of the video: the span the model's collate() puts into the condition
     batch of every window (a spy that wraps the real collate), and a different span gives different audio."""

@@ -78,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
     from vssflow.audio.io import write_audio
     from vssflow.generator import Generator
     from vssflow.inference import check_request, is_model_uri, prepare, stem_plan
-    from vssflow.media.mux import mux_audio
+    from vssflow.media.mux import check_writable, mux_audio
     from vssflow.media.video import probe
 
     out = Path(args.out)
     if out.suffix.lower() not in (".wav", ".mp4", ".mov", ".m4v", ".mkv", ".webm"):
         raise InputError("--out must end in .wav (audio) or .mp4/.mov/.m4v/.mkv/.webm (video)", source=str(out))
+    check_writable(out)  # before any model, video or generation time is spent
     transcript = args.transcript
     if args.transcript_file:
         path = Path(args.transcript_file)
