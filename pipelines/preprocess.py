@@ -38,6 +38,7 @@ from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
 from vssflow.data.shards import (
     ShardManifest,
+    check_shards,
     config_hash,
     done_clip_ids,
     recover,
@@ -58,6 +59,7 @@ from vssflow.features.extract import (
     row_dict,
     to_features,
 )
+from vssflow.files import exclusive_lock
 from vssflow.storage import Location, location
 
 # Every row has every key at every stage (Ray Data builds Arrow blocks from rows): an absent array is empty.
@@ -88,6 +90,7 @@ _NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
 # Memory reserved by one decode task (frames of a few clips at 10 and 25 fps, their audio): a scheduling hint, and
 # what keeps Ray Data from fusing the decode tasks into the encoder actor pool (see _run_ray).
 DECODE_TASK_MEMORY = 256 * 2**20
+PREPROCESS_LOCK = ".preprocess.lock"  # in --out: one job at a time (run_preprocess)
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,21 @@ def _describe(extract: ExtractConfig) -> tuple[dict, int]:
 
 
 def run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
-    """Run one preprocessing job (resumable); return its summary. See the module docstring."""
+    """Run one preprocessing job (resumable); return its summary. See the module docstring.
+
+    Two jobs on one local ``--out`` would delete each other's files (:func:`~vssflow.data.shards.recover` removes
+    the temporary and unlisted files it finds): the second refuses at once, in one line. The lock is an ``flock``
+    on ``<out>/.preprocess.lock``, dropped by the kernel when its holder dies. An object-store ``--out`` has no lock:
+    one job per ``--out`` there is the operator's rule (docs/security.md).
+    """
+    out = location(cfg.out)
+    if not out.is_local:
+        return _run_preprocess(cfg, log=log)
+    with exclusive_lock(os.path.join(out.path, PREPROCESS_LOCK), wait=False, what="another `vssflow preprocess`"):
+        return _run_preprocess(cfg, log=log)
+
+
+def _run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
     t0 = time.perf_counter()
     rows, bad = read_manifest_lenient(cfg.manifest)
     summary = Summary(rows_in=len(rows) + len(bad))
@@ -390,6 +407,7 @@ def read_shards(path: str | os.PathLike, *, tasks: tuple[str, ...] | None = None
         for e in sorted(man.shards, key=lambda e: e["file"])
         if (tasks is None or e.get("task") in tasks) and (buckets is None or float(e.get("bucket_s", 0)) in buckets)
     ]
+    check_shards(man, entries)
     return ray.data.read_parquet([(man.vdir / e["file"]).path for e in entries], filesystem=man.vdir.fs)
 
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
 from vssflow.data.schema import SCHEMA_VERSION, read_metadata, row_to_features, table_to_rows
-from vssflow.data.shards import ShardManifest, resolve_shard_dir
+from vssflow.data.shards import ShardManifest, check_shards, resolve_shard_dir
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import FULL_LATENT, PRESETS
 from vssflow.storage import Location, location
@@ -96,6 +96,7 @@ def shard_paths(data: str | os.PathLike) -> tuple[list[Location], str, int]:
             "sync stream); re-run `vssflow preprocess` on the manifest",
             source=str(vdir),
         )
+    check_shards(manifest)  # a missing or corrupt shard is named here, before Ray starts
     paths = manifest.shard_paths()
     if not paths:
         raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(vdir))

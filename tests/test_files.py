@@ -74,8 +74,9 @@ def test_a_held_lock_refuses_with_one_line_and_a_killed_holder_frees_it(tmp_path
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(InputError, match="in use by pid") as err, exclusive_lock(lock, wait=False, what="shards"):
-            pass
+        with pytest.raises(InputError, match=r"in use by a test \(pid \d+ on ") as err:
+            with exclusive_lock(lock, wait=False, what="a test"):
+                pass
         assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
     finally:
         holder.send_signal(signal.SIGKILL)

@@ -130,6 +130,43 @@ def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_pa
     assert len(ShardDataset(summary.out_dir)) == N_CLIPS and len(ShardDataset(tmp_path / "out")) == 1  # LATEST
 
 
+HOLD_LOCK = """
+import sys, time
+from vssflow.files import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_preprocess_on_the_same_out_refuses_and_deletes_nothing(corpus, tiny_clip, tmp_path):
+    """While a job holds --out (its lock, taken by a live process), a second run on it refuses in one line before
+    touching anything: the first job's temporary shard, which recover() would delete, is still there."""
+    from pipelines.preprocess import PREPROCESS_LOCK, _describe
+    from vssflow.data import schema as S
+    from vssflow.data.shards import config_hash, version_dir
+    from vssflow.errors import InputError
+
+    cfg = _cfg(corpus, tmp_path / "out", tiny_clip)
+    described, _ = _describe(cfg.extract)
+    hashed = {"schema_version": S.SCHEMA_VERSION, "extract": cfg.extract.to_dict(), "extractors": described}
+    vdir = version_dir(cfg.out, config_hash(hashed))  # where the first job writes
+    Path(vdir.path).mkdir(parents=True)
+    in_flight = Path(vdir.path) / ".tts-2s-0123456789abcdef.parquet.tmp-1234abcd"
+    in_flight.write_bytes(b"PAR1 being written")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "out" / PREPROCESS_LOCK)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="in use by another `vssflow preprocess`") as err:
+            run_preprocess(cfg, log=lambda *_: None)
+        assert "\n" not in str(err.value) and str(tmp_path / "out") in str(err.value)
+        assert in_flight.is_file() and not (Path(vdir.path) / "_manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _descendants(pid: int) -> list[int]:
     import psutil
 

@@ -13,6 +13,7 @@ from vssflow.data import schema as S
 from vssflow.data.dataset import BucketBatchSampler, ShardDataset
 from vssflow.data.shards import (
     ShardManifest,
+    check_shards,
     config_hash,
     done_clip_ids,
     recover,
@@ -22,7 +23,7 @@ from vssflow.data.shards import (
     version_dir,
     write_table_atomic,
 )
-from vssflow.errors import ClipTooLongError, FeatureShapeError, MissingFileError
+from vssflow.errors import ClipTooLongError, FeatureShapeError, InputError, MissingFileError
 from vssflow.types import ClipFeatures
 
 SEM_DIM = 8
@@ -186,6 +187,42 @@ def test_dataset_rejects_a_corrupted_row(tmp_path):
     bad_mel = pa.array([[[0.0] * 64] * 10], type=table.schema.field("mel").type)
     table = table.set_column(table.schema.get_field_index("mel"), table.schema.field("mel"), bad_mel)
     pq.write_table(table.replace_schema_metadata(md), path)
+    entry = man.shards[0]  # a bad row written and listed by a faulty writer: its checksum is right, its row is not
+    entry.update(bytes=path.size(), sha256=path.sha256())
+    man.save()
     with pytest.raises(FeatureShapeError, match="mel has 10 frames"):
         ShardDataset(tmp_path / "out")[0]
     assert json.loads((man.vdir / "_manifest.json").read_text())["rows"] == 1
+
+
+def test_a_corrupt_or_missing_shard_is_named_in_one_line_when_the_set_is_opened(tmp_path):
+    man = write_set(tmp_path, [make_clip("a"), make_clip("b", "v2s", 1.5, 2)])
+    ShardDataset(tmp_path / "out")  # sound
+    path = next(p for p in man.shard_paths() if p.name.startswith("tts"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit, same size: only the sha256 sees it
+    path.write_bytes_atomic(bytes(data))
+    for open_set in (lambda: ShardDataset(tmp_path / "out"), lambda: check_shards(ShardManifest(man.vdir))):
+        with pytest.raises(InputError, match="corrupt shard: sha256") as err:
+            open_set()
+        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    assert len(ShardDataset(tmp_path / "out", tasks=["v2s"])) == 1  # the shards it does not read are not its concern
+    problems = ShardManifest(man.vdir).verify()
+    assert len(problems) == 1 and problems[0].startswith(f"{path.name}: corrupt shard: sha256"), problems
+    path.unlink()
+    with pytest.raises(InputError, match="listed in _manifest.json but missing"):
+        ShardDataset(tmp_path / "out")
+
+
+def test_write_table_atomic_fsyncs_the_shard_then_its_directory(tmp_path, monkeypatch):
+    import os
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    target = tmp_path / "v" / "tts-2s-x.parquet"
+    write_table_atomic(pa.table({"clip_id": ["a"]}), target)
+    (k0, tmp), *rest = events
+    assert k0 == "fsync" and tmp.startswith(str(tmp_path / "v" / ".tts-2s-x.parquet.tmp-")), events
+    assert rest == [("replace", str(target)), ("fsync", str(tmp_path / "v"))]

@@ -280,6 +280,23 @@ def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
     assert [s for s, _ in run_metrics(logger.run_id, tracking_uri=uri)["loss"]] == list(range(7))
 
 
+def test_training_names_a_corrupt_shard_before_ray_starts(data, tmp_path):
+    import shutil
+
+    from pipelines.train import shard_paths
+    from vssflow.errors import InputError
+
+    copy = tmp_path / "shards"
+    shutil.copytree(data, copy, symlinks=True)
+    paths, _, _ = shard_paths(copy)
+    raw = bytearray(Path(paths[0]).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    Path(paths[0]).write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="corrupt shard") as err:
+        shard_paths(copy)
+    assert str(err.value).startswith(f"{paths[0]}: ") and "\n" not in str(err.value)
+
+
 def test_a_training_run_that_fails_ends_failed_not_running(cluster, data, tmp_path):
     """The workers fail at start (the run directory's codec statistics are gone; every worker loads them) and no
     retry is allowed: the MLflow run (a real SQLite store) ends FAILED, not RUNNING."""

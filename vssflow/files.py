@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -99,14 +100,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "this directory") -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "another process") -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
 
     The kernel drops the lock when its holder dies (kill -9 included), so a crash never leaves a stale lock.
 
     Args:
         wait: block until the lock is free; else raise :class:`InputError` at once if another process holds it.
-        what: what the lock guards, for the error message.
+        what: who else would hold it, for the error message.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +116,13 @@ def exclusive_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "t
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
             raise InputError(
-                f"{what} is in use by {holder} (lock {path.name}); wait for it to finish or use another directory",
+                f"in use by {what} ({holder}; lock {path.name}); wait for it to finish or use another directory",
                 source=str(path.parent),
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -146,7 +147,7 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(os.path.abspath(target))
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(parent / f".{target.name}.lock", what=str(target)):
+    with exclusive_lock(parent / f".{target.name}.lock", what="another save of this directory"):
         stamp = time.strftime("%Y%m%dT%H%M%S")
         version = Path(tempfile.mkdtemp(prefix=f".{target.name}{VERSION_MARK}{stamp}-", dir=parent))
         try:

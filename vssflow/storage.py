@@ -14,11 +14,12 @@ Object stores:
 * **GCS** through pyarrow's ``GcsFileSystem`` (application default credentials).
 
 Atomic writes (the project's rule: a reader sees the old object or the whole new one, never half of it). On a local
-filesystem: a hidden temporary file in the same directory, fsynced, then ``os.replace``. On an object store there is
-no rename, so the bytes go to a hidden temporary key (``.<name>.tmp-<id>``) and are then **copied server-side** to
-the final key and the temporary key deleted (``FileSystem.move``): the final key is only ever created by a copy of a
-complete object, which S3 and GCS make visible atomically. Readers never list temporary names (they read only what a
-``_manifest.json`` lists), and :func:`vssflow.data.shards.recover` deletes temporary keys a killed job left behind.
+filesystem: a hidden temporary file in the same directory, fsynced, then ``os.replace``, then the directory fsynced.
+On an object store there is no rename, so the bytes go to a hidden temporary key (``.<name>.tmp-<id>``) and are then
+**copied server-side** to the final key and the temporary key deleted (``FileSystem.move``): the final key is only
+ever created by a copy of a complete object, which S3 and GCS make visible atomically. Readers never list temporary
+names (they read only what a ``_manifest.json`` lists), and :func:`vssflow.data.shards.recover` deletes temporary
+keys a killed job left behind.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
+
+from vssflow.files import fsync_dir
 
 __all__ = ["Location", "location", "is_uri", "TMP_MARK"]
 
@@ -191,6 +194,7 @@ class Location:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp.path, self.path)
+                fsync_dir(self.parent.path)  # the new name survives a power cut too
             else:
                 with self.fs.open_output_stream(tmp.path) as f:
                     f.write(data)

@@ -1,6 +1,7 @@
 """Reading feature shards for training, in plain PyTorch (no Ray): :class:`ShardDataset` and bucketed batches.
 
-Only the shards listed in the shard set's ``_manifest.json`` are read (never a half-written or foreign file). Rows
+Only the shards listed in the shard set's ``_manifest.json`` are read (never a half-written or foreign file), and
+only after their size and sha256 match the listing (:func:`~vssflow.data.shards.check_shards`). Rows
 are read one Parquet row group at a time (a small cache per worker), so memory stays bounded however large the
 shard set. Every row is checked against the schema (shapes, rates vs duration, feature sizes) and, when given,
 against the model config's ``sem_dim``.
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vssflow.data.schema import SCHEMA_VERSION, check_features, read_metadata, row_to_features, table_to_rows
-from vssflow.data.shards import ShardManifest, resolve_shard_dir
+from vssflow.data.shards import ShardManifest, check_shards, resolve_shard_dir
 from vssflow.errors import FeatureShapeError
 from vssflow.storage import Location
 from vssflow.types import ClipFeatures
@@ -70,12 +71,14 @@ class ShardDataset(Dataset):
         self.meta: list[dict] = []
         self.index: list[tuple[int, int, int]] = []  # (file, row group, row in group)
         self.keys: list[tuple[str, float]] = []  # (task, bucket_s) of each index entry
-        entries = sorted(self.manifest.shards, key=lambda e: e["file"])
+        entries = [
+            e
+            for e in sorted(self.manifest.shards, key=lambda e: e["file"])
+            if (tasks is None or e.get("task") in tasks)
+            and (buckets is None or float(e.get("bucket_s", 0)) in {float(b) for b in buckets})
+        ]
+        check_shards(self.manifest, entries)  # a corrupt shard is named here, not met as a bad row
         for e in entries:
-            if tasks is not None and e.get("task") not in tasks:
-                continue
-            if buckets is not None and float(e.get("bucket_s", 0)) not in {float(b) for b in buckets}:
-                continue
             f = pq.ParquetFile((self.root / e["file"]).open_input())
             md = read_metadata(f.schema_arrow)
             if sem_dim is not None and md.get("sem_dim") != sem_dim:

@@ -43,6 +43,7 @@ __all__ = [
     "shard_name",
     "write_table_atomic",
     "ShardManifest",
+    "check_shards",
     "recover",
     "done_clip_ids",
 ]
@@ -165,16 +166,42 @@ class ShardManifest:
         problems, seen = [], {}
         for e in self.shards + self.quarantine:
             p = self.vdir / e["file"]
-            if not p.is_file():
-                problems.append(f"{e['file']}: listed but missing")
-                continue
-            if p.sha256() != e["sha256"]:
-                problems.append(f"{e['file']}: checksum mismatch")
+            if (problem := _file_problem(p, e)) is not None:
+                problems.append(f"{e['file']}: {problem}")
+                if not p.is_file():
+                    continue
             for cid in _clip_ids(p):
                 if cid in seen:
                     problems.append(f"{cid}: in {seen[cid]} and {e['file']}")
                 seen[cid] = e["file"]
         return problems
+
+
+def check_shards(manifest: ShardManifest, entries: Iterable[dict] | None = None) -> None:
+    """Check that the listed data shards (or ``entries`` of them) are on disk with the bytes listed: size, then
+    sha256. Training and evaluation call this when they open a shard set, before reading any row.
+
+    Raises:
+        InputError naming the first missing or corrupt shard, in one line.
+    """
+    for e in manifest.shards if entries is None else entries:
+        p = manifest.vdir / e["file"]
+        if (problem := _file_problem(p, e)) is not None:
+            raise InputError(
+                f"{problem}; delete it and re-run `vssflow preprocess` with the same --out (it redoes only the clips "
+                "of missing shards)",
+                source=str(p),
+            )
+
+
+def _file_problem(p: Location, e: dict) -> str | None:
+    if not p.is_file():
+        return f"listed in {MANIFEST_NAME} but missing"
+    if "bytes" in e and p.size() != int(e["bytes"]):
+        return f"corrupt shard: {p.size()} bytes, {MANIFEST_NAME} lists {e['bytes']}"
+    if (actual := p.sha256()) != e["sha256"]:
+        return f"corrupt shard: sha256 {actual[:12]}... is not the {e['sha256'][:12]}... in {MANIFEST_NAME}"
+    return None
 
 
 def _clip_ids(path: Location) -> list[str]:
