@@ -6,8 +6,10 @@
 * Training logs from rank 0 only: params (the full resolved config, flattened, and the data version), per-step
   metrics, audio samples (.wav) and spectrogram images (.png) of fixed validation clips, system metrics.
 * The final model is logged as an MLflow **pyfunc** model wrapping the ``save_pretrained`` directory and registered
-  under a name; Serve (or anyone) loads it back from ``models:/<name>/<version>`` with
-  :func:`load_registered_generator` (or ``mlflow.pyfunc.load_model(uri).unwrap_python_model().generator``).
+  under a name, with the registry alias ``champion`` moved to it (aliases, not the deprecated stages); Serve (or
+  anyone) loads it back from ``models:/<name>@champion`` or ``models:/<name>/<version>`` with
+  :func:`load_registered_generator` (or ``mlflow.pyfunc.load_model(uri).unwrap_python_model().generator``). Its
+  ``pip_requirements`` are the exact versions it was trained with (:func:`pip_requirements`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "vssflow"
 MODEL_ARTIFACT = "model_dir"
+CHAMPION = "champion"  # the registry alias training moves to the version it registers
+# What loading a logged model needs (the Generator: torch + the library's own dependencies), pinned at log time.
+_RUNTIME_PACKAGES = ("vssflow", "torch", "torchaudio", "numpy", "scipy", "safetensors", "einops", "soundfile",
+                     "transformers", "num2words")  # fmt: skip
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of the packages a logged model needs, as installed here (what it was trained with)."""
+    from importlib import metadata
+
+    return [f"{name}=={metadata.version(name)}" for name in _RUNTIME_PACKAGES]
 
 
 def default_tracking_uri(run_dir: str | os.PathLike) -> str:
@@ -221,8 +234,10 @@ def log_and_register_model(
     run_id: str,
     tracking_uri: str,
     registered_name: str = "vssflow",
+    alias: str | None = CHAMPION,
 ) -> str:
-    """Log ``model_dir`` as a pyfunc model in ``run_id`` and register it; returns the ``models:/name/version`` URI."""
+    """Log ``model_dir`` as a pyfunc model in ``run_id``, register it and point the registry ``alias`` at the new
+    version (None: no alias); returns the ``models:/name/version`` URI."""
     mlflow.set_tracking_uri(tracking_uri)
     active = mlflow.active_run()
     ctx = mlflow.start_run(run_id=run_id) if active is None or active.info.run_id != run_id else None
@@ -232,18 +247,21 @@ def log_and_register_model(
             python_model=VssflowModel(),
             # abspath, not resolve: a model directory is a symlink to a hidden version; the artifact keeps its name
             artifacts={MODEL_ARTIFACT: os.path.abspath(model_dir)},
-            pip_requirements=["vssflow", "torch", "numpy", "safetensors"],
+            pip_requirements=pip_requirements(),
             registered_model_name=registered_name,
         )
     finally:
         if ctx is not None:
             mlflow.end_run()
     version = info.registered_model_version
+    if alias:
+        MlflowClient(tracking_uri).set_registered_model_alias(registered_name, alias, str(version))
     return f"models:/{registered_name}/{version}"
 
 
 def download_registered_model_dir(model_uri: str, *, tracking_uri: str, dst: str | os.PathLike | None = None) -> Path:
-    """Local path of the ``save_pretrained`` directory of a registered model (``models:/name/version``)."""
+    """Local path of the ``save_pretrained`` directory of a registered model (``models:/name/version``,
+    ``models:/name@alias``)."""
     mlflow.set_tracking_uri(tracking_uri)
     root = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None if dst is None else str(dst))
     # pyfunc stores the artifact under artifacts/<the logged directory's own name>, so find it by its content.
