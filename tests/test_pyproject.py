@@ -64,3 +64,27 @@ def test_every_import_is_declared_somewhere():
     for package in ("vssflow", "pipelines"):
         missing = _undeclared(package, core | extras, module_level=False)
         assert not missing, f"{package}/ imports packages pyproject.toml does not declare: {missing}"
+
+
+def test_package_metadata_builds_without_setuptools_deprecations(tmp_path, monkeypatch):
+    # `make install` printed a wall of SetuptoolsDeprecationWarning for the `project.license` table; the SPDX
+    # string (PEP 639) is what setuptools >= 77 reads. Built in a copy, so the checkout gets no egg-info.
+    import shutil
+    import warnings
+
+    from setuptools.build_meta import prepare_metadata_for_build_wheel
+
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    shutil.copy(ROOT / "README.md", tmp_path)
+    for package in ("vssflow", "pipelines"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist_info = prepare_metadata_for_build_wheel(str(tmp_path / "out"))
+    deprecations = [str(w.message).splitlines()[0] for w in caught if "Deprecat" in type(w.category).__name__
+                    or "deprecat" in str(w.message).lower()]  # fmt: skip
+    assert not deprecations, deprecations
+    assert "License-Expression: Apache-2.0" in (tmp_path / "out" / dist_info / "METADATA").read_text()
