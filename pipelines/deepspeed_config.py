@@ -169,12 +169,29 @@ class DDPEngine:
             torch.save(state, Path(directory) / f"{tag}_ddp.pt")
 
     def load_checkpoint(self, directory: str, tag: str) -> dict:
-        state = torch.load(Path(directory) / f"{tag}_ddp.pt", map_location="cpu", weights_only=False)
+        state = torch.load(Path(directory) / f"{tag}_ddp.pt", map_location="cpu", weights_only=True)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.micro_steps = state["micro_steps"]
         return state
+
+
+def _deepspeed_checkpoint_globals() -> list:
+    """The only non-tensor classes in DeepSpeed's ZeRO checkpoints (found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO-0..3 files): plain data, nothing that runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+def _load_weights_only(path: str, map_location=None):
+    """What DeepSpeed's checkpoint engine loads with: ``torch.load(weights_only=True)`` and the classes above, so a
+    checkpoint someone else could write (shared storage) cannot run code when a job resumes from it."""
+    with torch.serialization.safe_globals(_deepspeed_checkpoint_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
@@ -204,6 +221,7 @@ def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
             dist_init_required=False,
         )
+        engine.checkpoint_engine.load = _load_weights_only  # DeepSpeed's own unpickles anything (weights_only=False)
         return engine, cfg.engine
     except Exception as e:  # noqa: BLE001 - any DeepSpeed start-up failure means "fall back", loudly
         log.warning("engine: DeepSpeed cannot run here (%s: %s); FALLING BACK to plain PyTorch DDP",

@@ -190,7 +190,18 @@ def encode_batch(clips: list[ClipFeatures], codec: MelCodec, cfg: ModelConfig):
 
 
 def _rng_state(gen: torch.Generator) -> dict:
-    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """RNG states as tensors and plain numbers only, so that the file loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": numpy}
+
+
+def _set_rng_state(gen: torch.Generator, rng: dict) -> None:
+    gen.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
 def save_checkpoint(engine, ema: EMA | None, position: dict, gen: torch.Generator, directory: str, rank: int) -> None:
@@ -204,12 +215,11 @@ def save_checkpoint(engine, ema: EMA | None, position: dict, gen: torch.Generato
 def load_checkpoint(engine, ema: EMA | None, gen: torch.Generator, directory: str, rank: int) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns the data position of this rank."""
     engine.load_checkpoint(directory, tag=DS_TAG)
-    state = torch.load(Path(directory) / WORKER_STATE.format(rank=rank), map_location="cpu", weights_only=False)
-    gen.set_state(state["rng"]["generator"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
+    # weights_only: tensors and plain values only; a pickled object (from whoever can write the storage) is refused
+    state = torch.load(Path(directory) / WORKER_STATE.format(rank=rank), map_location="cpu", weights_only=True)
+    _set_rng_state(gen, state["rng"])
     if ema is not None:
-        ema.load_state_dict(torch.load(Path(directory) / EMA_FILE, map_location="cpu", weights_only=False))
+        ema.load_state_dict(torch.load(Path(directory) / EMA_FILE, map_location="cpu", weights_only=True))
     return state["position"]
 
 
