@@ -52,7 +52,7 @@ def _resolve_model(args: argparse.Namespace) -> None:
 
     if args.command in LIBRARY_COMMANDS and is_model_uri(getattr(args, "model", None) or ""):
         try:
-            from pipelines.serve import resolve_model_dir
+            from pipelines.serve.config import resolve_model_dir
         except ModuleNotFoundError as e:
             raise AssetError(f"{args.model}: MLflow model URIs need {e.name}: pip install 'vssflow[pipelines]'") from e
         tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")

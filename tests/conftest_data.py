@@ -11,7 +11,6 @@ Imported by name from the tests (as ``conftest_media``); ``bench/`` imports them
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path
@@ -159,15 +158,9 @@ def make_tiny_serving_model(
 
 def features_npz(features) -> bytes:
     """ClipFeatures -> the .npz body of ``POST /v1/generate/features``."""
-    arrays = {"duration_s": np.float32(features.duration_s), "task": np.str_(features.task), "sem": features.sem}
-    for k in ("lip", "phonemes", "speaker", "phoneme_durations"):
-        if getattr(features, k) is not None:
-            arrays[k] = getattr(features, k)
-    if features.speech_span is not None:
-        arrays["speech_span"] = np.asarray(features.speech_span, np.float32)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    from vssflow.data.features_file import features_to_npz
+
+    return features_to_npz(features)
 
 
 def random_features(sem_dim: int, duration: float = 2.0, task: str = "v2s", seed: int = 0):

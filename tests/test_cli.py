@@ -49,7 +49,7 @@ def test_library_commands_run_without_the_pipelines_extra(model_dir, tmp_path):
     helped = _run("generate", "--help")
     assert helped.returncode == 0 and "--speech-span" in helped.stdout, helped.stderr
 
-    serve = _run("serve", "--help")  # pipelines/serve.py imports Ray Serve at the top
+    serve = _run("serve", "--help")  # pipelines/serve/ imports Ray Serve at the top
     assert serve.returncode == 2
     assert serve.stderr.strip().splitlines()[-1].endswith("pip install 'vssflow[pipelines]'"), serve.stderr
     train = _run("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))  # imports Ray when it runs

@@ -1,0 +1,59 @@
+"""``vssflow serve``: the generator as an HTTP service (Ray Serve + FastAPI), with a web page at ``/``.
+
+Three deployments, each sized and scaled on its own (``autoscaling_config``, ``num_cpus``/``num_gpus``):
+
+    Api (FastAPI ingress, ~0 CPU)  --bytes-->  FeatureExtractor (CPU: decoding + encoders)
+                                   --ClipFeatures-->  GeneratorServer (the DiT; @serve.batch)
+
+* ``POST /v1/generate``  multipart: ``video`` file, optional ``transcript``, optional ``reference_voice`` file,
+  optional ``speech_span`` ("START,END" seconds where the words are; default: where the mouth moves, else the whole
+  video), ``task``, ``steps``, ``cfg``, ``seed``, ``output`` ("wav" or "mp4") -> audio/wav or video/mp4 (video copied).
+* ``POST /v1/generate/features``  multipart: ``features`` (.npz with sem/lip/sync/phonemes/speaker/duration_s/task and
+  optional speech_span (2,) / phoneme_durations (P,), or a one-row Parquet file of our shard schema), ``steps``,
+  ``cfg``, ``seed`` -> audio/wav.
+* ``GET /healthz`` (process up), ``/readyz`` (both model deployments answer), ``/v1/stats`` (in-flight requests and
+  recent batch sizes), ``/openapi.json`` + ``/docs`` (FastAPI), ``/`` the web page.
+* Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
+  also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send
+  it back to get the same audio), ``X-Speech-Span`` ("START,END" seconds the phonemes were laid over, or "none")
+  with ``X-Speech-Span-Source`` (user, features, mouth, clip), ``X-Batch-Size`` (requests in the @serve.batch call),
+  ``X-Group-Size`` (of
+  those, the ones generated together in one tensor batch) and ``Server-Timing`` (ms: ``queue`` waiting for a
+  batch, ``generate`` the batch's generation, ``ingress`` everything inside the HTTP deployment).
+
+The generator batches concurrent requests with ``@serve.batch`` and splits each batch into groups of one shape:
+same task, duration bucket (the shard buckets, so padding is bounded) and sampling options. A request alone in the
+generator replica starts at once; only when others are queued or generating does a batch wait (up to
+``batch_wait_timeout_s``) to fill.
+
+Bad input never reaches a 5xx: limits on upload bytes (413), video duration and resolution (413), corrupt or
+non-video uploads, unknown fields, out-of-range steps/cfg/seed (422, one-line ``detail``). Under overload (more
+than ``max_inflight`` requests inside the ingress) the answer is 503 with ``Retry-After``. Uploads live in a fresh
+directory per request under ``upload_dir``, removed in ``finally``; no request parameter is ever used as a path.
+
+Metrics (Prometheus, through Ray's metrics agent): ``vssflow_requests_total{route,task,status}``,
+``vssflow_request_seconds{route,task}``, ``vssflow_inflight``, ``vssflow_batch_size``, ``vssflow_group_size``,
+plus Ray Serve's own ``ray_serve_*`` series.
+
+The package, one concept a file: :mod:`.config` (what runs, and where the model comes from), :mod:`.forms` (request
+fields and the HTTP error), :mod:`.extractor` and :mod:`.generator` (the two model deployments), :mod:`.ingress`
+(the FastAPI front), :mod:`.app` (the bind graph, the application builder of a RayService, the ``serve`` command).
+The ``.npz``/Parquet upload of ``/v1/generate/features`` is parsed with the schema, in
+:mod:`vssflow.data.features_file`.
+"""
+
+from pipelines.serve.app import add_arguments, build_app, build_app_from_args, config_from_args, run, start
+from pipelines.serve.config import Scaling, ServeConfig, replace_config, resolve_model_dir
+
+__all__ = [
+    "Scaling",
+    "ServeConfig",
+    "add_arguments",
+    "build_app",
+    "build_app_from_args",
+    "config_from_args",
+    "replace_config",
+    "resolve_model_dir",
+    "run",
+    "start",
+]

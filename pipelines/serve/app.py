@@ -1,0 +1,113 @@
+"""The Serve application: the bind graph of the three deployments, the application builder a Serve config file or a
+KubeRay RayService imports (``pipelines.serve:build_app_from_args``), and the ``vssflow serve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from ray import serve
+
+from pipelines.serve.config import Scaling, ServeConfig, resolve_model_dir
+from pipelines.serve.extractor import FeatureExtractor
+from pipelines.serve.generator import GeneratorServer
+from pipelines.serve.ingress import Api
+
+
+def build_app(config: ServeConfig):
+    """The Serve application (bind graph) for ``config``."""
+    model_dir = str(Path(config.model).resolve())
+    extractor = FeatureExtractor.options(name="FeatureExtractor", **config.extractor.options()).bind(model_dir, config)
+    generator = GeneratorServer.options(name="GeneratorServer", **config.generator.options()).bind(model_dir, config)
+    return Api.options(name="Api", **config.ingress.options()).bind(extractor, generator, config)
+
+
+def build_app_from_args(args: dict):
+    """Application builder for a Serve config file or a KubeRay RayService (``pipelines.serve:build_app_from_args``).
+
+    Args:
+        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``.
+    """
+    model = resolve_model_dir(str(args["model"]), tracking_uri=args.get("tracking_uri") or None)
+    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu")))
+
+
+def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the app (Ray must be initialised). Returns the URL."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config), name=name, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory or MLflow URI (models:/NAME/VERSION)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: start Ray locally")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--batch-wait-ms", type=float, default=50.0)
+    p.add_argument("--max-inflight", type=int, default=16, help="requests in progress before answering 503")
+    p.add_argument("--max-upload-mb", type=float, default=50.0)
+    p.add_argument("--max-video-seconds", type=float, default=60.0)
+    p.add_argument("--generator-cpus", type=float, default=1.0)
+    p.add_argument("--generator-gpus", type=float, default=0.0)
+    p.add_argument("--generator-replicas", default="1", help="N or MIN:MAX (autoscaling)")
+    p.add_argument("--extractor-cpus", type=float, default=1.0)
+    p.add_argument("--extractor-replicas", default="1", help="N or MIN:MAX (autoscaling)")
+    p.add_argument("--upload-dir", default=None, help="where per-request uploads live (removed after each request)")
+
+
+def _replicas(spec: str) -> tuple[int, int]:
+    lo, _, hi = spec.partition(":")
+    return int(lo), int(hi or lo)
+
+
+def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
+    glo, ghi = _replicas(args.generator_replicas)
+    elo, ehi = _replicas(args.extractor_replicas)
+    return ServeConfig(
+        model=model_dir, device=args.device, max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight,
+        max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
+        generator=Scaling(num_cpus=args.generator_cpus, num_gpus=args.generator_gpus, min_replicas=glo,
+                          max_replicas=ghi, max_ongoing_requests=64),
+        extractor=Scaling(num_cpus=args.extractor_cpus, min_replicas=elo, max_replicas=ehi),
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from vssflow.generator import read_model_config
+
+    model_dir = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    read_model_config(model_dir)  # fail fast, one line, before starting Ray
+    config = config_from_args(args, str(model_dir))
+    # Handlers first: a SIGINT/SIGTERM that arrives while Ray and the app start (the app answers /readyz before
+    # serve.run returns) stops the server once it is up, instead of being swallowed inside Ray's start-up code.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.ray_address:
+        ray.init(address=args.ray_address)
+    else:
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    url = start(config, host=args.host, port=args.port)
+    print(f"vssflow serve: model {model_dir}; {url}/ (web page), {url}/docs (API), {url}/readyz", flush=True)
+    print(f"vssflow serve: config {json.dumps(asdict(config), default=str)}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+        print("vssflow serve: stopping", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

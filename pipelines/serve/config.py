@@ -1,0 +1,88 @@
+"""What ``vssflow serve`` runs: the deployments' resources and the service's limits; where the model comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vssflow.errors import InputError
+from vssflow.inference import is_model_uri
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Resources and autoscaling of one deployment."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 4.0
+    max_ongoing_requests: int = 32
+
+    def options(self) -> dict:
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``vssflow serve`` runs.
+
+    Attributes:
+        model: local model directory (MLflow URIs are resolved before, by :func:`resolve_model_dir`).
+        device: torch device of the extractors and the generator ("cpu", "cuda").
+        max_upload_mb: largest request body (413 above it).
+        max_video_seconds: longest video accepted (413); longer than the model window is fine (windows).
+        max_pixels: largest frame (width * height) accepted (413).
+        max_steps, max_cfg: bounds of the sampling options (422 outside).
+        max_inflight: requests inside the ingress at once; more get 503 + Retry-After.
+        retry_after_s: the Retry-After value.
+        max_batch_size, batch_wait_timeout_s: @serve.batch settings of the generator.
+        upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
+        ingress, extractor, generator: resources and autoscaling of each deployment.
+    """
+
+    model: str
+    device: str = "cpu"
+    max_upload_mb: float = 50.0
+    max_video_seconds: float = 60.0
+    max_pixels: int = 1920 * 1080
+    max_steps: int = 200
+    max_cfg: float = 20.0
+    max_inflight: int = 16
+    retry_after_s: int = 2
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+    upload_dir: str | None = None
+    ingress: Scaling = field(default_factory=lambda: Scaling(num_cpus=0.0, max_ongoing_requests=1000))
+    extractor: Scaling = field(default_factory=Scaling)
+    generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
+
+
+def resolve_model_dir(spec: str, *, tracking_uri: str | None = None) -> Path:
+    """A local model directory for ``spec``: a directory as is, or the download of an MLflow URI
+    (``models:/name/version``, ``models:/name/stage``, ``runs:/<id>/model``) from ``tracking_uri``."""
+    if not is_model_uri(spec):
+        return Path(spec)
+    if not tracking_uri:
+        raise InputError(f"{spec}: an MLflow URI needs a tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI)")
+    from pipelines.mlflow_utils import download_registered_model_dir
+
+    try:
+        return download_registered_model_dir(spec, tracking_uri=tracking_uri)
+    except FileNotFoundError as e:
+        raise InputError(str(e).splitlines()[0]) from e
+
+
+def replace_config(config: ServeConfig, **changes: Any) -> ServeConfig:
+    """``dataclasses.replace`` (for benches and tests)."""
+    return replace(config, **changes)
