@@ -4,12 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export DS_ACCELERATOR := cpu
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install test test-all demo bench lint format clean
+
+# DeepSpeed's CPU accelerator only for the CPU targets: a GPU run must not inherit it (the training code sets
+# DS_ACCELERATOR per worker from --device; see vssflow/device.py).
+test demo bench: export DS_ACCELERATOR := cpu
 
 install:
 	bash scripts/install_system.sh

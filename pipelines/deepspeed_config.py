@@ -194,6 +194,20 @@ def _load_weights_only(path: str, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def deepspeed_config_for(cfg: EngineSettings, world: int) -> dict[str, Any]:
+    """The DeepSpeed config of a training job on ``world`` workers (bf16 from the job's device: ``use_gpu``)."""
+    return build_deepspeed_config(
+        stage=zero_stage(cfg.engine),
+        micro_batch_per_gpu=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        world_size=world,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        use_gpu=cfg.use_gpu,
+    )
+
+
 def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
     """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
     schedule = partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
@@ -203,16 +217,7 @@ def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
     try:
         import deepspeed
 
-        ds_config = build_deepspeed_config(
-            stage=zero_stage(cfg.engine),
-            micro_batch_per_gpu=cfg.batch_size,
-            grad_accum=cfg.grad_accum,
-            world_size=world,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            grad_clip=cfg.grad_clip,
-            use_gpu=cfg.use_gpu,
-        )
+        ds_config = deepspeed_config_for(cfg, world)
         params = [p for p in model.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(
             model=model,

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.devices import actor_gpus, resolve_ray_device
+from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
@@ -75,6 +77,7 @@ class EvalConfig:
     spectrograms: int = 3
     tags: dict = field(default_factory=dict)
     speech_span: str = "data"  # SPEECH_SPANS: the span the phonemes are laid over (see the module docstring)
+    device: str = "cpu"  # --device: auto|cpu|cuda (an actor on cuda takes one GPU and generates in bf16)
 
 
 # ---- the clip source (shards or manifest), usable on the driver and inside actors ------------------------------------
@@ -208,7 +211,8 @@ class EvalActor:
 
         torch.set_num_threads(max(1, cfg.threads))
         self.cfg = cfg
-        self.gen = Generator.from_pretrained(cfg.model)
+        device = resolve_device(cfg.device)  # in the actor: "cuda" is the GPU Ray gave it
+        self.gen = Generator.from_pretrained(cfg.model, device=device.torch, dtype=device.dtype)
         self.source = ClipSource(cfg, sem_dim=self.gen.config.sem_dim)
         self.suite = MetricSuite(asr=cfg.asr, embedding=cfg.embedding, classifier=cfg.classifier, threads=cfg.threads)
         self.audio_dir = Path(cfg.out) / "audio"
@@ -308,6 +312,8 @@ def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
 
     started = _init_ray(cfg)
     try:
+        device = resolve_ray_device(cfg.device)
+        cfg = replace(cfg, device=str(device))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"idx": i} for i in range(n)], override_num_blocks=max(1, min(n, 4 * cfg.actors)))
@@ -316,6 +322,7 @@ def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
             fn_constructor_kwargs={"cfg": cfg},
             compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
             num_cpus=1,
+            num_gpus=actor_gpus(device),
         )
         return sorted(ds.take_all(), key=lambda r: r["idx"])
     finally:
@@ -679,6 +686,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, default=d.actors, help="evaluation actors (each loads the models once)")
     p.add_argument("--ray-address", default=None)
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite in the report directory)")
     p.add_argument("--experiment", default=d.experiment)
     p.add_argument("--train-run-id", default=None, help="MLflow run of the training (curves); default: the model's")
@@ -694,7 +702,7 @@ def run(args: argparse.Namespace) -> int:
         max_clips=args.max_clips, steps=args.steps, cfg=args.cfg, seed=args.seed, validate=args.validate,
         asr=args.asr, embedding=args.embedding, classifier=args.classifier, actors=args.actors,
         ray_address=args.ray_address, num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
-        experiment=args.experiment, train_run_id=args.train_run_id, speech_span=args.speech_span,
+        experiment=args.experiment, train_run_id=args.train_run_id, speech_span=args.speech_span, device=args.device,
     )  # fmt: skip
     report = evaluate(cfg)
     for task, m in report["metrics"].items():

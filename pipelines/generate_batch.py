@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.devices import actor_gpus, resolve_ray_device
 from vssflow.constants import TASKS
+from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError
 from vssflow.storage import Location, location
 
@@ -56,7 +58,7 @@ class BatchConfig:
     mp4: bool = False
     split: str | None = None
     tasks: tuple[str, ...] | None = None
-    device: str = "cpu"
+    device: str = "cpu"  # --device auto|cpu|cuda, resolved against the cluster by run_generate_batch
 
 
 def clip_seed(seed: int, clip_id: str) -> int:
@@ -145,7 +147,8 @@ class GenerateActor:
 
         torch.set_num_threads(max(1, int(config.actor_cpus)))
         self.config = config
-        self.gen = Generator.from_pretrained(config.model, device=config.device)
+        device = resolve_device(config.device)  # in the actor: "cuda" is the GPU Ray gave it
+        self.gen = Generator.from_pretrained(config.model, device=device.torch, dtype=device.dtype)
         self._table: tuple[str, object] | None = None
 
     def _features(self, job: dict):
@@ -242,6 +245,8 @@ def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
     if todo:
         if not ray.is_initialized():
             ray.init(address="local", include_dashboard=False)
+        device = resolve_ray_device(config.device)
+        config = replace(config, device=str(device))
         ds = ray.data.from_items(todo).map_batches(
             GenerateActor,
             fn_constructor_args=(config,),
@@ -249,6 +254,7 @@ def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
             batch_size=config.batch_size,
             batch_format="numpy",
             num_cpus=config.actor_cpus,
+            num_gpus=actor_gpus(device),
         )
         for row in ds.iter_rows():
             results.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
@@ -284,7 +290,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mp4", action="store_true", help="also write <clip_id>.mp4 (video copied + new audio)")
     p.add_argument("--split", default=None, help="only rows of this split (e.g. test)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks to keep (v2s,tts,joint)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
     p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: local Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
 

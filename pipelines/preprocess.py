@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
 from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
@@ -48,6 +49,7 @@ from vssflow.data.shards import (
     version_dir,
     write_table_atomic,
 )
+from vssflow.device import DEVICE_HELP
 from vssflow.features.extract import (
     CLIP_KEYS,
     ExtractConfig,
@@ -338,10 +340,11 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.progress
         task_cpus, actor_cpus = _resources(ray.cluster_resources().get("CPU", 1.0), cfg.actors)
-        gpus = 1.0 if cfg.extract.device.startswith("cuda") else 0.0
+        device = resolve_ray_device(cfg.extract.device)
+        gpus = actor_gpus(device)
         todo = sorted(todo, key=lambda r: (r["task"], r["end"], r["clip_id"]))  # neighbours share a bucket
         blocks = max(1, min(len(todo), -(-len(todo) // max(1, cfg.clips_per_task))))
-        ec = cfg.extract
+        ec = replace(cfg.extract, device=str(device))  # what each encoder actor loads its models on
         file_md = S.file_metadata(
             config_hash=chash, config=config, extractors=described, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
@@ -449,7 +452,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--g2p", default="espeak", choices=("espeak", "gruut", "cmudict"), help="G2P backend")
     p.add_argument("--no-lips", action="store_true", help="do not extract mouth crops")
     p.add_argument("--no-sync", action="store_true", help="do not extract the 25 fps sync thumbnails")
-    p.add_argument("--device", default="cpu", help="torch device of the encoders (cuda: one GPU per actor)")
+    p.add_argument("--device", default="auto", help=f"encoders: {DEVICE_HELP} (decoding stays on CPUs)")
     p.add_argument("--actors", type=int, default=1, help="encoder actors (models load once per actor)")
     p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
     p.add_argument("--row-group-rows", type=int, default=32, help="Parquet row group size (rows)")

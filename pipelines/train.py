@@ -32,10 +32,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.devices import resolve_ray_device
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
 from vssflow.data.schema import SCHEMA_VERSION, read_metadata, row_to_features, table_to_rows
 from vssflow.data.shards import ShardManifest, check_shards, resolve_shard_dir
+from vssflow.device import DEVICE_HELP, Device, resolve_device
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import FULL_LATENT, PRESETS
 from vssflow.storage import Location, location
@@ -55,7 +57,7 @@ TRAIN_COLUMNS = [
     "speaker_emb",
     "mel",
 ]
-WORKER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+WORKER_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @dataclass
@@ -236,6 +238,34 @@ def fit_batches_to_data(cfg: TrainJobConfig, counts: dict[str, int]) -> TrainJob
 # ---- the job -------------------------------------------------------------------------------------------------------
 
 
+def training_device(spec: str | Device, ray_address: str | None) -> Device:
+    """``--device`` of a training job. A local Ray trains on this machine's GPUs; on a cluster (``ray_address``)
+    ``auto`` asks the cluster for GPUs (connecting to it) and ``cuda`` is taken as given. Ray Train hands each
+    worker its own GPU, so ``cuda:N`` is refused."""
+    if isinstance(spec, Device) or spec.strip().lower() not in ("auto", "cpu", "cuda"):
+        return resolve_ray_device(spec, cluster_gpus=1.0)  # a Device as it is; cuda:N or a typo refused in one line
+    if ray_address is None:
+        return resolve_device(spec)
+    if spec.strip().lower() == "auto":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=ray_address)
+        return resolve_ray_device(spec)
+    return resolve_ray_device(spec, cluster_gpus=1.0)
+
+
+def worker_plan(cfg: TrainJobConfig) -> dict:
+    """What every Ray Train worker is given, derived from the job's device (:attr:`TrainJobConfig.device`): its
+    environment (``DS_ACCELERATOR``: DeepSpeed's CPU accelerator only for a CPU job) and its resources."""
+    device = cfg.device
+    return {
+        "env_vars": {**WORKER_ENV, "DS_ACCELERATOR": device.accelerator},
+        "use_gpu": device.is_cuda,
+        "resources_per_worker": {"CPU": 1},  # with use_gpu Ray adds one GPU per worker
+    }
+
+
 def _latest_checkpoint(storage: Location) -> Location | None:
     steps = [p for p in storage.glob("step_*") if p.glob("worker_*.pt")]
     return steps[-1] if steps else None
@@ -253,8 +283,12 @@ def run_training(
     resume: str | os.PathLike | None = None,
     ray_address: str | None = None,
     n_val_clips: int = 2,
+    device: str | Device | None = None,
 ) -> TrainResult:
-    """Train (or continue, with ``resume``) and return where everything went. See the module docstring."""
+    """Train (or continue, with ``resume``) and return where everything went. See the module docstring.
+
+    ``device`` (``--device``; :func:`training_device`) sets ``cfg.use_gpu``; None keeps ``cfg``'s. A resumed run
+    keeps the device it was started with."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -264,6 +298,8 @@ def run_training(
 
     t0 = time.perf_counter()
     state: dict = {}
+    if device is not None and resume is None:
+        cfg = replace(cfg, use_gpu=training_device(device, ray_address).is_cuda)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_JSON).is_file():
@@ -309,7 +345,8 @@ def run_training(
     state.update({"name": name, "config": cfg.to_dict(), "tracking_uri": tracking_uri, "data_version": data_version,
                   "out": None if out is None else str(Path(out).resolve()), "storage": storage.uri})  # fmt: skip
     _write_json(run_dir / RUN_JSON, state)
-    print(f"vssflow train: {cfg.preset} preset, {cfg.workers} workers, engine {cfg.engine}, "
+    print(f"vssflow train: {cfg.preset} preset, {cfg.workers} workers on {cfg.device} ({cfg.device.dtype}), "
+          f"engine {cfg.engine}, "
           f"{cfg.max_steps} steps, data {data_version} ({len(paths)} shards); run dir {run_dir}; "
           f"checkpoints {storage.uri}")  # fmt: skip
 
@@ -336,11 +373,12 @@ def run_training(
         run["resume_checkpoint"] = last.path
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    plan = worker_plan(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
+            num_workers=cfg.workers, use_gpu=plan["use_gpu"], resources_per_worker=plan["resources_per_worker"]
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -348,7 +386,7 @@ def run_training(
             storage_filesystem=None if storage.is_local else storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": plan["env_vars"]},
         ),
         # a small set in blocks of one row: the workers' equal shares then mix the tasks (8-row blocks of one-task
         # shards gave a 14-clip set's V2S rows to one worker and its speech to the other)
@@ -397,7 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="shard set of `vssflow preprocess` (its --out: a path or s3:// gs:// URI)")
     parser.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     parser.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (one per CPU/GPU)")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per worker, bf16")
+    parser.add_argument("--gpu", action="store_true", help="deprecated: use --device cuda")
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default {d.max_steps})")
     parser.add_argument("--out", help="model directory to write (save_pretrained)")
     parser.add_argument("--deepspeed", default=d.engine, choices=ENGINES, help="ZeRO stage, or plain DDP")
@@ -446,6 +485,14 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def device_arg(args: argparse.Namespace) -> str:
+    """``--device``; the deprecated ``--gpu`` (kept for one release) means ``--device cuda`` and says so once."""
+    if args.gpu:
+        print("vssflow train: --gpu is deprecated and will be removed; use --device cuda", file=sys.stderr)
+        return "cuda"
+    return args.device
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.resume and not (args.data and args.out):
         raise InputError("give --data SHARDS_DIR and --out MODEL_DIR (or --resume RUN_DIR)", source="vssflow train")
@@ -454,12 +501,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError(f"--mix {args.mix!r}: expected three numbers V2S:TTS:JOINT, e.g. 1:1:0.5",
                          source="--mix") from None  # fmt: skip
+    device = device_arg(args)
     cfg = TrainJobConfig(
         model_overrides=_parse_overrides(args.model),
         data=location(args.data).uri if args.data else "",
         preset=args.preset,
         workers=args.workers,
-        use_gpu=args.gpu,
         engine=args.deepspeed,
         max_steps=args.max_steps or (0 if args.resume else TrainJobConfig().max_steps),
         batch_size=args.batch_size,
@@ -486,6 +533,7 @@ def run(args: argparse.Namespace) -> int:
         register_as=args.register_as or None,
         resume=args.resume,
         ray_address=args.ray_address,
+        device=device,
     )
     print(f"vssflow train: {res.steps} steps with {res.engine} in {res.seconds:.0f} s")
     print(f"  model:      {res.out}")

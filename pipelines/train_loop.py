@@ -29,6 +29,7 @@ from pipelines.deepspeed_config import build_engine, optimizer_state_bytes
 from vssflow.audio.codec import MelCodec
 from vssflow.data.sampler import BATCH_TASKS, BucketSampler, SamplerConfig
 from vssflow.data.schema import META, row_to_features, table_to_rows
+from vssflow.device import Device
 from vssflow.ema import EMA
 from vssflow.errors import InputError
 from vssflow.lora import LoRAConfig, apply_lora
@@ -92,6 +93,11 @@ class TrainJobConfig:
     cache_mb: float = 1024.0  # shard sets up to this size are cached in the Ray object store (no re-read per epoch)
     worker_cache_mb: float = 128.0  # shard sets up to this size: each worker keeps its decoded split after epoch 0
     log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl
+
+    @property
+    def device(self) -> Device:
+        """Where each worker trains (``use_gpu``: the GPU Ray Train gave it, bf16): :mod:`vssflow.device`."""
+        return Device("cuda" if self.use_gpu else "cpu")
 
     def model_config(self) -> ModelConfig:
         """The preset (or, when fine-tuning, the ``init`` model's own config) with ``model_overrides`` applied."""
@@ -356,7 +362,7 @@ def train_loop_per_worker(config: dict) -> None:
                 samples_log.flush()
             tb = encode_batch(batch.clips, codec, mcfg).to(device)
             boundary = engine.is_gradient_accumulation_boundary()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.use_gpu):  # bf16 weights on GPU
+            with cfg.device.autocast():  # bf16 on GPU (DeepSpeed keeps fp32 master weights), fp32 on CPU
                 loss, metrics = training_step(engine.module, tb, flow_cfg, gen)
             engine.backward(loss + _touch(trainable))
             engine.step()

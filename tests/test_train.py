@@ -251,6 +251,53 @@ def test_deepspeed_config_is_bf16_on_gpu_and_fp32_on_cpu():
     assert z3["stage3_gather_16bit_weights_on_model_save"]
 
 
+def test_a_cuda_job_asks_for_the_cuda_accelerator_and_bf16_and_a_cpu_job_for_cpu_fp32(capsys):
+    """What a training job hands its workers follows from its device alone (no GPU needed to check it)."""
+    import argparse
+
+    import torch
+
+    from pipelines.deepspeed_config import deepspeed_config_for
+    from pipelines.train import WORKER_ENV, add_arguments, device_arg, training_device, worker_plan
+    from vssflow.errors import InputError
+
+    assert "DS_ACCELERATOR" not in WORKER_ENV  # never a fixed value: derived per job below
+    gpu, cpu = TrainJobConfig(use_gpu=True, engine="zero2"), TrainJobConfig(use_gpu=False, engine="zero2")
+    g, c = worker_plan(gpu), worker_plan(cpu)
+    assert g["env_vars"]["DS_ACCELERATOR"] == "cuda" and g["use_gpu"] is True
+    assert c["env_vars"]["DS_ACCELERATOR"] == "cpu" and c["use_gpu"] is False
+    assert "cpu" not in g["env_vars"].values()  # nothing CPU-only reaches a GPU worker
+    g_ds, c_ds = deepspeed_config_for(gpu, world=2), deepspeed_config_for(cpu, world=2)
+    assert g_ds["bf16"] == {"enabled": True} and g_ds["fp16"] == {"enabled": False}
+    assert c_ds["bf16"] == {"enabled": False} and c_ds["fp16"] == {"enabled": False}  # fp32 on CPU
+    assert gpu.device.dtype == torch.bfloat16 and cpu.device.dtype == torch.float32
+
+    # --device: auto follows this machine for a local Ray; on a cluster "cuda" is taken as given; cuda:N is refused
+    assert training_device("auto", None).is_cuda == torch.cuda.is_available()
+    assert training_device("cuda", "ray://head:10001").is_cuda
+    assert not training_device("cpu", "ray://head:10001").is_cuda
+    with pytest.raises(InputError, match=r"--device: cuda:1: Ray gives each actor and worker its own GPU"):
+        training_device("cuda:1", None)
+    with pytest.raises(InputError, match="expected auto, cpu, cuda"):
+        training_device("gpu", None)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert device_arg(parser.parse_args([])) == "auto" and capsys.readouterr().err == ""
+    assert device_arg(parser.parse_args(["--device", "cpu"])) == "cpu"
+    assert device_arg(parser.parse_args(["--gpu"])) == "cuda"  # the deprecated alias, one line
+    assert capsys.readouterr().err.splitlines() == [
+        "vssflow train: --gpu is deprecated and will be removed; use --device cuda"
+    ]
+
+
+def test_the_makefile_exports_the_cpu_accelerator_only_for_cpu_targets():
+    lines = (Path(__file__).parents[1] / "Makefile").read_text().splitlines()
+    assert not [x for x in lines if x.replace(" ", "").startswith("exportDS_ACCELERATOR")]  # not global
+    scoped = [x for x in lines if "DS_ACCELERATOR" in x and not x.startswith("#")]
+    assert scoped == ["test demo bench: export DS_ACCELERATOR := cpu"]
+
+
 def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
     """Nothing lands in ./mlruns of the current directory (MLflow's default artifact root with a SQLite store)."""
     from collections import Counter

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from vssflow.constants import SAMPLE_RATE, TASKS
+from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
 
 __all__ = ["add_arguments", "run"]
@@ -46,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same audio)")
     p.add_argument("--method", choices=("euler", "midpoint", "dopri5"), default=None, help="ODE solver")
     p.add_argument("--stems", action="store_true", help="joint: also write OUT.speech.wav and OUT.sound.wav")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (bf16 on a GPU)")
     p.add_argument("--out", required=True, help="output .wav, or .mp4/.mov/.mkv/.webm: the video with the new audio")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".wav", ".mp4", ".mov", ".m4v", ".mkv", ".webm"):
         raise InputError("--out must end in .wav (audio) or .mp4/.mov/.m4v/.mkv/.webm (video)", source=str(out))
     check_writable(out)  # before any model, video or generation time is spent
+    device = resolve_device(args.device)
     transcript = args.transcript
     if args.transcript_file:
         path = Path(args.transcript_file)
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"vssflow generate: {task} for {args.video} ({info.duration:.2f} s, {info.width}x{info.height}) -> {out}")
 
     t0 = time.perf_counter()
-    gen = Generator.from_pretrained(args.model, device=args.device)
+    gen = Generator.from_pretrained(args.model, device=device.torch, dtype=device.dtype)
     steps, cfg, method = gen.check(steps=args.steps, cfg=args.cfg, method=args.method)  # before any decoding
     features = prepare(args.video, request=request, reference_voice=args.reference_voice, extractors=gen.extractors,
                        info=info)  # fmt: skip
