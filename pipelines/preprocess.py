@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.devices import resolve_ray_device
+from pipelines.preprocess_plan import encoder_plan
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
 from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
@@ -56,6 +57,7 @@ from vssflow.features.extract import (
     Extractors,
     decode_clip,
     encode_clip,
+    encode_semantic,
     mel_clip,
     phonemize_clip,
     row_dict,
@@ -104,7 +106,9 @@ class PreprocessConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     ray_address: str | None = None
     num_cpus: int | None = None  # local Ray only
-    actors: int = 1  # encode actor pool size
+    actors: int | None = 1  # encode actor pool size (None: pipelines.preprocess_plan decides)
+    encoder_gpus: float | None = None  # GPUs of the encoder pool in all (cuda; None: the cluster's)
+    encode_batch: int | None = None  # clips per encoder call (None: 8 on cuda, 1 on CPU)
     rows_per_shard: int = 64
     row_group_rows: int = 32
     clips_per_task: int = 4
@@ -160,16 +164,42 @@ def cpu_stages(row: dict, *, config: ExtractConfig) -> dict:
 
 
 class EncodeActor:
-    """Ray actor: loads the encoders once, then encodes one clip per call."""
+    """Ray actor: loads the encoders once (on its share of a GPU with ``--device cuda``), then encodes a batch of
+    clips per call, their semantic frames in one batch across clips (:func:`encode_clips`)."""
 
     def __init__(self, config: ExtractConfig):
         self.extractors = Extractors.load(config, parts=("visual", "mouth", "speaker"))
         self.node = _node()
 
-    def __call__(self, row: dict) -> dict:
-        out = _guard("encode", lambda r: encode_clip(r, self.extractors), row, _ENCODED)
-        out["encode_node"] = self.node
-        return out
+    def __call__(self, batch: dict) -> dict:
+        rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["clip_id"]))]
+        live = [i for i, r in enumerate(rows) if not r.get("error_stage")]
+        sems: dict[int, np.ndarray] = {}
+        try:
+            sems = dict(zip(live, encode_semantic([rows[i]["sem_frames"] for i in live], self.extractors.visual),
+                            strict=True))  # fmt: skip
+        except Exception:  # noqa: BLE001 - a bad clip in the batch: each one alone below, its error quarantined
+            sems = {}
+        out = [_guard("encode", lambda r, i=i: encode_clip(r, self.extractors, sem=sems.get(i)), r, _ENCODED)
+               for i, r in enumerate(rows)]  # fmt: skip
+        for r in out:
+            r["encode_node"] = self.node
+        return _to_batch(out)
+
+
+def _to_batch(rows: list[dict]) -> dict:
+    """Rows -> a numpy batch: an array column as an object array of per-row arrays (shapes differ between clips)."""
+    batch = {}
+    for k in rows[0]:
+        values = [r[k] for r in rows]
+        if isinstance(values[0], np.ndarray):
+            col = np.empty(len(values), dtype=object)
+            for i, v in enumerate(values):
+                col[i] = v
+            batch[k] = col
+        else:
+            batch[k] = np.asarray(values)
+    return batch
 
 
 def write_stage(
@@ -246,14 +276,6 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
-
-
-def _resources(total_cpus: float, actors: int) -> tuple[float, float]:
-    """(cpus per task, cpus per actor): actors take one CPU each when the cluster has room, else they share."""
-    if total_cpus >= actors + 1:
-        return 1.0, 1.0
-    share = total_cpus / (actors + 1)
-    return share, share
 
 
 def _dedupe(entry: dict, seen: set[str], vdir: str | os.PathLike | Location) -> dict | None:
@@ -339,9 +361,10 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.progress
-        task_cpus, actor_cpus = _resources(ray.cluster_resources().get("CPU", 1.0), cfg.actors)
         device = resolve_ray_device(cfg.extract.device)
-        gpus = actor_gpus(device)
+        plan = encoder_plan(ray.cluster_resources(), device=device, actors=cfg.actors, encoder_gpus=cfg.encoder_gpus,
+                            clips_per_call=cfg.encode_batch)  # fmt: skip
+        task_cpus = plan.cpus_per_task
         todo = sorted(todo, key=lambda r: (r["task"], r["end"], r["clip_id"]))  # neighbours share a bucket
         blocks = max(1, min(len(todo), -(-len(todo) // max(1, cfg.clips_per_task))))
         ec = replace(cfg.extract, device=str(device))  # what each encoder actor loads its models on
@@ -354,12 +377,14 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
         # requests are equal, and the decode tasks ask for memory the actors do not. Decoding then scales with the
         # cluster's CPUs while the encoders stay a pool of loaded models (on GPUs when the device is cuda).
         ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=task_cpus, memory=DECODE_TASK_MEMORY)
-        ds = ds.map(
+        ds = ds.map_batches(
             EncodeActor,
             fn_constructor_kwargs={"config": ec},
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-            num_cpus=actor_cpus,
-            num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            batch_size=plan.clips_per_call,
+            batch_format="numpy",
+            num_cpus=plan.cpus_per_actor,
+            num_gpus=plan.gpus_per_actor,  # a share of a GPU: several actors (fed by CPU decode tasks) per GPU
         )
         wkw = {"vdir": vdir, "sem_dim": sem_dim, "lip_dim": 0, "file_md": file_md}
         ds = ds.map_batches(
@@ -453,7 +478,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lips", action="store_true", help="do not extract mouth crops")
     p.add_argument("--no-sync", action="store_true", help="do not extract the 25 fps sync thumbnails")
     p.add_argument("--device", default="auto", help=f"encoders: {DEVICE_HELP} (decoding stays on CPUs)")
-    p.add_argument("--actors", type=int, default=1, help="encoder actors (models load once per actor)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="encoder actors (models load once per actor; default 1 on CPU, 4 per GPU on cuda)",
+    )
+    p.add_argument(
+        "--encoder-gpus",
+        type=float,
+        default=None,
+        help="cuda: GPUs the encoder actors share in all (default: every GPU of the cluster)",
+    )
+    p.add_argument(
+        "--encode-batch",
+        type=int,
+        default=None,
+        help="clips per encoder call, frames batched across them (default 8 on cuda, 1 on CPU)",
+    )
     p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
     p.add_argument("--row-group-rows", type=int, default=32, help="Parquet row group size (rows)")
     p.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task")
@@ -476,6 +518,8 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         num_cpus=args.num_cpus,
         actors=args.actors,
+        encoder_gpus=args.encoder_gpus,
+        encode_batch=args.encode_batch,
         rows_per_shard=args.rows_per_shard,
         row_group_rows=args.row_group_rows,
         clips_per_task=args.clips_per_task,

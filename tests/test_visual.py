@@ -123,3 +123,15 @@ def test_tiny_clip_from_local_directory(tmp_path):
     assert cos.min() > 0.98, cos
     # different images give different features
     assert np.abs(feats[0] - feats[1]).max() > 1e-2
+
+
+def test_frames_batched_across_clips_give_each_clip_its_own_features(mobilenet):
+    from vssflow.features.extract import encode_semantic
+
+    rng = np.random.default_rng(1)
+    clips = [rng.integers(0, 256, size=(n, 48, 64, 3)).astype(np.uint8) for n in (3, 5, 1)]
+    clips.append(rng.integers(0, 256, size=(2, 40, 40, 3)).astype(np.uint8))  # another frame size: its own pass
+    together = encode_semantic(clips, mobilenet)
+    for frames, got in zip(clips, together, strict=True):
+        alone = mobilenet.encode(frames)
+        assert got.shape == alone.shape and np.abs(got - alone).max() < 1e-4

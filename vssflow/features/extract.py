@@ -37,6 +37,8 @@ __all__ = [
     "decode_clip",
     "phonemize_clip",
     "encode_clip",
+    "encode_clips",
+    "encode_semantic",
     "mel_clip",
     "to_features",
     "extract_clip",
@@ -340,11 +342,15 @@ def phonemize_clip(row: dict, g2p=None, *, backend: str = "espeak") -> dict:
     return {**row, "phonemes": np.asarray(seq.ids, np.int16), "phoneme_durations": durations}
 
 
-def encode_clip(row: dict, extractors: Extractors) -> dict:
-    """Add ``sem``, ``lip`` and ``speaker`` with the loaded models; drop the decoded frames and reference voice."""
+def encode_clip(row: dict, extractors: Extractors, *, sem: np.ndarray | None = None) -> dict:
+    """Add ``sem``, ``lip`` and ``speaker`` with the loaded models; drop the decoded frames and reference voice.
+
+    ``sem`` (T_sem, D): the clip's semantic features when already computed (:func:`encode_clips` batches them)."""
     out = {k: v for k, v in row.items() if k not in ("sem_frames", "lip_frames", "ref_audio")}
     cid = str(row["clip_id"])
-    out["sem"] = np.asarray(extractors.visual.encode(row["sem_frames"]), np.float32)  # (T_sem, D)
+    if sem is None:
+        sem = extractors.visual.encode(row["sem_frames"])
+    out["sem"] = np.asarray(sem, np.float32)  # (T_sem, D)
     lip_frames = row.get("lip_frames", _NO_FRAMES)
     if extractors.mouth is not None and len(lip_frames):
         crops, _info = extractors.mouth(lip_frames)  # (T_lip, 32, 32) uint8; info: face_found, boxes
@@ -357,6 +363,35 @@ def encode_clip(row: dict, extractors: Extractors) -> dict:
     else:
         out["speaker"] = np.zeros(0, np.float32)
     return out
+
+
+def encode_semantic(frame_sets: list[np.ndarray], visual) -> list[np.ndarray]:
+    """The semantic features of several clips, their frames batched across clips: one encoder pass per frame size
+    (clips of one size share every batch of ``visual.batch_size`` frames, so a GPU sees full batches).
+
+    Args:
+        frame_sets: per clip (T_i, H, W, 3) uint8.
+        visual: a :class:`~vssflow.features.visual.VisualEncoder`.
+
+    Returns:
+        per clip (T_i, D) float32, the same as ``visual.encode`` of each clip alone (up to batch-size rounding).
+    """
+    out: list[np.ndarray | None] = [None] * len(frame_sets)
+    by_size: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frame_sets):
+        by_size.setdefault(tuple(np.shape(f)[1:]), []).append(i)
+    for idx in by_size.values():
+        feats = visual.encode(np.concatenate([frame_sets[i] for i in idx], axis=0))  # (sum T_i, D)
+        bounds = np.cumsum([0] + [len(frame_sets[i]) for i in idx])
+        for k, i in enumerate(idx):
+            out[i] = feats[bounds[k] : bounds[k + 1]]
+    return out
+
+
+def encode_clips(rows: list[dict], extractors: Extractors) -> list[dict]:
+    """:func:`encode_clip` of several clips, the semantic frames batched across them (:func:`encode_semantic`)."""
+    sems = encode_semantic([r["sem_frames"] for r in rows], extractors.visual)
+    return [encode_clip(r, extractors, sem=s) for r, s in zip(rows, sems, strict=True)]
 
 
 def mel_clip(row: dict) -> dict:
