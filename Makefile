@@ -8,7 +8,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all demo bench lint format clean
+.PHONY: install test test-all demo bench lint format clean gpu-wheels gpu-check
 
 # DeepSpeed's CPU accelerator only for the CPU targets: a GPU run must not inherit it (the training code sets
 # DS_ACCELERATOR per worker from --device; see vssflow/device.py).
@@ -29,6 +29,13 @@ demo: install
 
 bench: install
 	$(PY) -m bench.run
+
+# the device check (docs/performance.md, GPU): wheels prepared here, then run on a GPU machine without network
+gpu-wheels:
+	bash scripts/gpu_wheels.sh wheels/gpu
+
+gpu-check:
+	bash scripts/gpu_check.sh --out runs/gpu_check.json
 
 lint: install
 	$(VENV)/bin/ruff check vssflow pipelines tests bench
