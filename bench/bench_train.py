@@ -72,18 +72,18 @@ def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
     import torch
 
     from pipelines.deepspeed_config import lr_lambda
-    from pipelines.train import _read_rows, fit_codec, fit_model_to_data, shard_paths
+    from pipelines.train import fit_codec, fit_model_to_data, open_shards
     from pipelines.train_loop import build_model, encode_batch
     from vssflow.data.sampler import BucketSampler
     from vssflow.ema import EMA
     from vssflow.training import training_step
 
     torch.set_num_threads(threads)
-    paths, _, _ = shard_paths(cfg.data)
-    cfg = fit_model_to_data(cfg, paths)
-    clips = _read_rows(paths, "train")
+    shards = open_shards(cfg.data)
+    cfg = fit_model_to_data(cfg, shards)
+    clips = shards.clips(split="train")
     with tempfile.TemporaryDirectory() as tmp:
-        codec = fit_codec(paths, Path(tmp))
+        codec = fit_codec(shards, Path(tmp))
     model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)

@@ -99,13 +99,13 @@ class ClipSource:
             rows = [r for r in self._manifest_rows.values() if r.task in cfg.tasks]
             self.items = _select(rows, cfg, key=lambda r: (r.task, r.split, r.clip_id))
         else:
-            from vssflow.data.dataset import ShardDataset
+            from vssflow.data.shard_set import ShardSet
 
             # per task: the wanted split when the task has clips in it, else every split of that task
-            full = ShardDataset(path, tasks=cfg.tasks, sem_dim=sem_dim, check=False)
+            full = ShardSet(path, tasks=cfg.tasks, sem_dim=sem_dim, check=False)
             part = full
             if cfg.split:
-                part = ShardDataset(path, tasks=cfg.tasks, split=cfg.split, sem_dim=sem_dim, check=False)
+                part = ShardSet(path, tasks=cfg.tasks, split=cfg.split, sem_dim=sem_dim, check=False)
             have = {part.keys[i][0] for i in range(len(part))}
             keys = [_ShardKey(part.keys[i][0], i, part) for i in range(len(part))]
             keys += [_ShardKey(full.keys[i][0], i, full) for i in range(len(full)) if full.keys[i][0] not in have]
@@ -135,17 +135,10 @@ class ClipSource:
 
         if self._manifest_rows:
             return sentence_set(r.transcript for r in self._manifest_rows.values() if r.split == "train")
-        import pyarrow.parquet as pq
+        from vssflow.data.shard_set import ShardSet
 
-        from vssflow.data.dataset import ShardDataset
-
-        texts = []
-        for f in ShardDataset(self.cfg.data, check=False).files:
-            with f.open_input() as src:
-                t = pq.ParquetFile(src).read(columns=["split", "transcript"])
-            splits, transcripts = t.column(0).to_pylist(), t.column(1).to_pylist()
-            texts += [x for sp, x in zip(splits, transcripts, strict=True) if sp == "train"]
-        return sentence_set(texts)
+        tables = ShardSet(self.cfg.data, check=False).tables(["transcript"], split="train")
+        return sentence_set(x for t in tables for x in t.column("transcript").to_pylist())
 
     def task(self, i: int) -> str:
         return self.items[i].task
@@ -186,7 +179,7 @@ class ClipSource:
 class _ShardKey:
     task: str
     index: int
-    ds: object  # the ShardDataset the index refers to
+    ds: object  # the ShardSet the index refers to
 
 
 def _select(rows, cfg: EvalConfig, key):

@@ -37,7 +37,6 @@ from pipelines.devices import actor_gpus, resolve_ray_device
 from vssflow.constants import TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError
-from vssflow.storage import Location, location
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -75,25 +74,6 @@ def output_path(out: str | os.PathLike, clip_id: str, suffix: str = ".wav") -> P
 # -------------------------------------------------------------------------------------------------------------- jobs
 
 
-def _parquet_files(source: Location) -> list[Location]:
-    if source.is_file():
-        return [source]
-    if (source / "_manifest.json").exists() or (source / "LATEST").exists():
-        from vssflow.data.shards import ShardManifest, resolve_shard_dir
-
-        man = ShardManifest(resolve_shard_dir(source))
-        return [man.vdir / e["file"] for e in sorted(man.shards, key=lambda e: e["file"])]
-    return source.glob("*.parquet")
-
-
-def _read_table(uri: str, columns: list[str] | None = None):
-    """A Parquet file by local path or URI (through :mod:`vssflow.storage`: the S3 endpoint and credentials)."""
-    import pyarrow.parquet as pq
-
-    with location(uri).open_input() as f:
-        return pq.read_table(f, columns=columns)
-
-
 def _span_text(value) -> str:
     """A manifest's ``speech_span`` cell as text for the job ("" = not given); checked in the actor, so a bad one
     fails its row only."""
@@ -119,11 +99,12 @@ def load_jobs(source: str | os.PathLike, *, split: str | None = None, tasks=None
                          "start": float(r.start or 0.0), "end": float("nan") if r.end is None else float(r.end),
                          "speech_span": _span_text(r.extra.get("speech_span")), "file": "", "row": -1})  # fmt: skip
         return jobs
-    files = _parquet_files(location(source))
-    if not files:
+    from vssflow.data.shard_set import ShardSet
+
+    shards = ShardSet(source, check=False)  # a shard set (listed shards, checked) or one .parquet file
+    if not shards.files:
         raise InputError("no manifest (.jsonl/.csv) or Parquet shards found", source=str(src))
-    for f in files:
-        t = _read_table(f.uri, columns=["clip_id", "task", "split"])
+    for f, t in zip(shards.files, shards.tables(["clip_id", "task", "split"]), strict=True):
         cols = [t.column(c).to_pylist() for c in ("clip_id", "task", "split")]
         for i, (cid, task, sp) in enumerate(zip(*cols, strict=True)):
             if (split and sp != split) or (tasks and task not in tasks):
@@ -157,9 +138,10 @@ class GenerateActor:
 
         if job["kind"] == "shard":
             from vssflow.data.schema import row_to_features, table_to_rows
+            from vssflow.data.shard_set import read_shard
 
             if self._table is None or self._table[0] != job["file"]:
-                self._table = (job["file"], _read_table(job["file"]))
+                self._table = (job["file"], read_shard(job["file"]))
             f = row_to_features(table_to_rows(self._table[1].slice(int(job["row"]), 1))[0])
             f.mel = None
             f.sem = None if f.sem is None else np.asarray(f.sem, np.float32)

@@ -40,11 +40,9 @@ from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
 from vssflow.data.shards import (
     ShardManifest,
-    check_shards,
     config_hash,
     done_clip_ids,
     recover,
-    resolve_shard_dir,
     set_latest,
     shard_name,
     version_dir,
@@ -418,25 +416,6 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
     finally:
         if started:
             ray.shutdown()
-
-
-def read_shards(path: str | os.PathLike, *, tasks: tuple[str, ...] | None = None, buckets=None):
-    """The Ray Data path for Ray Train: a Dataset over the complete shards of a shard set (``--out`` or version).
-
-    Args:
-        path: the ``--out`` directory (follows ``LATEST``) or a version directory; a local path or a URI.
-        tasks, buckets: keep only shards of these tasks / duration buckets (seconds).
-    """
-    import ray
-
-    man = ShardManifest(resolve_shard_dir(path))
-    entries = [
-        e
-        for e in sorted(man.shards, key=lambda e: e["file"])
-        if (tasks is None or e.get("task") in tasks) and (buckets is None or float(e.get("bucket_s", 0)) in buckets)
-    ]
-    check_shards(man, entries)
-    return ray.data.read_parquet([(man.vdir / e["file"]).path for e in entries], filesystem=man.vdir.fs)
 
 
 def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None:

@@ -20,7 +20,6 @@ storage_filesystem=...)``), so a worker group restarted on another node resumes 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -29,14 +28,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.devices import resolve_ray_device
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
-from vssflow.data.schema import SCHEMA_VERSION, read_metadata, row_to_features, table_to_rows
-from vssflow.data.shards import ShardManifest, check_shards, resolve_shard_dir
+from vssflow.data.schema import table_to_rows
+from vssflow.data.shard_set import ShardSet
 from vssflow.device import DEVICE_HELP, Device, resolve_device
 from vssflow.errors import FeatureShapeError, InputError, MissingFileError
 from vssflow.model.config import FULL_LATENT, PRESETS
@@ -78,60 +75,21 @@ class TrainResult:
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 
-def _read_table(path: Location, columns: list[str] | None = None):
-    with path.open_input() as f:
-        return pq.read_table(f, columns=columns)
+def open_shards(data: str | os.PathLike) -> ShardSet:
+    """The shard set written by ``vssflow preprocess``, checked (schema version, every shard's size and sha256)
+    before Ray starts; a set that lists no data shards is refused here."""
+    shards = ShardSet(data, check=False)
+    if not shards.files:
+        raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(shards.root))
+    return shards
 
 
-def _read_schema(path: Location):
-    with path.open_input() as f:
-        return pq.read_schema(f)
-
-
-def shard_paths(data: str | os.PathLike) -> tuple[list[Location], str, int]:
-    """(shard files, data version, lip_dim) of a shard set written by ``vssflow preprocess``."""
-    vdir = resolve_shard_dir(data)
-    manifest = ShardManifest(vdir)
-    if manifest.data.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(
-            f"shard schema version {manifest.data.get('schema_version')} is not {SCHEMA_VERSION} (version 2 added the "
-            "sync stream); re-run `vssflow preprocess` on the manifest",
-            source=str(vdir),
-        )
-    check_shards(manifest)  # a missing or corrupt shard is named here, before Ray starts
-    paths = manifest.shard_paths()
-    if not paths:
-        raise InputError("the shard set lists no data shards; run `vssflow preprocess` first", source=str(vdir))
-    digest = hashlib.sha256("".join(sorted(e["sha256"] for e in manifest.shards)).encode()).hexdigest()[:12]
-    version = f"{vdir.name}:{digest}"
-    lip_dim = int(read_metadata(_read_schema(paths[0])).get("lip_dim", 0))
-    return paths, version, lip_dim
-
-
-def _read_rows(paths: list[Location], split: str | None, limit: int | None = None) -> list[ClipFeatures]:
-    clips: list[ClipFeatures] = []
-    for p in paths:
-        table = _read_table(p)
-        if split is not None:
-            table = table.filter(pc.equal(pc.cast(table["split"], "string"), split))
-        for row in table_to_rows(table):
-            c = row_to_features(row)
-            c.sem = None if c.sem is None else np.asarray(c.sem, np.float32)
-            c.mel = np.asarray(c.mel, np.float32)
-            clips.append(c)
-            if limit is not None and len(clips) >= limit:
-                return clips
-    return clips
-
-
-def fit_codec(paths: list[Location], out_dir: Path, latent_dim: int = FULL_LATENT) -> MelCodec:
+def fit_codec(shards: ShardSet, out_dir: Path, latent_dim: int = FULL_LATENT) -> MelCodec:
     """Fit the MelCodec's statistics on the training split's mels (one streaming pass on the driver); a latent
     narrower than the 256 grouped mel channels is their ``latent_dim`` principal components."""
 
     def mels():
-        for p in paths:
-            t = _read_table(p, columns=["split", "mel"])
-            t = t.filter(pc.equal(pc.cast(t["split"], "string"), "train"))
+        for t in shards.tables(["mel"], split="train"):
             for row in table_to_rows(t):
                 yield np.asarray(row["mel"], np.float32)
 
@@ -140,9 +98,9 @@ def fit_codec(paths: list[Location], out_dir: Path, latent_dim: int = FULL_LATEN
     return codec
 
 
-def validation_clips(paths: list[Location], n: int) -> list[ClipFeatures]:
+def validation_clips(shards: ShardSet, n: int) -> list[ClipFeatures]:
     """Fixed clips for audio samples during training: the val split (else train), one per task first."""
-    pool = _read_rows(paths, "val") or _read_rows(paths, "train", limit=64)
+    pool = shards.clips(split="val") or shards.clips(split="train", limit=64)
     pool.sort(key=lambda c: str(c.meta.get("clip_id")))
     by_task: dict[str, list[ClipFeatures]] = {}
     for c in pool:
@@ -154,7 +112,7 @@ def validation_clips(paths: list[Location], n: int) -> list[ClipFeatures]:
     return chosen[:n]
 
 
-def build_dataset(paths: list[Location], seed: int, *, rows_per_block: int = 8, cache: bool = False):
+def build_dataset(shards: ShardSet, seed: int, *, rows_per_block: int = 8, cache: bool = False):
     """Ray dataset of the training rows in a fixed pseudo-random order (the same in every execution).
 
     Shards hold one task and one duration bucket each, so whole-file blocks would hand a worker a single task.
@@ -165,7 +123,7 @@ def build_dataset(paths: list[Location], seed: int, *, rows_per_block: int = 8, 
     import ray.data
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet([p.path for p in paths], filesystem=paths[0].fs)
+    ds = ray.data.read_parquet([p.path for p in shards.files], filesystem=shards.files[0].fs)
     ds = ds.select_columns(TRAIN_COLUMNS + ["split"])
     ds = ds.filter(expr=col("split") == "train").drop_columns(["split"])
     ds = ds.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
@@ -174,13 +132,13 @@ def build_dataset(paths: list[Location], seed: int, *, rows_per_block: int = 8, 
     return ds
 
 
-def fit_model_to_data(cfg: TrainJobConfig, paths: list[Location]) -> TrainJobConfig:
+def fit_model_to_data(cfg: TrainJobConfig, shards: ShardSet) -> TrainJobConfig:
     """Condition sizes follow the shards (semantic encoder width, lip crops vs features); said when changed.
 
     Raises:
         FeatureShapeError: when fine-tuning (``--init``) a model whose condition sizes differ from the shards'.
     """
-    md = read_metadata(_read_schema(paths[0]))
+    md = shards.meta[0]
     want = {"sem_dim": int(md.get("sem_dim", 0))}
     lip_dim = int(md.get("lip_dim", 0))
     want.update({"lip_input": "crops"} if lip_dim == 0 else {"lip_input": "features", "lip_feature_dim": lip_dim})
@@ -191,20 +149,14 @@ def fit_model_to_data(cfg: TrainJobConfig, paths: list[Location]) -> TrainJobCon
     if cfg.init:
         raise FeatureShapeError(
             f"the model in --init has {({k: have[k] for k in diff})} but the shards have {diff}; "
-            "preprocess with the same feature extractors as the base model", source=str(paths[0]))  # fmt: skip
+            "preprocess with the same feature extractors as the base model", source=str(shards.files[0]))  # fmt: skip
     print(f"vssflow train: model condition sizes set from the shards: {diff}")
     return replace(cfg, model_overrides={**cfg.model_overrides, **diff})
 
 
-def train_task_counts(paths: list[Location]) -> dict[str, int]:
+def train_task_counts(shards: ShardSet) -> dict[str, int]:
     """Training-split rows per task of the shard set (two columns read per shard)."""
-    counts: dict[str, int] = {}
-    for p in paths:
-        t = _read_table(p, columns=["task", "split"])
-        tasks = pc.cast(t["task"], "string").filter(pc.equal(pc.cast(t["split"], "string"), "train"))
-        for task, n in zip(*pc.value_counts(tasks).flatten(), strict=True):
-            counts[task.as_py()] = counts.get(task.as_py(), 0) + n.as_py()
-    return counts
+    return shards.task_counts(split="train")
 
 
 def fit_batches_to_data(cfg: TrainJobConfig, counts: dict[str, int]) -> TrainJobConfig:
@@ -321,23 +273,24 @@ def run_training(
     if cfg.engine not in ENGINES:
         raise InputError(f"unknown engine {cfg.engine!r}; use one of {ENGINES}", source="--deepspeed")
 
-    paths, data_version, lip_dim = shard_paths(cfg.data)
-    data_mb = sum(p.size() for p in paths) / 2**20
-    cfg = fit_batches_to_data(cfg, train_task_counts(paths))
+    shards = open_shards(cfg.data)
+    data_version, lip_dim = shards.version, shards.lip_dim
+    data_mb = sum(p.size() for p in shards.files) / 2**20
+    cfg = fit_batches_to_data(cfg, train_task_counts(shards))
     if not state.get("config"):
-        cfg = fit_model_to_data(cfg, paths)
+        cfg = fit_model_to_data(cfg, shards)
     codec_dir = run_dir / "codec"
     if not (codec_dir / "codec.json").is_file():
-        codec = fit_codec(paths, codec_dir, cfg.model_config().latent_dim)
+        codec = fit_codec(shards, codec_dir, cfg.model_config().latent_dim)
         print(
             f"vssflow train: latent codec {codec.latent_dim} channels, "
             f"{100 * codec.explained_variance:.2f} % of the mel variance kept"
         )
-    val = validation_clips(paths, n_val_clips)
+    val = validation_clips(shards, n_val_clips)
 
     if "mlflow_run_id" not in state:
         params = {"config": cfg.to_dict(), "model": cfg.model_config().to_dict(), "data_version": data_version,
-                  "data_dir": str(cfg.data), "shards": len(paths)}  # fmt: skip
+                  "data_dir": str(cfg.data), "shards": len(shards.files)}  # fmt: skip
         state["mlflow_run_id"] = mlflow_utils.create_run(
             tracking_uri, experiment=experiment, run_name=name, params=params, tags={"data_version": data_version}
         )
@@ -347,7 +300,7 @@ def run_training(
     _write_json(run_dir / RUN_JSON, state)
     print(f"vssflow train: {cfg.preset} preset, {cfg.workers} workers on {cfg.device} ({cfg.device.dtype}), "
           f"engine {cfg.engine}, "
-          f"{cfg.max_steps} steps, data {data_version} ({len(paths)} shards); run dir {run_dir}; "
+          f"{cfg.max_steps} steps, data {data_version} ({len(shards.files)} shards); run dir {run_dir}; "
           f"checkpoints {storage.uri}")  # fmt: skip
 
     if not ray.is_initialized():
@@ -361,7 +314,7 @@ def run_training(
         "lip_dim": lip_dim,
         "worker_cache": data_mb <= cfg.worker_cache_mb,  # small shard sets: workers keep their split after epoch 0
         # the preprocessing config of the shards, recorded in the model so generation extracts features the same way
-        "extract": (read_metadata(_read_schema(paths[0])).get("config") or {}).get("extract", {}),
+        "extract": (shards.meta[0].get("config") or {}).get("extract", {}),
         "tracking_uri": tracking_uri,
         "mlflow_run_id": state["mlflow_run_id"],
         "out": state["out"],
@@ -390,7 +343,7 @@ def run_training(
         ),
         # a small set in blocks of one row: the workers' equal shares then mix the tasks (8-row blocks of one-task
         # shards gave a 14-clip set's V2S rows to one worker and its speech to the other)
-        datasets={"train": build_dataset(paths, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8,
+        datasets={"train": build_dataset(shards, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8,
                                          cache=data_mb <= cfg.cache_mb)},  # fmt: skip
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )

@@ -20,10 +20,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipelines.preprocess import PreprocessConfig, cpu_stages, read_shards, run_preprocess  # noqa: E402
-from vssflow.data.dataset import ShardDataset  # noqa: E402
+from pipelines.preprocess import PreprocessConfig, cpu_stages, run_preprocess  # noqa: E402
 from vssflow.data.manifest import read_manifest  # noqa: E402
 from vssflow.data.schema import SCHEMA_VERSION  # noqa: E402
+from vssflow.data.shard_set import ShardSet  # noqa: E402
 from vssflow.data.shards import ShardManifest, resolve_shard_dir  # noqa: E402
 from vssflow.features.extract import ExtractConfig, Extractors, extract_clip, row_dict  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_stage_adapters_turn_errors_into_quarantine_fields_without_ray(corpus, t
 def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_path):
     summary = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip, rows_per_shard=3), log=lambda *_: None)
     assert summary.written == N_CLIPS and not summary.quarantined
-    ds = ShardDataset(tmp_path / "out", float32=False)
+    ds = ShardSet(tmp_path / "out", float32=False)
     assert len(ds) == N_CLIPS
     got = {ds[i].meta["clip_id"]: ds[i] for i in range(len(ds))}
     man = ShardManifest(resolve_shard_dir(tmp_path / "out"))
@@ -112,10 +112,12 @@ def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_pa
             assert have.meta[k] == want.meta[k], k
         assert have.meta["decode_node"] and have.meta["encode_node"]
 
-    # the Ray Data path for Ray Train reads the same rows
-    rds = read_shards(tmp_path / "out")
-    assert rds.count() == N_CLIPS
-    assert sorted(r["clip_id"] for r in rds.select_columns(["clip_id"]).take_all()) == sorted(got)
+    # the Ray Data path of Ray Train reads the same rows: the training split of the same files
+    from pipelines.train import build_dataset
+
+    rds = build_dataset(ds, seed=0)
+    train = sorted(cid for cid, f in got.items() if f.meta["split"] == "train")
+    assert train and sorted(r["clip_id"] for r in rds.select_columns(["clip_id"]).take_all()) == train
 
     # rerun: nothing to do, nothing duplicated
     again = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip), log=lambda *_: None)
@@ -127,7 +129,7 @@ def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_pa
     other = PreprocessConfig(**{**other.__dict__, "extract": ExtractConfig(encoder=tiny_clip, lips=False)})
     summary2 = run_preprocess(other, log=lambda *_: None)
     assert summary2.out_dir != summary.out_dir and summary2.written == 1
-    assert len(ShardDataset(summary.out_dir)) == N_CLIPS and len(ShardDataset(tmp_path / "out")) == 1  # LATEST
+    assert len(ShardSet(summary.out_dir)) == N_CLIPS and len(ShardSet(tmp_path / "out")) == 1  # LATEST
 
 
 HOLD_LOCK = """
@@ -210,7 +212,7 @@ def test_kill_9_midway_then_rerun_gives_exactly_one_row_per_clip(corpus, tiny_cl
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "already done" in done.stdout
-    ds = ShardDataset(out, check=True)
+    ds = ShardSet(out, check=True)
     ids = [ds[i].meta["clip_id"] for i in range(len(ds))]
     assert sorted(ids) == sorted(r.clip_id for r in read_manifest(manifest))  # each clip exactly once
     man = ShardManifest(resolve_shard_dir(out))
@@ -272,7 +274,7 @@ def test_mixed_manifest_quarantines_each_bad_row_with_its_reason(local_ray, corp
     }
     assert all(r["message"] and "\n" not in r["message"] for r in q)
     assert sum(summary.quarantined.values()) == 6 and summary.quarantined["bad_video"] == 2
-    ds = ShardDataset(tmp_path / "out")
+    ds = ShardSet(tmp_path / "out")
     assert sorted(ds[i].meta["clip_id"] for i in range(len(ds))) == sorted(d["clip_id"] for d in good)
     # a rerun does not retry quarantined rows nor rewrite anything
     again = run_preprocess(_cfg(manifest, tmp_path / "out", tiny_clip), log=lambda *_: None)
@@ -293,7 +295,7 @@ def test_two_node_cluster_does_work_on_both_nodes(corpus, tiny_clip, tmp_path):
         cfg = _cfg(corpus, tmp_path / "out", tiny_clip, ray_address=cluster.address, actors=2, clips_per_task=1)
         summary = run_preprocess(cfg, log=lambda *_: None)
         assert summary.written == N_CLIPS
-        rows = [ShardDataset(tmp_path / "out")[i].meta for i in range(N_CLIPS)]
+        rows = [ShardSet(tmp_path / "out")[i].meta for i in range(N_CLIPS)]
         decode_nodes = {m["decode_node"] for m in rows}
         encode_nodes = {m["encode_node"] for m in rows}
         assert decode_nodes | encode_nodes == nodes, (decode_nodes, encode_nodes)

@@ -1,8 +1,6 @@
-"""The Parquet contract (schema.py), the shard set on disk (shards.py) and the PyTorch reader (dataset.py); no Ray."""
+"""The Parquet contract (schema.py) and the shard set on disk (shards.py); its reader is tested in test_shard_set."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -10,20 +8,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from vssflow.data import schema as S
-from vssflow.data.dataset import BucketBatchSampler, ShardDataset
 from vssflow.data.shards import (
     ShardManifest,
-    check_shards,
     config_hash,
     done_clip_ids,
     recover,
-    resolve_shard_dir,
     set_latest,
     shard_name,
     version_dir,
     write_table_atomic,
 )
-from vssflow.errors import ClipTooLongError, FeatureShapeError, InputError, MissingFileError
+from vssflow.errors import ClipTooLongError, FeatureShapeError
 from vssflow.types import ClipFeatures
 
 SEM_DIM = 8
@@ -154,64 +149,6 @@ def test_recover_adopts_unlisted_complete_shards_and_removes_the_rest(tmp_path):
     assert done_clip_ids(man) == {"a", "b", "c"}
     assert ShardManifest(vdir).verify() == []
     assert sorted(p.name for p in vdir.iterdir() if p.name.startswith(".")) == []
-
-
-def test_shard_dataset_reads_listed_shards_with_filters_and_checks(tmp_path):
-    clips = [make_clip(f"t{i}", "tts", 2.0, i) for i in range(5)] + [make_clip("v0", "v2s", 3.0, 9)]
-    write_set(tmp_path, clips)
-    # a foreign file in the directory is never read: only _manifest.json's shards are
-    pq.write_table(pa.table({"clip_id": ["zzz"]}), resolve_shard_dir(tmp_path / "out") / "stray.parquet")
-    ds = ShardDataset(tmp_path / "out", cache_row_groups=1)
-    assert len(ds) == 6 and ds.sem_dim == SEM_DIM
-    by_id = {ds[i].meta["clip_id"]: ds[i] for i in range(len(ds))}
-    assert set(by_id) == {c.meta["clip_id"] for c in clips}
-    assert by_id["t3"].sem.dtype == np.float32 and by_id["v0"].lip is None
-    np.testing.assert_array_equal(by_id["t3"].lip, clips[3].lip)
-    assert len(ShardDataset(tmp_path / "out", tasks=["v2s"])) == 1
-    assert len(ShardDataset(tmp_path / "out", buckets=[2.0])) == 5
-    with pytest.raises(FeatureShapeError, match="expects 1280"):
-        ShardDataset(tmp_path / "out", sem_dim=1280)
-    batches = list(BucketBatchSampler(ds, 2, seed=1))
-    assert sorted(i for b in batches for i in b) == list(range(6))
-    for b in batches:
-        assert len({ds.keys[i] for i in b}) == 1  # one (task, bucket) per batch: equal shapes
-    with pytest.raises(MissingFileError):
-        ShardDataset(tmp_path / "nothing")
-
-
-def test_dataset_rejects_a_corrupted_row(tmp_path):
-    man = write_set(tmp_path, [make_clip("a")])
-    path = man.shard_paths()[0]
-    table = pq.read_table(path)
-    md = table.schema.metadata
-    bad_mel = pa.array([[[0.0] * 64] * 10], type=table.schema.field("mel").type)
-    table = table.set_column(table.schema.get_field_index("mel"), table.schema.field("mel"), bad_mel)
-    pq.write_table(table.replace_schema_metadata(md), path)
-    entry = man.shards[0]  # a bad row written and listed by a faulty writer: its checksum is right, its row is not
-    entry.update(bytes=path.size(), sha256=path.sha256())
-    man.save()
-    with pytest.raises(FeatureShapeError, match="mel has 10 frames"):
-        ShardDataset(tmp_path / "out")[0]
-    assert json.loads((man.vdir / "_manifest.json").read_text())["rows"] == 1
-
-
-def test_a_corrupt_or_missing_shard_is_named_in_one_line_when_the_set_is_opened(tmp_path):
-    man = write_set(tmp_path, [make_clip("a"), make_clip("b", "v2s", 1.5, 2)])
-    ShardDataset(tmp_path / "out")  # sound
-    path = next(p for p in man.shard_paths() if p.name.startswith("tts"))
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01  # one flipped bit, same size: only the sha256 sees it
-    path.write_bytes_atomic(bytes(data))
-    for open_set in (lambda: ShardDataset(tmp_path / "out"), lambda: check_shards(ShardManifest(man.vdir))):
-        with pytest.raises(InputError, match="corrupt shard: sha256") as err:
-            open_set()
-        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
-    assert len(ShardDataset(tmp_path / "out", tasks=["v2s"])) == 1  # the shards it does not read are not its concern
-    problems = ShardManifest(man.vdir).verify()
-    assert len(problems) == 1 and problems[0].startswith(f"{path.name}: corrupt shard: sha256"), problems
-    path.unlink()
-    with pytest.raises(InputError, match="listed in _manifest.json but missing"):
-        ShardDataset(tmp_path / "out")
 
 
 def test_write_table_atomic_fsyncs_the_shard_then_its_directory(tmp_path, monkeypatch):

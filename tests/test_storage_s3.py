@@ -20,7 +20,7 @@ mlflow = pytest.importorskip("mlflow")
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-from vssflow.data.dataset import ShardDataset  # noqa: E402
+from vssflow.data.shard_set import ShardSet  # noqa: E402
 from vssflow.data.shards import ShardManifest, recover, resolve_shard_dir  # noqa: E402
 from vssflow.storage import location  # noqa: E402
 
@@ -117,7 +117,7 @@ def test_preprocess_train_and_track_on_a_bucket(s3, tmp_path):
         assert not [k for k in keys if ".tmp-" in k]
         vdir = resolve_shard_dir(shards)
         assert ShardManifest(vdir).verify() == []
-        assert len(ShardDataset(shards)) == N_CLIPS  # the plain-PyTorch reader, from the bucket
+        assert len(ShardSet(shards)) == N_CLIPS  # the one shard reader, from the bucket
 
         cfg = TrainJobConfig(data=shards, model_overrides=TINY_DIT, max_steps=2, checkpoint_every=1, eval_every=0,
                              batch_size=1, warmup_steps=1, engine="zero2", workers=1, max_failures=0)  # fmt: skip

@@ -351,17 +351,17 @@ def test_checkpoints_resume_and_refuse_a_planted_pickle(engine):
 def test_training_names_a_corrupt_shard_before_ray_starts(data, tmp_path):
     import shutil
 
-    from pipelines.train import shard_paths
+    from pipelines.train import open_shards
     from vssflow.errors import InputError
 
     copy = tmp_path / "shards"
     shutil.copytree(data, copy, symlinks=True)
-    paths, _, _ = shard_paths(copy)
+    paths = open_shards(copy).files
     raw = bytearray(Path(paths[0]).read_bytes())
     raw[len(raw) // 2] ^= 0x01
     Path(paths[0]).write_bytes(bytes(raw))
     with pytest.raises(InputError, match="corrupt shard") as err:
-        shard_paths(copy)
+        open_shards(copy)
     assert str(err.value).startswith(f"{paths[0]}: ") and "\n" not in str(err.value)
 
 

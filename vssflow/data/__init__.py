@@ -1,5 +1,5 @@
-"""Data: manifests, the Parquet contract, shards, the training reader and feature-level mixing."""
+"""Data: the Parquet schema, shard sets on disk and their one reader, manifests, mixing and the training sampler."""
 
-from vssflow.data.dataset import BucketBatchSampler, ShardDataset
+from vssflow.data.shard_set import ShardSet
 
-__all__ = ["BucketBatchSampler", "ShardDataset"]
+__all__ = ["ShardSet"]
