@@ -320,3 +320,16 @@ def test_peak_guard_scales_only_a_clip_over_the_limit_and_is_counted(gen):
     latents = torch.full((1, 10, gen.config.latent_dim), 40.0)  # absurdly loud latents: the guard fires
     (wav,) = gen.decode(latents, torch.tensor([10]), [0.4])
     assert np.abs(wav).max() <= PEAK_LIMIT + 1e-6 and gen.peak_guarded == before + 1
+
+
+def test_a_list_of_clips_is_one_tensor_batch_per_solver_step_and_one_vocoder_call(gen, monkeypatch):
+    """What Serve's @serve.batch relies on: generate(list) runs the DiT once per step on the whole (guided) batch,
+    and the vocoder once per clip length, on the generator's device."""
+    calls, vocoded = [], []
+    predict, vocode = gen.model.predict_flow, gen.vocoder
+    monkeypatch.setattr(gen.model, "predict_flow", lambda x, t, c: calls.append(tuple(x.shape)) or predict(x, t, c))
+    monkeypatch.setattr(gen, "vocoder", lambda mel: vocoded.append(tuple(mel.shape)) or vocode(mel))
+    clips = [_clip(2.0, "v2s", s) for s in range(4)]
+    wavs = gen.generate(clips, steps=3, cfg=3.0, seed=[0, 1, 2, 3])
+    assert len(wavs) == 4 and calls == [(2 * 4, 50, CFG.latent_dim)] * 3  # cond + uncond of 4 clips, 3 steps
+    assert len(vocoded) == 1 and vocoded[0][0] == 4

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from ray import serve
 
+from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.serve.config import Scaling, ServeConfig, resolve_model_dir
 from pipelines.serve.extractor import FeatureExtractor
 from pipelines.serve.generator import GeneratorServer
 from pipelines.serve.ingress import Api
+from vssflow.device import DEVICE_HELP, Device
 
 
 def build_app(config: ServeConfig):
@@ -51,14 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: start Ray locally")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"generator: {DEVICE_HELP} (with --ray-address, auto is cpu: give cuda for the cluster's GPUs)",
+    )
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
     p.add_argument("--max-inflight", type=int, default=16, help="requests in progress before answering 503")
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.add_argument("--max-video-seconds", type=float, default=60.0)
     p.add_argument("--generator-cpus", type=float, default=1.0)
-    p.add_argument("--generator-gpus", type=float, default=0.0)
+    p.add_argument("--generator-gpus", type=float, default=None, help="GPUs per generator replica (default 1 on cuda)")
     p.add_argument("--generator-replicas", default="1", help="N or MIN:MAX (autoscaling)")
     p.add_argument("--extractor-cpus", type=float, default=1.0)
     p.add_argument("--extractor-replicas", default="1", help="N or MIN:MAX (autoscaling)")
@@ -70,14 +76,28 @@ def _replicas(spec: str) -> tuple[int, int]:
     return int(lo), int(hi or lo)
 
 
+def serve_device(spec: str, ray_address: str | None) -> Device:
+    """``--device`` of the generator replicas: a local Ray serves on this machine's GPUs; a cluster's GPUs are not
+    known before Ray starts, so there ``cuda`` is taken as given and ``auto`` is the CPU."""
+    if ray_address:
+        gpus = 1.0 if spec.strip().lower().startswith("cuda") else 0.0
+    else:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    return resolve_ray_device(spec, cluster_gpus=gpus)
+
+
 def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
+    device = serve_device(args.device, args.ray_address)
+    gpus = actor_gpus(device) if args.generator_gpus is None else args.generator_gpus
     glo, ghi = _replicas(args.generator_replicas)
     elo, ehi = _replicas(args.extractor_replicas)
     return ServeConfig(
-        model=model_dir, device=args.device, max_batch_size=args.max_batch_size,
+        model=model_dir, device=str(device), max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight,
         max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
-        generator=Scaling(num_cpus=args.generator_cpus, num_gpus=args.generator_gpus, min_replicas=glo,
+        generator=Scaling(num_cpus=args.generator_cpus, num_gpus=gpus, min_replicas=glo,
                           max_replicas=ghi, max_ongoing_requests=64),
         extractor=Scaling(num_cpus=args.extractor_cpus, min_replicas=elo, max_replicas=ehi),
     )  # fmt: skip

@@ -35,7 +35,8 @@ class FeatureExtractor:
         torch.set_num_threads(max(1, int(config.extractor.num_cpus)))
         self.config = config
         mc = read_model_config(model_dir)
-        self.extractors = Extractors.load(extract_config_for(mc.get("info", {}), device=config.device))
+        device = config.device if config.extractor.num_gpus > 0 else "cpu"  # a GPU only with a GPU share
+        self.extractors = Extractors.load(extract_config_for(mc.get("info", {}), device=device))
         if self.extractors.sem_dim != int(mc["model"]["sem_dim"]):
             raise VssflowError(
                 f"visual encoder gives {self.extractors.sem_dim}-d features, the model expects {mc['model']['sem_dim']}"

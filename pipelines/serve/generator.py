@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from pipelines.serve.config import ServeConfig
+from vssflow.device import resolve_device
 from vssflow.errors import InputError
 
 
@@ -43,7 +44,9 @@ class GeneratorServer:
         # loop stays free to receive and queue the next requests while a batch is generated.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate", initializer=torch.set_num_threads,
                                        initargs=(threads,))  # fmt: skip
-        self.gen = Generator.from_pretrained(model_dir, device=config.device)
+        device = resolve_device(config.device)  # "cuda": the GPU Ray gave this replica (num_gpus); bf16 there
+        # the DiT and the vocoder on that device: a @serve.batch group is one tensor batch (Generator.generate)
+        self.gen = Generator.from_pretrained(model_dir, device=device.torch, dtype=device.dtype)
         self.config = config
         self.inflight = 0  # requests inside this replica (queued for a batch or being generated)
         self._batched.set_max_batch_size(config.max_batch_size)
