@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from pipelines.ray_runtime import start_ray
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = start_ray(num_cpus=2, log_to_driver=False)
     print(f"machine: {os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f} (numbers measured "
           "while other work runs are only indicative)")  # fmt: skip
     results = []

@@ -155,6 +155,7 @@ def bench_train(
     """Run the comparison and the ZeRO sweep; returns a JSON-able report (and prints the table)."""
     import ray
 
+    from pipelines.ray_runtime import start_ray
     from pipelines.train_loop import TrainJobConfig
 
     root = Path(root).resolve()
@@ -167,7 +168,7 @@ def bench_train(
     bare = [bare_loop(base, steps=steps, warmup=warmup, threads=1)]
     report["bare_2_threads"] = bare_loop(base, steps=steps, warmup=warmup, threads=2)
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=4, log_to_driver=False)
     report["ray_init_s"] = time.perf_counter() - t0
     runs = {}
     try:

@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.ray_runtime import start_ray
+from vssflow.constants import TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
-TASKS = ("v2s", "tts", "joint")
 SPEECH_SPANS = ("data", "mouth", "clip")
 
 
@@ -286,24 +287,10 @@ def _scalars(m: dict) -> dict:
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
-def _init_ray(cfg: EvalConfig) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address)
-    else:
-        # address="local": always a new local cluster, never another job's cluster found on this machine
-        ray.init(address="local", num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False)  # fmt: skip
-    return True
-
-
 def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
     import ray
 
-    started = _init_ray(cfg)
+    started = start_ray(cfg.ray_address, num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), log_to_driver=False)
     try:
         device = resolve_ray_device(cfg.device)
         cfg = replace(cfg, device=str(device))

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.ray_runtime import start_ray
 from vssflow.errors import InputError
 from vssflow.files import write_text_atomic
+from vssflow.metrics.suite import mean_ci
 from vssflow.model.config import PHONEME_LAYOUTS
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass(frozen=True)
@@ -130,19 +130,17 @@ class ExperimentConfig:
 
 
 # ---- statistics -----------------------------------------------------------------------------------------------------
-def mean_ci(values) -> dict:
-    """Mean and 95 % t-interval half-width over seeds (finite values only)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if not len(v):
-        return {"mean": float("nan"), "ci95": float("nan"), "n": 0, "values": []}
-    half = float(T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "ci95": half, "n": int(len(v)), "values": v.tolist()}
+def seed_stats(values) -> dict:
+    """Mean, 95 % t-interval half-width (:func:`vssflow.metrics.suite.mean_ci`), n and the finite values, over seeds."""
+    finite = [float(x) for x in values if x is not None and math.isfinite(x)]
+    mean, half, n = mean_ci(finite)
+    return {"mean": mean, "ci95": half, "n": n, "values": finite}
 
 
 def compare(a: list[float], b: list[float], higher_is_better: bool) -> dict:
     """Paired (by seed) difference a - b: mean, interval and the verdict 'better' / 'worse' / 'no difference'."""
     pairs = [(x, y) for x, y in zip(a, b, strict=False) if math.isfinite(x) and math.isfinite(y)]
-    d = mean_ci([x - y for x, y in pairs])
+    d = seed_stats([x - y for x, y in pairs])
     if not d["n"] or not math.isfinite(d["ci95"]):
         verdict = "undetermined"
     elif abs(d["mean"]) > d["ci95"]:
@@ -227,13 +225,8 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
         (root / "mlflow").mkdir(exist_ok=True)
         tracking = default_tracking_uri(root / "mlflow")
     t0 = time.perf_counter()
-    import ray
 
-    if not ray.is_initialized():  # one Ray for every training and evaluation of the experiment
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address)
-        else:
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, scale.workers + 2), include_dashboard=False)
+    start_ray(cfg.ray_address, num_cpus=max(os.cpu_count() or 1, scale.workers + 2))  # one Ray for the whole experiment
     vs = [v for v in variants(cfg.name) if cfg.only is None or v.name in cfg.only]
     if cfg.eval_tasks is not None:
         vs = [replace(v, tasks=tuple(t for t in v.tasks if t in cfg.eval_tasks) or v.tasks) for v in vs]
@@ -283,7 +276,7 @@ def summarise(name: str, results: dict, cfg_values) -> dict:
                 for metric in PRIMARY[task]:
                     vals = _values(results, v, c, task, metric)
                     if any(math.isfinite(x) for x in vals):
-                        table.setdefault(v, {}).setdefault(c, {}).setdefault(task, {})[metric] = mean_ci(vals)
+                        table.setdefault(v, {}).setdefault(c, {}).setdefault(task, {})[metric] = seed_stats(vals)
     comparisons, claim = {}, {}
     evaluated = {t for seeds in results.values() for e in seeds.values() for c in e["eval"].values() for t in c}
     if name == "joint-vs-separate":
@@ -384,7 +377,7 @@ def render(report: dict) -> str:
         for e in seeds.values():
             for k, pts in e["train"]["losses"].items():
                 finals.setdefault(k, []).append(pts[-1][1] if pts else float("nan"))
-        lines.append(f"- **{v}**: " + "; ".join(f"{k} {_fmt(mean_ci(x))}" for k, x in sorted(finals.items())))
+        lines.append(f"- **{v}**: " + "; ".join(f"{k} {_fmt(seed_stats(x))}" for k, x in sorted(finals.items())))
     lines += [
         "",
         "![curves](curves.png)",

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.ray_runtime import start_ray
 from vssflow.constants import TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError
@@ -225,8 +226,7 @@ def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
     t0 = time.perf_counter()
     results = []
     if todo:
-        if not ray.is_initialized():
-            ray.init(address="local", include_dashboard=False)
+        start_ray()  # a local Ray, unless the caller (run, a test) has one
         device = resolve_ray_device(config.device)
         config = replace(config, device=str(device))
         ds = ray.data.from_items(todo).map_batches(
@@ -278,7 +278,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
 
     from pipelines.serve import resolve_model_dir
     from vssflow.generator import read_model_config
@@ -288,10 +287,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tasks: unknown {sorted(set(tasks) - set(TASKS))}; use {TASKS}")
     model = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     read_model_config(model)
-    if args.ray_address:
-        ray.init(address=args.ray_address)
-    elif not ray.is_initialized():
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    start_ray(args.ray_address, num_cpus=args.num_cpus)
     config = BatchConfig(source=args.source, model=str(Path(model).resolve()), out=args.out, steps=args.steps,
                          cfg=args.cfg, seed=args.seed, actors=args.actors, actor_cpus=args.actor_cpus,
                          batch_size=args.batch_size, mp4=args.mp4, split=args.split, tasks=tasks,

@@ -36,6 +36,7 @@ import numpy as np
 from pipelines.devices import resolve_ray_device
 from pipelines.preprocess_plan import encoder_plan
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
+from pipelines.ray_runtime import start_ray
 from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
 from vssflow.data.shards import (
@@ -260,22 +261,6 @@ class Summary:
         ]
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to ``address`` or start a local Ray; returns True when this call started it."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def _dedupe(entry: dict, seen: set[str], vdir: str | os.PathLike | Location) -> dict | None:
     """A shard whose clips are already listed (a retried task): rewrite it without them, or drop it."""
     import pyarrow.parquet as pq
@@ -355,7 +340,7 @@ def _run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
 def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config) -> None:
     import ray
 
-    started = init_ray(cfg.ray_address, cfg.num_cpus)
+    started = start_ray(cfg.ray_address, num_cpus=cfg.num_cpus, log_to_driver=False)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.progress

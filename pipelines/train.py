@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import resolve_ray_device
+from pipelines.ray_runtime import start_ray
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
 from vssflow.data.schema import table_to_rows
@@ -199,10 +200,7 @@ def training_device(spec: str | Device, ray_address: str | None) -> Device:
     if ray_address is None:
         return resolve_device(spec)
     if spec.strip().lower() == "auto":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=ray_address)
+        start_ray(ray_address)
         return resolve_ray_device(spec)
     return resolve_ray_device(spec, cluster_gpus=1.0)
 
@@ -303,11 +301,8 @@ def run_training(
           f"{cfg.max_steps} steps, data {data_version} ({len(shards.files)} shards); run dir {run_dir}; "
           f"checkpoints {storage.uri}")  # fmt: skip
 
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:  # logical CPUs beyond the training workers leave room for the Ray Data read/shuffle tasks
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers + 2), include_dashboard=False)
+    # logical CPUs beyond the training workers leave room for the Ray Data read/shuffle tasks
+    start_ray(ray_address, num_cpus=max(os.cpu_count() or 1, cfg.workers + 2))
     run = {
         "run_dir": str(run_dir),
         "codec_dir": str(codec_dir),

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
 from pipelines.evaluate import EvalConfig, evaluate  # noqa: E402
-from pipelines.experiment import ExperimentConfig, compare, mean_ci, run_experiment  # noqa: E402
+from pipelines.experiment import ExperimentConfig, compare, run_experiment, seed_stats  # noqa: E402
 from pipelines.mlflow_utils import run_artifacts, run_metrics  # noqa: E402
 from vssflow.audio.codec import MelCodec  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
@@ -205,8 +205,14 @@ def test_reconstruct_goes_through_the_codec_and_vocoder():
 
 
 def test_confidence_intervals_and_verdicts():
-    m = mean_ci([1.0, 2.0, 3.0])
+    from vssflow.metrics.suite import mean_ci
+
+    m = seed_stats([1.0, 2.0, 3.0])
     assert m["mean"] == 2.0 and m["ci95"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    # the one interval of reports and experiments is Student's t at every n (t(11) = 2.201, not z = 1.96)
+    twelve = [float(i % 4) for i in range(12)]
+    assert mean_ci(twelve) == pytest.approx((1.5, 2.201 * np.std(twelve, ddof=1) / 12**0.5, 12), rel=1e-3)
+    assert mean_ci([2.0, float("nan"), None])[1:] == (pytest.approx(float("nan"), nan_ok=True), 1)
     assert compare([0.1, 0.12, 0.11], [0.5, 0.52, 0.49], higher_is_better=False)["verdict"] == "better"
     assert compare([0.5, 0.52, 0.49], [0.1, 0.12, 0.11], higher_is_better=False)["verdict"] == "worse"
     assert compare([0.1, 0.5, 0.3], [0.3, 0.1, 0.5], higher_is_better=False)["verdict"] == "no difference"

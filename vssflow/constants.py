@@ -26,6 +26,8 @@ SPEAKER_DIM = 256  # GE2E (Resemblyzer) speaker embedding
 MAX_SECONDS = 10.0  # training window; longer clips are generated in overlapping windows
 
 TASKS = ("v2s", "tts", "joint")
+SPEECH_TASKS = ("tts", "joint")  # tasks with a face, a transcript and a reference voice
+SOUND_TASKS = ("v2s", "joint")  # tasks with sound effects
 
 
 def latent_frames(duration_s: float) -> int:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vssflow.constants import LIP_FPS, LIP_SIZE, SEM_FPS, TASKS
+from vssflow.constants import LIP_FPS, LIP_SIZE, SEM_FPS, SPEECH_TASKS, TASKS
 from vssflow.errors import AssetError, InputError, TranscriptError
-from vssflow.features.extract import SPEECH_TASKS, ExtractConfig, Extractors
+from vssflow.features.extract import ExtractConfig, Extractors
 from vssflow.types import ClipFeatures
 
 __all__ = [

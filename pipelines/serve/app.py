@@ -14,6 +14,7 @@ from pathlib import Path
 from ray import serve
 
 from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.ray_runtime import start_ray
 from pipelines.serve.config import Scaling, ServeConfig, resolve_model_dir
 from pipelines.serve.extractor import FeatureExtractor
 from pipelines.serve.generator import GeneratorServer
@@ -116,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    if args.ray_address:
-        ray.init(address=args.ray_address)
-    else:
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    start_ray(args.ray_address, num_cpus=args.num_cpus)
     url = start(config, host=args.host, port=args.port)
     print(f"vssflow serve: model {model_dir}; {url}/ (web page), {url}/docs (API), {url}/readyz", flush=True)
     print(f"vssflow serve: config {json.dumps(asdict(config), default=str)}", flush=True)

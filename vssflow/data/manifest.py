@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from vssflow.constants import TASKS
+from vssflow.constants import SPEECH_TASKS, TASKS
 from vssflow.errors import ManifestError, PathEscapeError
 from vssflow.files import write_text_atomic
 
@@ -186,7 +186,7 @@ def row_from_dict(d: dict, where: str = "row") -> ManifestRow:
     transcript = d.get("transcript") or None
     if transcript is not None and not isinstance(transcript, str):
         raise _err(where, "transcript", "must be a string")
-    if task in ("tts", "joint") and not (transcript and transcript.strip()):
+    if task in SPEECH_TASKS and not (transcript and transcript.strip()):
         raise _err(where, "transcript", f"task {task!r} needs a non-empty transcript")
     events_raw = d.get("events") or []
     events = []

@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vssflow.constants import LIP_FPS, LIP_SIZE, MAX_SECONDS, SAMPLE_RATE, SEM_FPS, SPEAKER_DIM, SYNC_FPS, SYNC_SIZE
+from vssflow.constants import (
+    LIP_FPS,
+    LIP_SIZE,
+    MAX_SECONDS,
+    SAMPLE_RATE,
+    SEM_FPS,
+    SPEAKER_DIM,
+    SPEECH_TASKS,
+    SYNC_FPS,
+    SYNC_SIZE,
+)
 from vssflow.data.schema import BUCKETS_S, bucket_for
 from vssflow.errors import ClipTooLongError, InputError
 from vssflow.types import ClipFeatures
@@ -42,10 +52,8 @@ __all__ = [
     "mel_clip",
     "to_features",
     "extract_clip",
-    "SPEECH_TASKS",
 ]
 
-SPEECH_TASKS = ("tts", "joint")  # tasks with a face, a transcript and a speaker
 FROM_VIDEO = "from_video"
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
 _NO_AUDIO = np.zeros(0, np.float32)

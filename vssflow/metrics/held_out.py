@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vssflow.metrics.suite import SPEECH_TASKS, mean_ci, median
+from vssflow.constants import SPEECH_TASKS
+from vssflow.metrics.suite import mean_ci, median
 from vssflow.metrics.wer import normalize_for_wer
 
 SPEECH_METRICS = ("wer", "cer")

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vssflow.constants import SAMPLE_RATE
+from vssflow.constants import SAMPLE_RATE, SOUND_TASKS, SPEECH_TASKS
 from vssflow.metrics.duration import frame_db
-from vssflow.metrics.suite import HIGHER_IS_BETTER, SOUND_TASKS, SPEECH_TASKS, Reference, shift, silence_like
+from vssflow.metrics.suite import HIGHER_IS_BETTER, Reference, shift, silence_like
 
 PERTURBATIONS = ("silence", "shift200", "wrong_speaker", "wrong_words", "wrong_sound")
 

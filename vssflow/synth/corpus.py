@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from vssflow.constants import SAMPLE_RATE, TASKS
+from vssflow.constants import SAMPLE_RATE, SPEECH_TASKS, TASKS
 from vssflow.data.manifest import Event, ManifestRow, TimedLabel, write_manifest
 from vssflow.errors import AssetError, InputError
 from vssflow.synth import assets, espeak, scenes
@@ -295,7 +295,7 @@ def make_clip(cfg: CorpusConfig, index: int, task: str, out: Path, refs: dict[st
     size, fps = cfg.size, cfg.fps
     licences, sources, extra = set(), [], {"synth_seed": cfg.seed, "synth_index": index}
     utt, lead = None, 0.0
-    if task in ("tts", "joint"):
+    if task in SPEECH_TASKS:
         # the clip is lead + speech + tail (clamped to the duration range), so the speech fills most of it
         real = task == "tts" and REAL_SPEAKER in refs and rng.uniform() < cfg.real_speech
         lead, tail = float(rng.uniform(*LEAD_S)), float(rng.uniform(*TAIL_S))
