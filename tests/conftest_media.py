@@ -108,3 +108,51 @@ def synth_corpus(
            str(seed), "--duration", duration, "--workers", "1", *(["--mix", mix] if mix else []), *extra]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
     return Path(out) / "manifest.jsonl"
+
+
+def dub_video(out: Path, *, clips: int = 14, seed: int = 3, size: int = 128) -> dict:
+    """A silent video of >= 30 s to dub, built from clips of the embedded corpus (``vssflow.synth``) laid end to end:
+    talking faces of two espeak voices alternating with scenes of sound events, and its subtitles.
+
+    Returns:
+        {"video": silent .mp4, "srt": its subtitles (one cue per spoken clip, from the corpus's speech timing,
+        ``[ALICE]`` / ``[BOB]`` naming the two voices), "cues": [(start, end, speaker, text)], "events": [seconds
+        of each visual sound event], "refs": {"ALICE": wav, "BOB": wav}, "audio": the clips' own soundtrack
+        (16 kHz, the ground truth), "duration": seconds}.
+    """
+    import json
+
+    from vssflow.synth.corpus import CorpusConfig, write_corpus
+
+    out = Path(out)
+    corpus = out / "corpus"
+    write_corpus(CorpusConfig(out=str(corpus), clips=clips, seed=seed, duration=(2.0, 3.5), mix=(0.5, 0.5, 0.0),
+                              real_speech=0.0, n_speakers=2, held_out_voices=0, workers=1, size=size))  # fmt: skip
+    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()]
+    names = {"espeak-00": "ALICE", "espeak-01": "BOB"}
+    cues, events, refs, t = [], [], {}, 0.0
+    for r in rows:
+        if r["task"] == "tts":
+            cues.append((round(t + r["speech_start"], 3), round(t + r["speech_end"], 3), names[r["speaker_id"]],
+                         r["transcript"]))  # fmt: skip
+            refs.setdefault(names[r["speaker_id"]], corpus / r["reference_audio"])
+        events += [round(t + e["time"], 3) for e in r["events"]]
+        t += r["end"] - r["start"]
+    listing = out / "clips.txt"
+    listing.write_text("".join(f"file '{corpus / r['video']}'\n" for r in rows))
+    video = out / "dub.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-an", "-c:v", "copy", str(video)], check=True)  # fmt: skip
+    audio = out / "truth.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-vn", "-ac", "1", "-ar", "16000", str(audio)], check=True)  # fmt: skip
+
+    def stamp(s: float) -> str:
+        ms = int(round(s * 1000))
+        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    srt = out / "dub.srt"
+    srt.write_text("\n".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n[{who}] {text}\n"
+                             for i, (a, b, who, text) in enumerate(cues, 1)), encoding="utf-8")  # fmt: skip
+    assert t >= 30.0 and len(set(c[2] for c in cues)) == 2, (t, cues)
+    return {"video": video, "srt": srt, "cues": cues, "events": events, "refs": refs, "audio": audio, "duration": t}
