@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("pipelines.preprocess", "Ray Data: manifest of videos -> Parquet feature shards"),
     "train": ("pipelines.train", "Ray Train + DeepSpeed: train the joint model from shards"),
     "generate": ("vssflow.commands.generate", "generate audio (wav or muxed mp4) for one video"),
+    "dub": ("vssflow.commands.dub", "dub a whole video from its subtitles: speech for every cue over sound"),
     "generate-batch": ("pipelines.generate_batch", "Ray Data: generate audio for a whole manifest or shard set"),
     "serve": ("pipelines.serve", "Ray Serve: HTTP API and web page for generation"),
     "evaluate": ("pipelines.evaluate", "evaluate a model on shards or a manifest; write a report"),
