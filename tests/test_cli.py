@@ -64,7 +64,7 @@ def test_library_commands_run_without_the_pipelines_extra(model_dir, tmp_path):
 def test_every_command_is_listed_and_loads_its_module():
     from pipelines.cli import COMMANDS, LIBRARY_COMMANDS, build_parser
 
-    assert set(LIBRARY_COMMANDS) == {"synth", "generate", "info"}
+    assert set(LIBRARY_COMMANDS) == {"synth", "generate", "dub", "info"}
     for name, (module, _) in COMMANDS.items():
         assert module.startswith("vssflow.commands." if name in LIBRARY_COMMANDS else "pipelines."), name
         parser = build_parser(name)
