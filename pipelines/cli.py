@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from vssflow import __version__
-from vssflow.errors import AssetError, VssflowError
+from vssflow.commands.flags import mlflow_uri
+from vssflow.errors import VssflowError
 
 # name -> (module implementing it, one-line help); order is the order shown in --help
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,12 +52,9 @@ def _resolve_model(args: argparse.Namespace) -> None:
     from vssflow.inference import is_model_uri
 
     if args.command in LIBRARY_COMMANDS and is_model_uri(getattr(args, "model", None) or ""):
-        try:
-            from pipelines.serve.config import resolve_model_dir
-        except ModuleNotFoundError as e:
-            raise AssetError(f"{args.model}: MLflow model URIs need {e.name}: pip install 'vssflow[pipelines]'") from e
-        tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
-        args.model = str(resolve_model_dir(args.model, tracking_uri=tracking))
+        from pipelines.model_uri import resolve_model_dir
+
+        args.model = str(resolve_model_dir(args.model, tracking_uri=mlflow_uri(args)))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import actor_gpus, resolve_ray_device
-from pipelines.ray_runtime import start_ray
+from pipelines.model_uri import resolve_model_dir
+from pipelines.ray_runtime import add_ray_arguments, start_ray
+from vssflow.commands.flags import add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.constants import TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
@@ -646,12 +648,12 @@ def _log_report(run_id: str, report: dict, out: Path, tracking_uri: str) -> None
 # ---- CLI -------------------------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig(model="", data="", out="")
-    p.add_argument("--model", required=True, help="model directory (vssflow train --out)")
+    add_model(p)
     p.add_argument("--data", required=True, help="shard directory (vssflow preprocess --out) or a manifest")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--manifest", default=None, help="with shards: the manifest, for the ground-truth audio")
     p.add_argument("--split", default=d.split, help="split to evaluate ('' = all); falls back to all when empty")
-    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks (v2s,tts,joint)")
+    add_tasks(p, default=d.tasks)
     p.add_argument("--max-clips", type=int, default=d.max_clips, help="clips per task")
     p.add_argument("--steps", type=int, default=d.steps, help="ODE solver steps")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
@@ -664,24 +666,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", default=d.embedding, help="'whisper-base' or 'torchscript:/path/model.pt'")
     p.add_argument("--classifier", default=None, help="saved sound classifier (.npz); default: cached/trained")
     p.add_argument("--actors", type=int, default=d.actors, help="evaluation actors (each loads the models once)")
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--num-cpus", type=int, default=None)
+    add_ray_arguments(p)
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
-    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite in the report directory)")
+    add_mlflow_uri(p, local="a SQLite file in the report directory")
     p.add_argument("--experiment", default=d.experiment)
     p.add_argument("--train-run-id", default=None, help="MLflow run of the training (curves); default: the model's")
 
 
 def run(args: argparse.Namespace) -> int:
-    tasks = tuple(t for t in args.tasks.split(",") if t)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise InputError(f"unknown task(s) {bad}; use {','.join(TASKS)}", source="--tasks")
+    tasks = args.tasks or TASKS
+    model = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
     cfg = EvalConfig(
-        model=args.model, data=args.data, out=args.out, manifest=args.manifest, split=args.split or None, tasks=tasks,
+        model=str(model), data=args.data, out=args.out, manifest=args.manifest, split=args.split or None, tasks=tasks,
         max_clips=args.max_clips, steps=args.steps, cfg=args.cfg, seed=args.seed, validate=args.validate,
         asr=args.asr, embedding=args.embedding, classifier=args.classifier, actors=args.actors,
-        ray_address=args.ray_address, num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
+        ray_address=args.ray_address, num_cpus=args.num_cpus, mlflow_uri=mlflow_uri(args),
         experiment=args.experiment, train_run_id=args.train_run_id, speech_span=args.speech_span, device=args.device,
     )  # fmt: skip
     report = evaluate(cfg)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.ray_runtime import start_ray
+from pipelines.ray_runtime import add_ray_arguments, start_ray
+from vssflow.commands.flags import add_mlflow_uri, mlflow_uri
 from vssflow.errors import InputError
 from vssflow.files import write_text_atomic
 from vssflow.metrics.suite import mean_ci
@@ -442,8 +443,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", default=None, help="experiment directory whose trained models to reuse (e.g. for cfg)")
     p.add_argument("--cfg-scales", default=None, help="comma-separated guidance scales (cfg experiment)")
     p.add_argument("--asr", default="auto", choices=("auto", "whisper", "pocketsphinx"))
-    p.add_argument("--mlflow-uri", default=None)
-    p.add_argument("--ray-address", default=None)
+    add_mlflow_uri(p, local="a SQLite file in the experiment directory")
+    add_ray_arguments(p, num_cpus=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -451,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg_scales:
         over["cfg_scales"] = tuple(float(x) for x in args.cfg_scales.split(","))
     cfg = ExperimentConfig(name=args.name, data=args.data, out=args.out, scale=args.scale, seeds=args.seeds,
-                           manifest=args.manifest, mlflow_uri=args.mlflow_uri, ray_address=args.ray_address,
+                           manifest=args.manifest, mlflow_uri=mlflow_uri(args), ray_address=args.ray_address,
                            asr=args.asr, scale_overrides=over, eval_data=args.eval_data,
                            eval_split=args.eval_split or None, reuse=args.reuse)  # fmt: skip
     report = run_experiment(cfg)

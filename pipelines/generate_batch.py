@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import actor_gpus, resolve_ray_device
-from pipelines.ray_runtime import start_ray
-from vssflow.constants import TASKS
+from pipelines.ray_runtime import add_ray_arguments, start_ray
+from vssflow.commands.flags import add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError
 
@@ -260,8 +260,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="manifest (.jsonl/.csv) of videos, or a shard set / Parquet file of features "
         "(a local path or an s3:// / gs:// URI)",
     )
-    p.add_argument("--model", required=True, help="model directory or MLflow URI")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    add_model(p)
+    add_mlflow_uri(p, local="none (only an MLflow URI given as --model needs one)", old="--tracking-uri")
     p.add_argument("--out", required=True, help="output directory (<clip_id>.wav; rerun to resume)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg", type=float, default=None)
@@ -271,21 +271,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
     p.add_argument("--mp4", action="store_true", help="also write <clip_id>.mp4 (video copied + new audio)")
     p.add_argument("--split", default=None, help="only rows of this split (e.g. test)")
-    p.add_argument("--tasks", default=None, help="comma-separated tasks to keep (v2s,tts,joint)")
+    add_tasks(p)
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
-    p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: local Ray")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    add_ray_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    from pipelines.serve import resolve_model_dir
+    from pipelines.model_uri import resolve_model_dir
     from vssflow.generator import read_model_config
 
-    tasks = tuple(t for t in (args.tasks or "").split(",") if t) or None
-    if tasks and set(tasks) - set(TASKS):
-        raise InputError(f"--tasks: unknown {sorted(set(tasks) - set(TASKS))}; use {TASKS}")
-    model = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    tasks = args.tasks
+    model = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
     read_model_config(model)
     start_ray(args.ray_address, num_cpus=args.num_cpus)
     config = BatchConfig(source=args.source, model=str(Path(model).resolve()), out=args.out, steps=args.steps,

@@ -36,7 +36,8 @@ import numpy as np
 from pipelines.devices import resolve_ray_device
 from pipelines.preprocess_plan import encoder_plan
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
-from pipelines.ray_runtime import start_ray
+from pipelines.ray_runtime import add_ray_arguments, start_ray
+from vssflow.commands.flags import add_mlflow_uri, mlflow_uri
 from vssflow.constants import LIP_SIZE, N_MELS, SYNC_SIZE
 from vssflow.data import schema as S
 from vssflow.data.shards import (
@@ -434,8 +435,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest of clips (.jsonl or .csv)")
     p.add_argument("--out", required=True,
                    help="shard directory or s3:// / gs:// URI (a versioned subdirectory per config)")  # fmt: skip
-    p.add_argument("--ray-address", default=None, help="Ray cluster to use (e.g. 'auto'); default: start a local Ray")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    add_ray_arguments(p)
     p.add_argument("--encoder", default="mobilenetv2", help="'mobilenetv2' or a local CLIPVisionModel directory")
     p.add_argument("--speaker-encoder", default="resemblyzer", help="'resemblyzer' or a trained encoder directory")
     p.add_argument("--g2p", default="espeak", choices=("espeak", "gruut", "cmudict"), help="G2P backend")
@@ -463,7 +463,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
     p.add_argument("--row-group-rows", type=int, default=32, help="Parquet row group size (rows)")
     p.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task")
-    p.add_argument("--mlflow-uri", default=None, help="log counts, timings and config to this MLflow tracking URI")
+    add_mlflow_uri(p, local="no logging")  # counts, timings and config
     p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
 
 
@@ -487,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
         rows_per_shard=args.rows_per_shard,
         row_group_rows=args.row_group_rows,
         clips_per_task=args.clips_per_task,
-        mlflow_uri=args.mlflow_uri,
+        mlflow_uri=mlflow_uri(args),
         progress=not args.no_progress,
     )
     summary = run_preprocess(cfg)

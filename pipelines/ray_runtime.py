@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+
+RAY_ADDRESS_HELP = "Ray cluster to join ('auto', ray://HEAD:10001); default: start a private local Ray"
+NUM_CPUS_HELP = "logical CPUs of a locally started Ray (default: the machine's)"
+
+
+def add_ray_arguments(p: argparse.ArgumentParser, *, num_cpus: bool = True) -> None:
+    """``--ray-address`` (and ``--num-cpus``, for commands that let the user size a local Ray), the same in every
+    command; their values go to :func:`start_ray`."""
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS", help=RAY_ADDRESS_HELP)
+    if num_cpus:
+        p.add_argument("--num-cpus", type=int, default=None, metavar="N", help=NUM_CPUS_HELP)
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import resolve_ray_device
-from pipelines.ray_runtime import start_ray
+from pipelines.ray_runtime import add_ray_arguments, start_ray
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
+from vssflow.commands.flags import add_deprecated, add_mix, add_mlflow_uri, mlflow_uri
 from vssflow.data.schema import table_to_rows
 from vssflow.data.shard_set import ShardSet
 from vssflow.device import DEVICE_HELP, Device, resolve_device
@@ -175,7 +176,7 @@ def fit_batches_to_data(cfg: TrainJobConfig, counts: dict[str, int]) -> TrainJob
     have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "none"
     if total < cfg.workers:
         raise InputError(
-            f"{total} training clips of the tasks --mix {cfg.v2s_weight:g}:{cfg.tts_weight:g}:{cfg.joint_weight:g} "
+            f"{total} training clips of the tasks --mix {cfg.v2s_weight:g},{cfg.tts_weight:g},{cfg.joint_weight:g} "
             f"trains (train split: {have}) for {cfg.workers} workers; each worker needs at least one: use --workers "
             f"{max(total, 1)} or fewer, or add clips",
             source=cfg.data,
@@ -388,10 +389,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default {d.max_steps})")
     parser.add_argument("--out", help="model directory to write (save_pretrained)")
     parser.add_argument("--deepspeed", default=d.engine, choices=ENGINES, help="ZeRO stage, or plain DDP")
-    parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite file in the run dir)")
+    add_mlflow_uri(parser, local="a SQLite file in the run dir")
     parser.add_argument("--experiment", default="vssflow", help="MLflow experiment name")
     parser.add_argument("--register-as", default="vssflow", help="MLflow registered model name ('' = don't)")
-    parser.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 'auto')")
+    add_ray_arguments(parser, num_cpus=False)
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
     parser.add_argument("--storage", default=None, metavar="URI",
                         help="where Ray Train writes checkpoints: a shared path or s3:// gs:// URI "
@@ -403,14 +404,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    parser.add_argument("--mix", default=f"{d.v2s_weight}:{d.tts_weight}:{d.joint_weight}",
-                        help="relative frequency of V2S : VisualTTS : joint (synthetic mixture) batches")  # fmt: skip
+    add_mix(parser, what="relative frequency of the batches", default=(d.v2s_weight, d.tts_weight, d.joint_weight))
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--eval-every", type=int, default=d.eval_every, help="audio samples every N steps (0: end)")
     parser.add_argument("--max-failures", type=int, default=d.max_failures)
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a ModelConfig field, e.g. --model depth=2 (repeatable)")  # fmt: skip
+    parser.add_argument("--model-overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field, e.g. --model-overrides depth=2 (repeatable)")  # fmt: skip
+    add_deprecated(parser, "--model", "--model-overrides", dest="model_overrides", append=True)
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -424,12 +425,14 @@ def _parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in types:
-            raise InputError(f"--model {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}", source="--model")
+            raise InputError(
+                f"{item!r}: expected KEY=VALUE with KEY one of {sorted(types)}", source="--model-overrides"
+            )
         kind = str(types[key])
         try:
             out[key] = int(value) if kind.startswith("int") else float(value) if kind.startswith("float") else value
         except ValueError:
-            raise InputError(f"--model {item!r}: {key} takes a {kind}", source="--model") from None
+            raise InputError(f"{item!r}: {key} takes a {kind}", source="--model-overrides") from None
     return out
 
 
@@ -444,14 +447,10 @@ def device_arg(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.resume and not (args.data and args.out):
         raise InputError("give --data SHARDS_DIR and --out MODEL_DIR (or --resume RUN_DIR)", source="vssflow train")
-    try:
-        v2s, tts, joint = (float(x) for x in args.mix.split(":"))
-    except ValueError:
-        raise InputError(f"--mix {args.mix!r}: expected three numbers V2S:TTS:JOINT, e.g. 1:1:0.5",
-                         source="--mix") from None  # fmt: skip
+    v2s, tts, joint = args.mix
     device = device_arg(args)
     cfg = TrainJobConfig(
-        model_overrides=_parse_overrides(args.model),
+        model_overrides=_parse_overrides(args.model_overrides),
         data=location(args.data).uri if args.data else "",
         preset=args.preset,
         workers=args.workers,
@@ -476,7 +475,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         run_dir=args.run_dir,
         storage=args.storage,
-        tracking_uri=args.mlflow_uri,
+        tracking_uri=mlflow_uri(args),
         experiment=args.experiment,
         register_as=args.register_as or None,
         resume=args.resume,

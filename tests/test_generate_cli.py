@@ -219,7 +219,7 @@ def test_generate_from_the_mlflow_registry(corpus, model_dir, tmp_path, capsys):
     model_uri = log_and_register_model(model_dir, run_id=run_id, tracking_uri=uri, registered_name="tiny-gen")
     assert model_uri == "models:/tiny-gen/1"
     out = tmp_path / "reg.wav"
-    code = main(["generate", "--model", model_uri, "--tracking-uri", uri, "--video", corpus["video"], "--task", "v2s",
+    code = main(["generate", "--model", model_uri, "--mlflow-uri", uri, "--video", corpus["video"], "--task", "v2s",
                  "--steps", "1", "--no-progress", "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     from vssflow.media.video import probe

@@ -126,6 +126,17 @@ def test_generate_each_task(server, task):
     assert not np.array_equal(other, wav)
 
 
+def test_the_default_task_follows_the_transcript_and_v2s_refuses_one(server):
+    clip = server["clips"][0]
+    r = _post(server["url"], video=clip["video"], transcript=clip["transcript"], steps=2, seed=1)  # no task
+    _wav(r)
+    assert r.headers["x-task"] == "joint"  # as the CLI and the web page: joint with a transcript, else v2s
+    assert _post(server["url"], video=clip["video"], steps=2, seed=1).headers["x-task"] == "v2s"
+    bad = _post(server["url"], video=clip["video"], task="v2s", transcript=clip["transcript"], steps=2)
+    assert bad.status_code == 422 and bad.json()["error"] == "bad_transcript", bad.text
+    assert "takes no transcript" in bad.json()["detail"]  # said, not silently dropped
+
+
 def test_generate_mp4_copies_the_video_stream(server, tmp_path):
     clip = server["clips"][1]
     r = _post(server["url"], video=clip["video"], task="v2s", steps=2, output="mp4", seed=1)

@@ -161,7 +161,7 @@ def test_zero2_shards_optimizer_state_across_workers(reference, data, tmp_path, 
     # The DDP baseline goes through the `vssflow train` command line (plain DDP, said in the log and the result).
     from pipelines.cli import main
 
-    model_flags = [x for k, v in TOY_MODEL.items() for x in ("--model", f"{k}={v}")]
+    model_flags = [x for k, v in TOY_MODEL.items() for x in ("--model-overrides", f"{k}={v}")]
     argv = ["train", "--data", data, "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),
             "--deepspeed", "ddp", "--max-steps", "2", "--register-as", "", *model_flags]  # fmt: skip
     assert main(argv) == 0

@@ -28,6 +28,8 @@ MAX_SECONDS = 10.0  # training window; longer clips are generated in overlapping
 TASKS = ("v2s", "tts", "joint")
 SPEECH_TASKS = ("tts", "joint")  # tasks with a face, a transcript and a reference voice
 SOUND_TASKS = ("v2s", "joint")  # tasks with sound effects
+# the task of a request that names none, the same in the CLI, the HTTP API and the web page (inference.default_task)
+DEFAULT_TASK = "joint with a transcript, else v2s"
 
 
 def latent_frames(duration_s: float) -> int:

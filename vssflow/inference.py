@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vssflow.constants import LIP_FPS, LIP_SIZE, SEM_FPS, SPEECH_TASKS, TASKS
+from vssflow.constants import DEFAULT_TASK, LIP_FPS, LIP_SIZE, SEM_FPS, SPEECH_TASKS, TASKS
 from vssflow.errors import AssetError, InputError, TranscriptError
 from vssflow.features.extract import ExtractConfig, Extractors
 from vssflow.types import ClipFeatures
 
 __all__ = [
+    "DEFAULT_TASK",
     "MAX_TRANSCRIPT_CHARS",
     "Request",
     "check_request",
@@ -68,24 +69,35 @@ class Request:
     span_source: str = "--speech-span"
 
 
+def default_task(transcript: str | None) -> str:
+    """The task of a request that names none (:data:`DEFAULT_TASK`): joint (speech + sound) when a transcript is
+    given, else v2s (sound effects)."""
+    return "joint" if (transcript or "").strip() else "v2s"
+
+
 def check_request(
-    task: str,
+    task: str | None,
     transcript: str | None = None,
     *,
     speech_span: str | Sequence[float] | None = None,
     span_source: str = "--speech-span",
 ) -> Request:
-    """Check a request before any decoding: the task, the transcript (needed by tts and joint, at most
-    :data:`MAX_TRANSCRIPT_CHARS`) and the form of the speech span ("START,END" seconds or a pair).
+    """Check a request before any decoding: the task (None: :func:`default_task`), the transcript (needed by tts
+    and joint, at most :data:`MAX_TRANSCRIPT_CHARS`, refused with v2s) and the form of the speech span ("START,END"
+    seconds or a pair).
 
     Raises:
         InputError / TranscriptError, one line naming the input.
     """
     from vssflow.features.span import parse_span
 
+    text = (transcript or "").strip()
+    task = default_task(text) if task is None else task
     if task not in TASKS:
         raise InputError(f"task: expected one of {TASKS}, got {task!r}")
-    text = (transcript or "").strip()
+    if task not in SPEECH_TASKS and text:  # said, not dropped: the user expects speech
+        raise TranscriptError(f"task {task!r} makes sound effects only and takes no transcript; ask for task joint "
+                              "(speech + sound) or tts, or give no task (joint with a transcript)")  # fmt: skip
     if task in SPEECH_TASKS and not text:
         raise TranscriptError(f"task {task!r} needs a transcript of what is said; give one (--transcript TEXT)")
     if len(text) > MAX_TRANSCRIPT_CHARS:
@@ -194,7 +206,8 @@ def prepare(
 
     Args:
         video: the silent (or not) video.
-        task: "v2s" (sound effects from the frames), "tts" (speech: face + transcript + voice) or "joint" (both).
+        task: "v2s" (sound effects from the frames), "tts" (speech: face + transcript + voice) or "joint" (both);
+            None: joint with a transcript, else v2s (:func:`default_task`).
         transcript: what is said; required for "tts" and "joint".
         reference_voice: a recording (path or (N,) float32 at 16 kHz) of the voice to speak with; without it the
             speaker condition is absent (the model's learned default voice).

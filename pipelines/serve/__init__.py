@@ -35,15 +35,16 @@ Metrics (Prometheus, through Ray's metrics agent): ``vssflow_requests_total{rout
 ``vssflow_request_seconds{route,task}``, ``vssflow_inflight``, ``vssflow_batch_size``, ``vssflow_group_size``,
 plus Ray Serve's own ``ray_serve_*`` series.
 
-The package, one concept a file: :mod:`.config` (what runs, and where the model comes from), :mod:`.forms` (request
-fields and the HTTP error), :mod:`.extractor` and :mod:`.generator` (the two model deployments), :mod:`.ingress`
-(the FastAPI front), :mod:`.app` (the bind graph, the application builder of a RayService, the ``serve`` command).
-The ``.npz``/Parquet upload of ``/v1/generate/features`` is parsed with the schema, in
-:mod:`vssflow.data.features_file`.
+The package, one concept a file: :mod:`.config` (what runs), :mod:`.forms` (request fields and the HTTP error),
+:mod:`.extractor` and :mod:`.generator` (the two model deployments), :mod:`.ingress` (the FastAPI front),
+:mod:`.app` (the bind graph, the application builder of a RayService, the ``serve`` command). A ``--model`` URI is
+resolved by :mod:`pipelines.model_uri`; the ``.npz``/Parquet upload of ``/v1/generate/features`` is parsed with the
+schema, in :mod:`vssflow.data.features_file`.
 """
 
+from pipelines.model_uri import resolve_model_dir
 from pipelines.serve.app import add_arguments, build_app, build_app_from_args, config_from_args, run, start
-from pipelines.serve.config import Scaling, ServeConfig, replace_config, resolve_model_dir
+from pipelines.serve.config import Scaling, ServeConfig, replace_config
 
 __all__ = [
     "Scaling",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import threading
 from dataclasses import asdict
@@ -14,11 +13,13 @@ from pathlib import Path
 from ray import serve
 
 from pipelines.devices import actor_gpus, resolve_ray_device
-from pipelines.ray_runtime import start_ray
-from pipelines.serve.config import Scaling, ServeConfig, resolve_model_dir
+from pipelines.model_uri import resolve_model_dir
+from pipelines.ray_runtime import add_ray_arguments, start_ray
+from pipelines.serve.config import Scaling, ServeConfig
 from pipelines.serve.extractor import FeatureExtractor
 from pipelines.serve.generator import GeneratorServer
 from pipelines.serve.ingress import Api
+from vssflow.commands.flags import add_mlflow_uri, add_model, mlflow_uri
 from vssflow.device import DEVICE_HELP, Device
 
 
@@ -48,12 +49,11 @@ def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, nam
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory or MLflow URI (models:/NAME/VERSION)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    add_model(p)
+    add_mlflow_uri(p, local="none (only an MLflow URI given as --model needs one)", old="--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--ray-address", default=None, help="join a running cluster ('auto'); default: start Ray locally")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    add_ray_arguments(p)
     p.add_argument(
         "--device",
         default="auto",
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vssflow.generator import read_model_config
 
-    model_dir = resolve_model_dir(args.model, tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    model_dir = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
     read_model_config(model_dir)  # fail fast, one line, before starting Ray
     config = config_from_args(args, str(model_dir))
     # Handlers first: a SIGINT/SIGTERM that arrives while Ray and the app start (the app answers /readyz before

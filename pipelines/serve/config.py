@@ -1,13 +1,9 @@
-"""What ``vssflow serve`` runs: the deployments' resources and the service's limits; where the model comes from."""
+"""What ``vssflow serve`` runs: the deployments' resources and the service's limits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
-
-from vssflow.errors import InputError
-from vssflow.inference import is_model_uri
 
 
 @dataclass(frozen=True)
@@ -66,21 +62,6 @@ class ServeConfig:
     ingress: Scaling = field(default_factory=lambda: Scaling(num_cpus=0.0, max_ongoing_requests=1000))
     extractor: Scaling = field(default_factory=Scaling)
     generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
-
-
-def resolve_model_dir(spec: str, *, tracking_uri: str | None = None) -> Path:
-    """A local model directory for ``spec``: a directory as is, or the download of an MLflow URI
-    (``models:/name/version``, ``models:/name/stage``, ``runs:/<id>/model``) from ``tracking_uri``."""
-    if not is_model_uri(spec):
-        return Path(spec)
-    if not tracking_uri:
-        raise InputError(f"{spec}: an MLflow URI needs a tracking URI (--tracking-uri or $MLFLOW_TRACKING_URI)")
-    from pipelines.mlflow_utils import download_registered_model_dir
-
-    try:
-        return download_registered_model_dir(spec, tracking_uri=tracking_uri)
-    except FileNotFoundError as e:
-        raise InputError(str(e).splitlines()[0]) from e
 
 
 def replace_config(config: ServeConfig, **changes: Any) -> ServeConfig:

@@ -5,12 +5,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vssflow.constants import DEFAULT_TASK
+
 
 class GenerateForm(BaseModel):
     """Fields of ``POST /v1/generate`` (multipart/form-data). Files: ``video`` (required), ``reference_voice``."""
 
     model_config = ConfigDict(extra="forbid")
-    task: Literal["v2s", "tts", "joint"] = "v2s"
+    task: Literal["v2s", "tts", "joint"] | None = Field(None, description=f"default: {DEFAULT_TASK}")
     transcript: str | None = Field(None, max_length=2000, description="what is said (tts, joint)")
     speech_span: str | None = Field(
         None, max_length=64, description="START,END seconds where the words are (tts, joint); default: the mouth's"

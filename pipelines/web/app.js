@@ -19,15 +19,19 @@ $("video").addEventListener("change", () => {
   }
 });
 
+// The default task (no task sent) is the server's, as in the CLI: joint with a transcript, else v2s. v2s takes no
+// transcript, voice or span (the server refuses a transcript with v2s): their fields are disabled, not dropped.
 $("task").addEventListener("change", () => {
-  $("transcript").required = $("task").value !== "v2s";
+  const task = $("task").value;
+  $("transcript").required = task === "tts" || task === "joint";
+  for (const id of ["transcript", "reference_voice", "speech_span"]) $(id).disabled = task === "v2s";
 });
 
 $("form").addEventListener("submit", (event) => {
   event.preventDefault();
   const data = new FormData();
   data.append("video", $("video").files[0]);
-  data.append("task", $("task").value);
+  if ($("task").value) data.append("task", $("task").value);
   data.append("output", $("output").value);
   if ($("task").value !== "v2s" && $("transcript").value.trim()) data.append("transcript", $("transcript").value.trim());
   if ($("task").value !== "v2s" && $("reference_voice").files[0]) data.append("reference_voice", $("reference_voice").files[0]);

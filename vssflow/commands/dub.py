@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from vssflow.commands.flags import add_mlflow_uri, add_model
 from vssflow.constants import SAMPLE_RATE
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
@@ -31,8 +32,8 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, or an MLflow URI (models:/NAME/VERSION, runs:/...)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    add_model(p)
+    add_mlflow_uri(p, local="none (only an MLflow URI given as --model needs one)", old="--tracking-uri")
     p.add_argument("--video", required=True, help="input video (mp4, webm, mov, mkv, ...); its own audio is not used")
     p.add_argument("--subtitles", required=True, help="what is said and when: an .srt or .vtt file (UTF-8)")
     p.add_argument("--reference-voice", help="recording of the voice of cues without a named speaker (wav/flac)")

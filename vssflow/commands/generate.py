@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from vssflow.constants import SAMPLE_RATE, TASKS
+from vssflow.commands.flags import add_mlflow_uri, add_model
+from vssflow.constants import DEFAULT_TASK, SAMPLE_RATE, TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
 
@@ -29,8 +30,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory, or an MLflow URI (models:/NAME/VERSION, runs:/...)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for URIs (default $MLFLOW_TRACKING_URI)")
+    add_model(p)
+    add_mlflow_uri(p, local="none (only an MLflow URI given as --model needs one)", old="--tracking-uri")
     p.add_argument("--video", required=True, help="input video (mp4, webm, mov, mkv, ...)")
     text = p.add_mutually_exclusive_group()
     text.add_argument("--transcript", help="what is said (tts and joint)")
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds of the video where the words are (tts, joint); default: where the mouth moves, else the whole "
         "video",
     )  # fmt: skip
-    p.add_argument("--task", choices=TASKS, default=None, help="default: joint with a transcript, else v2s")
+    p.add_argument("--task", choices=TASKS, default=None, help=f"default: {DEFAULT_TASK}")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same audio)")
@@ -93,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise MissingFileError("transcript file not found", source=str(path))
         transcript = path.read_text(encoding="utf-8").strip()
-    task = args.task or ("joint" if transcript else "v2s")
+    request = check_request(args.task, transcript, speech_span=args.speech_span)
+    task = request.task
     if args.stems and task != "joint":
         raise InputError(f"--stems needs --task joint (got {task!r})")
-    request = check_request(task, transcript, speech_span=args.speech_span)
     if is_model_uri(args.model):
         raise InputError(
             "an MLflow model URI is resolved by the `vssflow` command (pip install 'vssflow[pipelines]'); "

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from vssflow.commands.flags import add_mix
 from vssflow.errors import InputError
 from vssflow.synth.sentences import GRID_SIZE, PHRASES_SIZE, TEXTS
 
@@ -31,22 +32,12 @@ def _split(text: str) -> tuple[float, float, float]:
     return parts
 
 
-def _mix(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: give three weights v2s,tts,joint, e.g. 0.4,0.4,0.2")
-    return parts
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (clips/, refs/, manifest.jsonl)")
     parser.add_argument("--clips", type=int, default=12, help="number of clips (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same corpus")
     parser.add_argument("--duration", type=_duration, default=(2.0, 4.0), help="clip seconds: 2.0 or 2.0..4.0")
-    parser.add_argument("--mix", type=_mix, default=(0.4, 0.4, 0.2), help="share of v2s,tts,joint (0.4,0.4,0.2)")
+    add_mix(parser, what="share of the clips", default=(0.4, 0.4, 0.2))
     parser.add_argument(
         "--split", type=_split, default=(0.8, 0.1, 0.1),
         help="share of train,val,test (0.8,0.1,0.1); a speech clip follows its sentence's split",
