@@ -98,7 +98,13 @@ def variants(name: str) -> list[Variant]:
         return [Variant(k, MIXES[k], TASKS_OF[k]) for k in ("v2s", "tts", "joint")]
     if name == "placement":
         return [
-            Variant(f"sem-{s}_phon-{p}", MIXES["joint"], ("v2s", "tts"), {"sem_placement": s, "phoneme_placement": p})
+            # the paper's placement ablation as the paper ran it: no phoneme prior (it needs phonemes in context)
+            Variant(
+                f"sem-{s}_phon-{p}",
+                MIXES["joint"],
+                ("v2s", "tts"),
+                {"sem_placement": s, "phoneme_placement": p, "prior_layers": 0},
+            )
             for s in ("cross", "context")
             for p in ("cross", "context")
         ]

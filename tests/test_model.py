@@ -73,12 +73,14 @@ def test_config_json_round_trip_and_unknown_key():
 
 
 def test_derived_sizes():
-    assert TINY.context_dim == TINY.latent_dim + TINY.lip_dim + TINY.sync_dim + TINY.phoneme_dim
+    prior = TINY.latent_dim  # the phoneme prior's estimate of the latent is in context too
+    assert TINY.context_dim == TINY.latent_dim + TINY.lip_dim + TINY.sync_dim + TINY.phoneme_dim + prior
     assert (
         TINY.replace(sem_placement="context", lip_placement="cross").context_dim
-        == TINY.latent_dim + 32 + 32 + TINY.cross_dim
+        == TINY.latent_dim + 32 + 32 + TINY.cross_dim + prior
     )
-    assert TINY.replace(sync_placement="cross").context_dim == TINY.latent_dim + TINY.lip_dim + TINY.phoneme_dim
+    assert TINY.replace(sync_placement="cross").context_dim == TINY.latent_dim + TINY.lip_dim + TINY.phoneme_dim + prior
+    assert PAPER.context_dim == PAPER.latent_dim + PAPER.lip_dim + PAPER.sync_dim + PAPER.phoneme_dim
     assert PAPER.head_dim == 64 and PAPER.rope_dim == 32 and PAPER.kv_heads == 12 and PAPER.ff_inner == 6144
     assert TINY.max_frames == 250
 
@@ -116,7 +118,10 @@ def test_preset_forward_shapes(name):
     list(itertools.product(["cross", "context"], ["cross", "context"], ["cross", "context"], ["token", "adaln"])),
 )
 def test_every_placement_and_time_conditioning(sem, phonemes, lip, time):
-    cfg = SMALLEST.replace(sem_placement=sem, phoneme_placement=phonemes, lip_placement=lip, time_conditioning=time)
+    cfg = SMALLEST.replace(
+        sem_placement=sem, phoneme_placement=phonemes, lip_placement=lip, time_conditioning=time,
+        prior_layers=SMALLEST.prior_layers if phonemes == "context" else 0,  # the prior needs phonemes in context
+    )  # fmt: skip
     model = randomised(VSSFlowDiT(cfg))
     cond = collate([make_clip(cfg, 1.0), make_clip(cfg, 0.6, seed=1, sem=None, speaker=None)], cfg)
     with torch.no_grad():
@@ -172,7 +177,8 @@ def test_lip_features_input():
 
 
 def test_absent_conditions_use_learned_values_and_equal_dropout():
-    cfg = SMALLEST
+    # Without a phoneme prior: the prior is the flow's source and sees the phonemes whatever the dropout.
+    cfg = SMALLEST.replace(prior_layers=0)
     model = randomised(VSSFlowDiT(cfg))
     full = make_clip(cfg, 0.8)
     bare = ClipFeatures(duration_s=0.8, task="v2s")  # nothing at all
@@ -282,22 +288,27 @@ def test_rate_tolerance_accepts_rounding_and_too_long_clip_is_refused():
 # ---- a full-rank output head -------------------------------------------------------------------------------------
 
 
-def untouched_directions(x0: torch.Tensor, x1: torch.Tensor, n_frames: torch.Tensor, *, rel: float = 1e-4) -> int:
+def untouched_directions(x0: torch.Tensor, x1: torch.Tensor, n_frames: torch.Tensor, *, rel: float = 1e-6) -> int:
     """Latent directions in which the generated samples x1 (B, N, C) did not move from their noise x0: C minus the
-    numerical rank of the displacements x1 - x0 over every real frame."""
+    numerical rank of the displacements x1 - x0 over every real frame. An unreachable direction keeps a float32
+    rounding residue (~4e-8 of the largest singular value); the weakest reachable one of a random tiny model had
+    ~4e-5, hence the threshold between them."""
     rows = torch.cat([(x1 - x0)[i, : int(n)] for i, n in enumerate(n_frames)])  # (sum N, C)
     s = torch.linalg.svdvals(rows.double())
     return int(x1.shape[-1] - (s > rel * s[0]).sum())
 
 
 def _sample_with_noise(gen, clips, seeds):
-    """The generator's own sampling, and the noise it started from (drawn as it draws it: per clip, own seed)."""
+    """The generator's own sampling, and the source it started from: the noise (drawn as it draws it: per clip, own
+    seed) plus, for a model with a phoneme prior, the prior's mean mu."""
     x1, n_frames, _ = gen.sample_latents(clips, seeds, steps=4, cfg=3.0)
     x0 = torch.zeros_like(x1)
     for i, s in enumerate(seeds):
         n = int(n_frames[i])
         x0[i, :n] = torch.randn(n, gen.config.latent_dim, generator=torch.Generator().manual_seed(s))
-    return x0, x1, n_frames
+    with torch.no_grad():
+        prior = gen.model.preprocess_conditions(collate(clips, gen.config)).prior
+    return (x0 if prior is None else x0 + prior), x1, n_frames
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
@@ -399,3 +410,58 @@ def test_a_bad_speech_span_is_a_one_line_error():
         with pytest.raises(InputError, match="speech_span") as e:
             collate([ClipFeatures(**{**clip.__dict__, "speech_span": span})], SMALLEST)
         assert "\n" not in str(e.value)
+
+
+def test_the_phoneme_prior_is_a_switch_old_configs_lack():
+    assert TINY.prior_layers > 0 and PRESETS["small"].prior_layers > 0 and PAPER.prior_layers == 0  # paper: none
+    old = ModelConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k not in ("prior_layers", "prior_dim")})
+    assert old.prior_layers == 0 and not hasattr(VSSFlowDiT(old).conditions, "prior")
+    with pytest.raises(ValueError, match="phoneme_placement='context'"):
+        TINY.replace(phoneme_placement="cross")
+    assert TINY.replace(phoneme_placement="cross", prior_layers=0).prior_layers == 0
+    # The flow starts from N(mu, I): an untrained DiT (zero output layer, v = 0) returns its source, noise + mu,
+    # and mu follows the phonemes.
+    from vssflow.errors import InputError
+    from vssflow.generator import Generator, SamplingConfig
+
+    model = VSSFlowDiT(SMALLEST).eval()
+    gen = Generator(model=model)
+    a = make_clip(SMALLEST, 0.8)
+    b = make_clip(SMALLEST, 0.8, phonemes=np.array([3, 4, 5], np.int16))
+    source, x1, _ = _sample_with_noise(gen, [a, b], [1, 1])
+    noise = torch.stack([torch.randn(20, SMALLEST.latent_dim, generator=torch.Generator().manual_seed(1))] * 2)
+    with torch.no_grad():
+        mu = model.preprocess_conditions(collate([a, b], SMALLEST)).prior  # (2, 20, C)
+    assert mu.shape == (2, 20, SMALLEST.latent_dim) and not torch.allclose(mu[0], mu[1])
+    torch.testing.assert_close(x1 - noise, mu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(source, x1)
+    # noise_scale 0 (the temperature of the source) starts from mu itself.
+    import dataclasses
+
+    gen.sampling = dataclasses.replace(gen.sampling, noise_scale=0.0)
+    x1_cold, _, _ = gen.sample_latents([a, b], [1, 1], steps=2, cfg=3.0)
+    torch.testing.assert_close(x1_cold, mu, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="noise_scale"):
+        SamplingConfig(noise_scale=-1.0)
+    with torch.no_grad():  # padding the batch does not change a clip's mu
+        padded = model.preprocess_conditions(collate([a], SMALLEST, n_frames=40)).prior
+    torch.testing.assert_close(padded[0, :20], mu[0], rtol=1e-5, atol=1e-6)
+    assert (padded[0, 20:] == 0).all()
+    with torch.no_grad():  # a clip without phonemes (V2S) starts from N(0, I), as in a model without a prior
+        v2s = model.preprocess_conditions(collate([make_clip(SMALLEST, 0.8, task="v2s", phonemes=None)], SMALLEST))
+    assert (v2s.prior == 0).all()
+
+
+def test_a_prior_that_sees_the_video_estimates_every_clip_whatever_the_dropout():
+    cfg = SMALLEST.replace(prior_inputs="all")
+    model = randomised(VSSFlowDiT(cfg))
+    v2s = make_clip(cfg, 0.8, task="v2s", phonemes=None, speaker=None)
+    other_sem = make_clip(cfg, 0.8, task="v2s", phonemes=None, speaker=None, sem=np.ones((8, cfg.sem_dim), np.float32))
+    with torch.no_grad():
+        c = model.preprocess_conditions(collate([v2s, other_sem], cfg))
+        dropped = model.preprocess_conditions(collate([v2s, other_sem], cfg), ConditionDrop.all(2))
+    assert c.prior_keep.all() and (c.prior[0].abs().sum(-1) > 0).all()  # a V2S clip starts from its estimate
+    assert not torch.allclose(c.prior[0], c.prior[1])  # which follows the video
+    torch.testing.assert_close(dropped.prior, c.prior)  # and is the same for the unconditional branch
+    with pytest.raises(ValueError, match="prior_inputs"):
+        TINY.replace(prior_inputs="video")

@@ -73,7 +73,8 @@ def test_metrics_per_task_average_to_the_loss():
     loss, metrics = training_step(model_with_output(), batch, NO_DROPOUT, torch.Generator().manual_seed(0))
     frames = batch.frame_mask.sum(1).tolist()
     weighted = sum(metrics[f"loss/{t}"] * n for t, n in zip(("tts", "v2s", "joint"), frames, strict=True))
-    assert abs(weighted / sum(frames) - metrics["loss"]) < 1e-5 and metrics["loss"] == pytest.approx(loss.item())
+    assert abs(weighted / sum(frames) - metrics["loss"]) < 1e-5  # "loss" is the flow loss, with or without a prior
+    assert metrics["loss"] + metrics["loss/prior"] == pytest.approx(loss.item())  # prior_weight 1
     assert 0 < metrics["t_mean"] < 1
 
 
@@ -84,18 +85,23 @@ def test_dropout_masks_are_seeded_and_full_dropout_equals_absent_conditions():
     assert not sample_drop(64, NO_DROPOUT, torch.Generator()).sem.any()
     everything = FlowConfig(p_uncond=1.0)
     assert sample_drop(8, everything, torch.Generator()).lip.all()
-    # Dropping every condition trains the same thing as clips without conditions (the learned absent values).
+    # Dropping every condition trains the same thing as clips without conditions (the learned absent values). Not
+    # with a phoneme prior: it is the flow's source, which sees the phonemes whatever the dropout (tested below).
+    cfg = CFG.replace(prior_layers=0)
     full = [make_clip(0.6, 0)]
     bare = [ClipFeatures(duration_s=0.6, task="tts")]
-    model = model_with_output()
+    torch.manual_seed(0)
+    model = VSSFlowDiT(cfg)
+    with torch.no_grad():
+        model.final.linear.weight.normal_(std=0.05)
     a, _ = training_step(
-        model, make_train_batch([latent(0.6, 0)], full, CFG), everything, torch.Generator().manual_seed(1)
+        model, make_train_batch([latent(0.6, 0)], full, cfg), everything, torch.Generator().manual_seed(1)
     )
     b, _ = training_step(
-        model, make_train_batch([latent(0.6, 0)], bare, CFG), everything, torch.Generator().manual_seed(1)
+        model, make_train_batch([latent(0.6, 0)], bare, cfg), everything, torch.Generator().manual_seed(1)
     )
     c, _ = training_step(
-        model, make_train_batch([latent(0.6, 0)], full, CFG), NO_DROPOUT, torch.Generator().manual_seed(1)
+        model, make_train_batch([latent(0.6, 0)], full, cfg), NO_DROPOUT, torch.Generator().manual_seed(1)
     )
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
@@ -124,3 +130,57 @@ def test_tiny_model_overfits_one_batch():
         losses.append(loss.item())
     assert np.isfinite(losses).all()
     assert min(losses[-10:]) < losses[0] / 10, (losses[0], losses[-10:])
+
+
+def test_the_phoneme_prior_regresses_onto_the_tts_clips():
+    clips = [make_clip(0.8, 0, task="tts"), make_clip(0.6, 1, task="joint"), make_clip(0.4, 2, task="v2s")]
+    batch = make_train_batch([latent(c.duration_s, i) for i, c in enumerate(clips)], clips, CFG)
+    model = model_with_output()
+    loss, metrics = training_step(model, batch, NO_DROPOUT, torch.Generator().manual_seed(0))
+    # The prior term is the MSE of the prior's estimate on the TTS clip alone (not the joint clip, whose latent also
+    # holds its sound, nor the V2S clip), on that clip's real frames.
+    with torch.no_grad():
+        prior = model.preprocess_conditions(batch.cond).prior  # (B, N, C)
+    n = int(batch.frame_mask[0].sum())
+    expected = ((prior[0, :n] - batch.x1[0, :n]) ** 2).mean()
+    assert metrics["loss/prior"] == pytest.approx(float(expected), rel=1e-5)
+    model.zero_grad()
+    loss.backward()
+    assert model.conditions.prior.out.weight.grad.abs().sum() > 0
+    # The prior sees the phonemes whatever the CFG dropout (it is the flow's source, not a condition).
+    _, m = training_step(model, batch, FlowConfig(p_uncond=1.0), torch.Generator().manual_seed(0))
+    assert m["loss/prior"] == pytest.approx(metrics["loss/prior"], rel=1e-6)
+    # A batch without TTS clips, or weight 0: no prior term.
+    sub = make_train_batch([latent(c.duration_s, i + 1) for i, c in enumerate(clips[1:])], clips[1:], CFG)
+    _, m = training_step(model, sub, NO_DROPOUT, torch.Generator().manual_seed(0))
+    assert "loss/prior" not in m
+    _, m = training_step(model, batch, FlowConfig(prior_weight=0.0), torch.Generator().manual_seed(0))
+    assert "loss/prior" not in m
+    with pytest.raises(ValueError, match="prior_weight"):
+        FlowConfig(prior_weight=-1.0)
+
+
+def test_the_prior_learns_the_sound_of_each_phoneme():
+    # Two clips saying the same phonemes in a different order: the prior's estimate of each frame must follow its
+    # phoneme (a per-frame lookup it can only learn from the phoneme ids), not the clip's average.
+    cfg = CFG.replace(prior_layers=2, prior_dim=32)
+    sounds = np.random.default_rng(0).standard_normal((8, cfg.latent_dim)).astype(np.float32)
+    clips, lats = [], []
+    for seed, order in enumerate(([1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1])):
+        ids = np.repeat(order, 4)  # 28 frames, one phoneme per 4 frames (the clip layout spreads 7 over 28)
+        clips.append(make_clip(1.12, seed, phonemes=np.array(order)))
+        lats.append(sounds[ids])
+    batch = make_train_batch(lats, clips, cfg)
+    torch.manual_seed(0)
+    model = VSSFlowDiT(cfg.replace(phoneme_layout="clip"))
+    opt = torch.optim.AdamW(model.conditions.prior.parameters(), lr=1e-2)
+    model.conditions.phoneme_emb.requires_grad_(True)
+    opt.add_param_group({"params": list(model.conditions.phoneme_emb.parameters())})
+    for _ in range(150):
+        _, metrics = training_step(model, batch, NO_DROPOUT, torch.Generator().manual_seed(0))
+        prior = model.preprocess_conditions(batch.cond).prior
+        loss = ((prior - batch.x1) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["loss/prior"] < 0.1 * float(np.var(sounds)), metrics["loss/prior"]

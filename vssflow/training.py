@@ -32,6 +32,8 @@ class FlowConfig:
         p_uncond: probability that a sample drops every condition at once (paper: 0.1, for CFG).
         p_drop_sem, p_drop_lip, p_drop_sync, p_drop_phonemes, p_drop_speaker: independent per-sample dropout of one
             group, so the model also learns each condition's absence (e.g. speech without a visible face).
+        prior_weight: weight of the phoneme prior's regression loss (models with ``prior_layers > 0``): the mean
+            squared error between the prior's estimate and the latent, on the TTS clips (those with phonemes).
     """
 
     t_schedule: str = "uniform"
@@ -43,6 +45,7 @@ class FlowConfig:
     p_drop_sync: float = 0.05
     p_drop_phonemes: float = 0.05
     p_drop_speaker: float = 0.05
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.t_schedule not in flow.T_SCHEDULES:
@@ -50,6 +53,8 @@ class FlowConfig:
         for name in ("p_uncond", *(f"p_drop_{g}" for g in GROUPS)):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"FlowConfig.{name}={getattr(self, name)} is not a probability")
+        if not self.prior_weight >= 0.0:
+            raise ValueError(f"FlowConfig.prior_weight={self.prior_weight}; expected a weight >= 0")
 
 
 NO_DROPOUT = FlowConfig(p_uncond=0.0, **{f"p_drop_{g}": 0.0 for g in GROUPS})
@@ -136,13 +141,23 @@ def training_step(
     drop = sample_drop(b, cfg, generator)
     drop = ConditionDrop(*(getattr(drop, g).to(dev) for g in GROUPS))
 
-    xt, target = flow.path_sample(x0, x1, t)  # (B, N, C) each
     conditions = model.preprocess_conditions(batch.cond, drop)
+    if conditions.prior is not None:  # the flow starts from N(mu, I); mu learns from its own loss below only
+        x0 = x0 + conditions.prior.detach() * batch.frame_mask[..., None].to(x0.dtype)
+    xt, target = flow.path_sample(x0, x1, t)  # (B, N, C) each
     v = model.predict_flow(xt, t, conditions)  # (B, N, C)
     mask = batch.frame_mask
     loss = flow.flow_loss(v, target, mask)
-
     metrics = {"loss": float(loss.detach()), "t_mean": float(t.mean())}
+
+    if conditions.prior is not None and cfg.prior_weight > 0:
+        # The prior regresses onto the clips the model says it estimates (Conditions.prior_keep): the TTS clips for
+        # a speech prior, every clip for one that also sees the video (ModelConfig.prior_inputs).
+        sel = conditions.prior_keep.to(dev)
+        if sel.any():
+            prior_loss = flow.flow_loss(conditions.prior[sel], x1[sel], mask[sel])
+            loss = loss + cfg.prior_weight * prior_loss
+            metrics["loss/prior"] = float(prior_loss.detach())
     if batch.cond.tasks:
         per_sample = flow.masked_mse(v.detach(), target, mask)  # (B,)
         weight = mask.sum(dim=1).to(per_sample.dtype)  # frames per sample, so task losses match the batch loss

@@ -3,7 +3,7 @@
 Shape legend:
     B batch    N latent frames (25 Hz)   S semantic frames (10 fps)   P phonemes   M cross-attention tokens
     Dc cross_dim   Dl lip_dim   Dy sync_dim   Dp phoneme_dim
-    Cc in-context condition channels (context_dim - latent_dim)
+    Cc in-context condition channels (context_dim - latent_dim)   C latent channels   Dq prior_dim
 
 Each condition group (sem, lip, sync, phonemes, speaker) has a learned "absent" value used when a clip lacks the
 condition (presence mask) or when it is dropped for classifier-free guidance (drop mask). Nothing here is random.
@@ -31,12 +31,18 @@ class Conditions:
         cross: (B, M, Dc) cross-attention tokens (the speaker token first).
         cross_mask: (B, M) bool, True on real tokens.
         frame_mask: (B, N) bool, True on the latent frames of each clip.
+        prior: (B, N, C) the phoneme prior's estimate mu of the latent, the mean the flow starts from (x0 ~ N(mu, I)),
+            or None for a model without a prior. It sees the clip's phonemes and speaker whatever the CFG dropout, so
+            the conditional and unconditional velocities of one solver step share their starting point.
+        prior_keep: (B,) bool, True where the clip has phonemes (where the prior's regression loss applies).
     """
 
     context: torch.Tensor | None
     cross: torch.Tensor
     cross_mask: torch.Tensor
     frame_mask: torch.Tensor
+    prior: torch.Tensor | None = None
+    prior_keep: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -59,6 +65,8 @@ class Conditions:
             cross=torch.cat([pad(c.cross, 0.0) for c in items]),
             cross_mask=torch.cat([pad(c.cross_mask, False) for c in items]),
             frame_mask=torch.cat([c.frame_mask for c in items]),
+            prior=None if items[0].prior is None else torch.cat([c.prior for c in items]),
+            prior_keep=None if items[0].prior_keep is None else torch.cat([c.prior_keep for c in items]),
         )
 
 
@@ -109,6 +117,48 @@ class SyncCNN(nn.Module):
         pairs = rearrange(torch.stack([x, diff], dim=2), "k n c h w -> (k n) c h w")  # (K*N, 2, 32, 32)
         out = self.proj(rearrange(self.convs(pairs), "kn c h w -> kn (c h w)"))  # (K*N, Dy)
         return rearrange(out, "(k n) d -> k n d", k=frames.shape[0])
+
+
+class PhonemePrior(nn.Module):
+    """Phonemes on the latent grid + speaker -> a direct estimate of the speech latent (B, N, C).
+
+    The encoder prior of Grad-TTS / Matcha-TTS, on our frame-level phoneme layout: residual 1-D convolutions (kernel
+    5 = 200 ms, so neighbouring phonemes shape each frame) over the laid-out phoneme embeddings plus the speaker
+    token, regressed onto the TTS clips' latents (:func:`vssflow.training.training_step`); the flow then starts from
+    N(mu, I), so the DiT refines an estimate that already says the words. Padded frames are zeroed before every
+    convolution, so a clip's estimate does not depend on how far its batch was padded.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.prior_dim
+        self.phoneme_in = nn.Linear(cfg.phoneme_dim, d)
+        self.speaker_in = nn.Linear(cfg.cross_dim, d)
+        if cfg.prior_inputs == "all":
+            self.visual_in = nn.Linear(cfg.cross_dim + cfg.sync_dim, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.prior_layers))
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(d, d, 5, padding=2), nn.SiLU(), nn.Conv1d(d, d, 1)) for _ in range(cfg.prior_layers)
+        )
+        self.out = nn.Linear(d, cfg.latent_dim)
+
+    def forward(
+        self,
+        phonemes: torch.Tensor,
+        speaker: torch.Tensor,
+        frame_mask: torch.Tensor,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """phonemes (B, N, Dp), speaker (B, Dc), frame_mask (B, N), with ``prior_inputs="all"`` the semantic and sync
+        streams on the latent grid (B, N, Dc + Dy) -> (B, N, C), zero on padded frames."""
+        m = frame_mask[..., None].to(phonemes.dtype)  # (B, N, 1)
+        h = self.phoneme_in(phonemes) + self.speaker_in(speaker)[:, None]  # (B, N, Dq)
+        if visual is not None:
+            h = h + self.visual_in(visual)
+        for norm, conv in zip(self.norms, self.convs, strict=True):
+            x = rearrange(norm(h) * m, "b n d -> b d n")
+            h = h + rearrange(conv(x), "b d n -> b n d")
+        return self.out(h) * m
 
 
 def spread_phonemes(phonemes: torch.Tensor, lengths: torch.Tensor, n_frames: torch.Tensor, n: int) -> torch.Tensor:
@@ -193,6 +243,8 @@ class ConditionEncoder(nn.Module):
         else:
             self.lip_encoder = mlp(cfg.lip_feature_dim, 2 * cfg.lip_dim, cfg.lip_dim)
         self.phoneme_emb = nn.Embedding(cfg.phoneme_vocab, cfg.phoneme_dim)
+        if cfg.prior_layers:
+            self.prior = PhonemePrior(cfg)
         if cfg.sync_dim:
             self.sync_encoder = SyncCNN(cfg.sync_dim, cfg.cnn_channels)
             self.absent_sync = nn.Parameter(torch.randn(cfg.sync_dim) * 0.02)
@@ -216,6 +268,9 @@ class ConditionEncoder(nn.Module):
         keep = {g: cond.present(g).to(dev) & ~getattr(drop, g).to(dev) for g in GROUPS}
         frame_mask = cond.frame_mask
         context: list[torch.Tensor] = []
+        prior, prior_keep = None, None
+        prior_sees_video = cfg.prior_layers > 0 and cfg.prior_inputs == "all"
+        ph_all = sem_all = sync_all = None
         cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tokens (B, m, Dc), mask (B, m))
 
         # speaker: always one cross-attention token
@@ -240,10 +295,14 @@ class ConditionEncoder(nn.Module):
         # sync: (B, N, Dy) stream on the latent grid (a model with sync_dim 0 ignores it)
         if cfg.sync_dim:
             sync = self.absent_sync.expand(b, n, -1)
-            if cond.sync is not None and keep["sync"].any():
-                rows = keep["sync"].nonzero().squeeze(1)
+            # the prior sees every clip's sync stream whatever the dropout; the DiT only the kept ones
+            encode = cond.present("sync").to(dev) if prior_sees_video else keep["sync"]
+            if cond.sync is not None and encode.any():
+                rows = encode.nonzero().squeeze(1)
                 sync = sync.clone()
                 sync[rows] = self.sync_encoder(cond.sync[rows]).to(dtype)  # (K, N, Dy)
+            sync_all = sync
+            sync = torch.where(keep["sync"][:, None, None], sync, self.absent_sync)
             if cfg.sync_placement == "context":
                 context.append(sync)
             else:
@@ -252,9 +311,11 @@ class ConditionEncoder(nn.Module):
         # phonemes: spread over the clip for context; the raw sequence as tokens for cross-attention
         if cfg.phoneme_placement == "context":
             ph = self.absent_phonemes.expand(b, n, -1)
+            ph_all = ph  # what the prior sees: the clip's phonemes whatever the dropout
             if cond.phonemes is not None:
-                ids = self._phoneme_frames(cond, n)  # (B, N)
-                ph = torch.where(keep["phonemes"][:, None, None], self.phoneme_emb(ids).to(dtype), ph)
+                emb = self.phoneme_emb(self._phoneme_frames(cond, n)).to(dtype)  # (B, N, Dp)
+                ph = torch.where(keep["phonemes"][:, None, None], emb, ph)
+                ph_all = torch.where(cond.present("phonemes").to(dev)[:, None, None], emb, ph_all)
             context.append(ph)
         else:
             tokens = self.absent_phonemes.expand(b, 1, -1)
@@ -269,17 +330,46 @@ class ConditionEncoder(nn.Module):
         sem_len = torch.ones(b, dtype=torch.long, device=dev)
         if cond.sem is not None:
             sem, sem_len = self.sem_proj(cond.sem.to(dtype)), cond.sem_lengths  # (B, S, Dc)
+        if prior_sees_video:
+            present = cond.present("sem").to(dev)
+            sem_all, _ = self._with_absent(sem, sem_len, present, self.absent_sem)
+            sem_all = sem_to_grid(sem_all, torch.where(present, sem_len, 1), n)  # (B, N, Dc)
         sem, sem_mask = self._with_absent(sem, sem_len, keep["sem"], self.absent_sem)
         if cfg.sem_placement == "cross":
             cross.append((sem, sem_mask))
         else:
             context.append(sem_to_grid(sem, torch.where(keep["sem"], sem_len, 1), n))  # (B, N, Dc)
 
+        # the prior: the flow's source mean, from what the clip has whatever the CFG dropout
+        if cfg.prior_layers:
+            spk_all = self.absent_speaker.expand(b, -1)
+            if cond.speaker is not None:
+                spk_all = torch.where(
+                    cond.present("speaker").to(dev)[:, None], self.speaker_proj(cond.speaker.to(dtype)), spk_all
+                )
+            visual = torch.cat([sem_all, sync_all], dim=-1) if prior_sees_video else None  # (B, N, Dc + Dy)
+            has_phonemes = cond.present("phonemes").to(dev)
+            if prior_sees_video:  # an estimate of every clip's soundtrack
+                shifted = prior_keep = torch.ones(b, dtype=torch.bool, device=dev)
+            else:  # an estimate of speech: clips without phonemes (V2S) start from N(0, I), as without a prior
+                shifted = has_phonemes
+                tts = torch.tensor([t == "tts" for t in cond.tasks], dtype=torch.bool, device=dev)
+                prior_keep = has_phonemes & tts if cond.tasks else has_phonemes  # a joint latent also holds sound
+            if shifted.any():
+                prior = self.prior(ph_all, spk_all, frame_mask, visual) * shifted[:, None, None].to(dtype)  # (B, N, C)
+            else:  # a batch of V2S clips under a speech prior: nothing to estimate, skip the convolutions
+                prior = frame_mask.new_zeros(b, n, cfg.latent_dim, dtype=dtype)
+            # The DiT sees its source mean (as Grad-TTS's decoder does) but does not train it: mu learns from its
+            # regression loss only (the flow's gradient through the context made mu drift on joint clips).
+            context.append(prior.detach())
+
         return Conditions(
             context=torch.cat(context, dim=-1) if context else None,  # (B, N, Cc)
             cross=torch.cat([t for t, _ in cross], dim=1),  # (B, M, Dc)
             cross_mask=torch.cat([m for _, m in cross], dim=1),  # (B, M)
             frame_mask=frame_mask,
+            prior=prior,
+            prior_keep=prior_keep,
         )
 
     def _phoneme_frames(self, cond: ConditionBatch, n: int) -> torch.Tensor:
