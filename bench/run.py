@@ -18,6 +18,7 @@ SECTIONS = [
     ("Ray Train + DeepSpeed (issue 6)", "bench.bench_train"),
     ("Ray Serve batching and HTTP overhead (issue 7)", "bench.bench_serve"),
     ("vocoder intelligibility per mel inversion (issue 13)", "bench.bench_vocoder_quality"),
+    ("dubbing a video from its subtitles vs its parts one by one (issue 18)", "bench.bench_dub"),
 ]
 
 
