@@ -424,15 +424,16 @@ def test_the_phoneme_prior_is_a_switch_old_configs_lack():
     from vssflow.errors import InputError
     from vssflow.generator import Generator, SamplingConfig
 
-    model = VSSFlowDiT(SMALLEST).eval()
+    cfg = SMALLEST.replace(prior_inputs="phonemes")  # a speech prior: V2S clips start from N(0, I)
+    model = VSSFlowDiT(cfg).eval()
     gen = Generator(model=model)
-    a = make_clip(SMALLEST, 0.8)
-    b = make_clip(SMALLEST, 0.8, phonemes=np.array([3, 4, 5], np.int16))
+    a = make_clip(cfg, 0.8)
+    b = make_clip(cfg, 0.8, phonemes=np.array([3, 4, 5], np.int16))
     source, x1, _ = _sample_with_noise(gen, [a, b], [1, 1])
-    noise = torch.stack([torch.randn(20, SMALLEST.latent_dim, generator=torch.Generator().manual_seed(1))] * 2)
+    noise = torch.stack([torch.randn(20, cfg.latent_dim, generator=torch.Generator().manual_seed(1))] * 2)
     with torch.no_grad():
-        mu = model.preprocess_conditions(collate([a, b], SMALLEST)).prior  # (2, 20, C)
-    assert mu.shape == (2, 20, SMALLEST.latent_dim) and not torch.allclose(mu[0], mu[1])
+        mu = model.preprocess_conditions(collate([a, b], cfg)).prior  # (2, 20, C)
+    assert mu.shape == (2, 20, cfg.latent_dim) and not torch.allclose(mu[0], mu[1])
     torch.testing.assert_close(x1 - noise, mu, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(source, x1)
     # noise_scale 0 (the temperature of the source) starts from mu itself.
@@ -444,11 +445,11 @@ def test_the_phoneme_prior_is_a_switch_old_configs_lack():
     with pytest.raises(InputError, match="noise_scale"):
         SamplingConfig(noise_scale=-1.0)
     with torch.no_grad():  # padding the batch does not change a clip's mu
-        padded = model.preprocess_conditions(collate([a], SMALLEST, n_frames=40)).prior
+        padded = model.preprocess_conditions(collate([a], cfg, n_frames=40)).prior
     torch.testing.assert_close(padded[0, :20], mu[0], rtol=1e-5, atol=1e-6)
     assert (padded[0, 20:] == 0).all()
     with torch.no_grad():  # a clip without phonemes (V2S) starts from N(0, I), as in a model without a prior
-        v2s = model.preprocess_conditions(collate([make_clip(SMALLEST, 0.8, task="v2s", phonemes=None)], SMALLEST))
+        v2s = model.preprocess_conditions(collate([make_clip(cfg, 0.8, task="v2s", phonemes=None)], cfg))
     assert (v2s.prior == 0).all()
 
 

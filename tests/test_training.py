@@ -11,7 +11,10 @@ from vssflow.types import ClipFeatures
 
 torch.set_num_threads(1)
 
-CFG = TINY.replace(depth=2, width=64, heads=2, cross_dim=32, latent_dim=16, sem_dim=12, speaker_dim=8, lip_dim=8)
+CFG = TINY.replace(
+    depth=2, width=64, heads=2, cross_dim=32, latent_dim=16, sem_dim=12, speaker_dim=8, lip_dim=8,
+    prior_inputs="phonemes",  # a speech prior: its loss on TTS clips only (the video-seeing one is in test_model)
+)  # fmt: skip
 
 
 def make_clip(duration: float, seed: int, task: str = "tts", cfg=CFG, **absent) -> ClipFeatures:
@@ -184,3 +187,13 @@ def test_the_prior_learns_the_sound_of_each_phoneme():
         loss.backward()
         opt.step()
     assert metrics["loss/prior"] < 0.1 * float(np.var(sounds)), metrics["loss/prior"]
+
+
+def test_the_sampling_defaults_saved_with_a_model_follow_its_preset():
+    from pipelines.train_loop import TrainJobConfig
+
+    tiny = TrainJobConfig().sampling_config()
+    assert tiny.noise_scale == 0.5 and tiny.cfg_rescale == 1.0  # a prior: start nearer mu; rescaled guidance
+    paper = TrainJobConfig(preset="paper").sampling_config()
+    assert paper.noise_scale == 1.0 and paper.cfg_rescale == 0.0  # the paper: no prior, plain guidance
+    assert TrainJobConfig(model_overrides={"prior_layers": 0}).sampling_config().noise_scale == 1.0
