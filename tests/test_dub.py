@@ -184,7 +184,11 @@ def test_sound_off_gives_speech_only(video, tiny):
     from vssflow.dub import DubConfig, dub
 
     subs = read_subtitles(video["srt"], duration_s=video["duration"])
-    res = dub(tiny, video["video"], subs, config=DubConfig(sound=False, batch=3))  # three calls of generate
+    calls = []
+    res = dub(tiny, video["video"], subs, config=DubConfig(sound=False, batch=3),  # three calls of generate
+              cue_progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    n = len(subs.cues)
+    assert calls == [(0, n), *[(min(k, n), n) for k in range(3, n + 3, 3)]]  # after each batch of cue windows
     assert res.sound is None and res.report["sound"]["generated"] is False
     np.testing.assert_array_equal(res.mix, res.speech)
     assert {c["voice"] for c in res.report["cues"]} == {"default voice"}

@@ -148,6 +148,7 @@ def dub(
     asr=None,
     info=None,
     progress: Callable[[int, int], None] | None = None,
+    cue_progress: Callable[[int, int], None] | None = None,
 ) -> DubResult:
     """Dub ``video``: speech for every cue of ``subtitles`` inside the cue's span, over V2S sound.
 
@@ -162,6 +163,8 @@ def dub(
             WER goes into the report; None: no WER.
         info: a :func:`vssflow.media.video.probe` of ``video`` (skips probing again).
         progress: ``progress(done, total)`` over every solver step of the dub.
+        cue_progress: ``cue_progress(cues_done, cues_total)``: once with 0 when the video's features are ready, then
+            after each batch of cue windows is generated (the V2S pass comes after the last one).
 
     Returns:
         :class:`DubResult`.
@@ -208,6 +211,8 @@ def dub(
     bar = _Progress(progress, per_call * (sum(runs) + len(plan.sound_windows)))
 
     t1 = time.perf_counter()
+    if cue_progress is not None:
+        cue_progress(0, len(cues))
     speech = np.zeros(n_total, np.float32)
     # per cue: its window as generated, and gated to the cue
     raw: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.float32),) * 2] * len(cues)
@@ -227,6 +232,8 @@ def dub(
             g = _gate(len(wav), int(round(cw.span[0] * SAMPLE_RATE)), int(round(cw.span[1] * SAMPLE_RATE)), ramp)
             raw[k] = (wav, g * wav)
             speech[a : a + len(wav)] += g * wav
+        if cue_progress is not None:
+            cue_progress(b[-1] + 1, len(cues))
     t_speech = time.perf_counter() - t1
 
     t2 = time.perf_counter()
