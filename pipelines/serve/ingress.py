@@ -23,6 +23,7 @@ from ray import serve
 
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.forms import FeaturesForm, GenerateForm, HTTPError, clean_paths, multipart_schema, one_line
+from pipelines.serve.limits import limited_receive, read_upload, too_large
 from vssflow.constants import SAMPLE_RATE, TASKS
 from vssflow.data.features_file import read_features_file
 from vssflow.errors import InputError
@@ -89,10 +90,10 @@ class Api:
         t0 = time.perf_counter()
         task, status = "-", 500
         try:
-            size = request.headers.get("content-length")
+            size = request.headers.get("content-length")  # a claim: the bytes are counted as they arrive too
             if size is not None and size.isdigit() and int(size) > self.config.max_upload_mb * 1e6:
-                raise HTTPError(413, "too_large", f"request body is {int(size) / 1e6:.1f} MB; at most "
-                                f"{self.config.max_upload_mb:g} MB are accepted")  # fmt: skip
+                raise too_large("request body", int(size), self.config.max_upload_mb)
+            request = Request(request.scope, limited_receive(request.receive, max_mb=self.config.max_upload_mb))
             if self.inflight >= self.config.max_inflight:
                 self.rejected += 1
                 raise HTTPError(503, "overloaded", f"{self.inflight} requests in progress; retry later",
@@ -102,6 +103,8 @@ class Api:
             try:
                 try:
                     form = await request.form(max_files=4, max_fields=16, max_part_size=64 * 1024)
+                except HTTPError:
+                    raise
                 except Exception as e:  # noqa: BLE001 - malformed multipart bodies
                     raise HTTPError(422, "bad_form", f"not a multipart/form-data body ({type(e).__name__})") from e
                 try:
@@ -132,10 +135,7 @@ class Api:
             if isinstance(item, str) and item:
                 raise HTTPError(422, "bad_field", f"{name}: must be a file upload, got text")
             return None, ""
-        data = await item.read()
-        if len(data) > self.config.max_upload_mb * 1e6:
-            raise HTTPError(413, "too_large", f"{name}: {len(data) / 1e6:.1f} MB; at most "
-                            f"{self.config.max_upload_mb:g} MB are accepted")  # fmt: skip
+        data = await read_upload(item, name, max_mb=self.config.max_upload_mb)
         if not data:
             raise HTTPError(422, "empty_file", f"{name}: the uploaded file is empty")
         return data, os.path.basename(item.filename or name)[:100] or name
