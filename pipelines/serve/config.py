@@ -30,6 +30,29 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class DubService:
+    """``POST /v1/dub`` (:mod:`pipelines.serve.dub`): whole videos dubbed from their subtitles, as jobs.
+
+    Attributes:
+        max_jobs: jobs admitted and not finished (queued or running) at once; one more gets 503 + Retry-After.
+            The worker runs one job at a time (a dub batches its cue windows itself); the others wait their turn.
+        max_video_seconds: longest video accepted (413).
+        result_ttl_s: how long a finished job's status and files are kept; then they are deleted (410 Gone).
+        batch: cue windows per generation call (:class:`vssflow.dub.DubConfig`).
+        jobs_dir: where each job's uploads and results live (default: a fresh temporary directory).
+        worker: resources of the DubWorker deployment (its own copy of the model). Always one replica: the job
+            table lives in it.
+    """
+
+    max_jobs: int = 4
+    max_video_seconds: float = 600.0
+    result_ttl_s: float = 3600.0
+    batch: int = 8
+    jobs_dir: str | None = None
+    worker: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=256))
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """What ``vssflow serve`` runs.
 
@@ -45,6 +68,7 @@ class ServeConfig:
         max_batch_size, batch_wait_timeout_s: @serve.batch settings of the generator.
         upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
         ingress, extractor, generator: resources and autoscaling of each deployment.
+        dub: the dubbing jobs (:class:`DubService`); None: no DubWorker, ``POST /v1/dub`` answers 501.
     """
 
     model: str
@@ -62,6 +86,7 @@ class ServeConfig:
     ingress: Scaling = field(default_factory=lambda: Scaling(num_cpus=0.0, max_ongoing_requests=1000))
     extractor: Scaling = field(default_factory=Scaling)
     generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
+    dub: DubService | None = None
 
 
 def replace_config(config: ServeConfig, **changes: Any) -> ServeConfig:
