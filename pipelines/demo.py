@@ -11,20 +11,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from pipelines.net import free_port, stop_process_group, wait_ready
+
+MAX_REPEATS = 3  # a console line seen more often than this is noise (issue 14: "nothing repeated")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+CONSOLE: list[str] = []  # every line the demo's commands printed, in order
+
+
+def repeated_lines(lines: list[str], limit: int = MAX_REPEATS) -> dict[str, int]:
+    """The console lines that occur more than ``limit`` times, with their counts (most repeated first).
+
+    Lines are compared as a person sees them: colour codes and surrounding blanks removed; blank lines are not counted.
+    """
+    counts = Counter(c for c in (_ANSI.sub("", line).strip() for line in lines) if c)
+    return {line: n for line, n in counts.most_common() if n > limit}
+
+
+def repeat_check(lines: list[str], limit: int = MAX_REPEATS) -> str | None:
+    """One line naming the most repeated console line and how many lines repeat, or None when none repeats."""
+    rep = repeated_lines(lines, limit)
+    if not rep:
+        return None
+    line, n = next(iter(rep.items()))
+    shown = line if len(line) <= 120 else line[:117] + "..."
+    return (f"{len(rep)} console line(s) repeated more than {limit} times, the most {n} times: {shown!r}; "
+            "cut the noise at its source (pipelines/ray_runtime.py)")  # fmt: skip
 
 
 def _vssflow(*args: str) -> None:
     cmd = [sys.executable, "-m", "pipelines.cli", *args]
     print(f"\n$ vssflow {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
-    code = subprocess.run(cmd).returncode
+    # the output passes through this process line by line (to the console as it comes, and to CONSOLE for the check)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        CONSOLE.append(line)
+    code = proc.wait()
     if code:
         raise DemoError(
             f"`vssflow {args[0]}` failed (exit {code}); its output is above; rerun with --keep to reuse "
@@ -165,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         print(timing)
     for line in _quality_summary(report / "report.json"):
         print(line)
+    problem = repeat_check(CONSOLE)
+    if problem:
+        print(f"make demo: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

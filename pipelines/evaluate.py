@@ -289,7 +289,40 @@ def _scalars(m: dict) -> dict:
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
-def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
+class Progress:
+    """One console line per stage; while clips are evaluated, a line per finished clip (at most one per ``every_s``,
+    the first and the last always) with the time elapsed and an ETA. The first clip also waits for the actors to load
+    their models: its line says how long that took, and the ETA is the mean time per clip after it."""
+
+    def __init__(self, n: int, log, *, every_s: float = 10.0):
+        self.n, self.log, self.every_s = n, log, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.t_first: float | None = None
+        self.done = 0
+
+    def stage(self, text: str) -> None:
+        self.log(f"vssflow evaluate: {text}")
+
+    def clip(self, task: str) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = now
+            self.stage(f"clip 1/{self.n} ({task}) after {_duration(now - self.t0)} (models loaded)")
+            return
+        if self.done != self.n and now - self.last < self.every_s:
+            return
+        self.last = now
+        eta = (now - self.t_first) / (self.done - 1) * (self.n - self.done)
+        self.stage(f"clip {self.done}/{self.n} ({task}) {_duration(now - self.t0)} elapsed, ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _run_clips(cfg: EvalConfig, n: int, progress: Progress | None = None) -> list[dict]:
     import ray
 
     started = start_ray(cfg.ray_address, num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), log_to_driver=False)
@@ -306,7 +339,12 @@ def _run_clips(cfg: EvalConfig, n: int) -> list[dict]:
             num_cpus=1,
             num_gpus=actor_gpus(device),
         )
-        return sorted(ds.take_all(), key=lambda r: r["idx"])
+        rows = []
+        for row in ds.iter_rows():  # streamed, one progress line per clip as it completes
+            rows.append(row)
+            if progress is not None:
+                progress.clip(row["task"])
+        return sorted(rows, key=lambda r: r["idx"])
     finally:
         if started:
             ray.shutdown()
@@ -382,14 +420,22 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     if not len(source):
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
     log(f"vssflow evaluate: {len(source)} clips of {cfg.data} with {cfg.model} ({cfg.steps} steps, cfg {cfg.cfg})")
-    rows = _run_clips(cfg, len(source))
+    progress = Progress(len(source), log)
+    progress.stage(f"generating and scoring {len(source)} clips on {max(1, cfg.actors)} actor(s) (each loads the "
+                   f"model, ASR {cfg.asr} and embedding {cfg.embedding} first)")  # fmt: skip
+    rows = _run_clips(cfg, len(source), progress)
     describe = json.loads(rows[0]["describe_json"])
     clips = [_clip_entry(r) for r in rows]
     train_sentences = source.train_sentences()
     for c in clips:  # None: no transcript to compare
         key = sentence_key(c.get("transcript"))
         c["transcript_in_train"] = (key in train_sentences) if key else None
+    if cfg.validate > 0:
+        t_val = time.perf_counter()
+        progress.stage(f"metric validation: perturbed ground truth of {cfg.validate} clip(s) per task")
     validation = _validation(cfg, source)
+    if cfg.validate > 0:
+        progress.stage(f"metric validation done in {_duration(time.perf_counter() - t_val)}")
     report = {
         "config": {k: v for k, v in asdict(cfg).items()},
         "model": {
@@ -405,6 +451,7 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
         "validation": validation,
         "seconds": time.perf_counter() - t0,
     }
+    progress.stage("report, plots and the MLflow run")
     plots = write_plots(report, out, cfg)
     report["plots"] = plots
     tracking = cfg.mlflow_uri

@@ -56,7 +56,14 @@ TRAIN_COLUMNS = [
     "speaker_emb",
     "mel",
 ]
-WORKER_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+# RAY_TRAIN_ENABLE_PRINT_PATCH=0: a worker's print goes to its stdout once. Ray Train's patched print logs it through
+# the root logger (a console handler) and also tees it to sys.stdout when that is wrapped, as it is in our workers:
+# every "vssflow train: step" line (and DeepSpeed's prints) reached the console twice.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false",
+              "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # fmt: skip
+# Ray Train's own console lines at WARNING and above: a failure, a restart and a slow collective are still said; the
+# four "Checkpoint successfully created" / "Reporting training result" lines of every checkpoint are not.
+RAY_TRAIN_LOG_LEVEL = "WARNING"
 
 
 @dataclass
@@ -322,6 +329,7 @@ def run_training(
         run["resume_checkpoint"] = last.path
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # the split coordinator's bars redrawn as console lines (5 identical per epoch)
     plan = worker_plan(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -336,11 +344,15 @@ def run_training(
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": plan["env_vars"]},
+            logging_config=ray.train.LoggingConfig(log_level=RAY_TRAIN_LOG_LEVEL),
         ),
         # a small set in blocks of one row: the workers' equal shares then mix the tasks (8-row blocks of one-task
         # shards gave a 14-clip set's V2S rows to one worker and its speech to the other)
-        datasets={"train": build_dataset(shards, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8,
-                                         cache=data_mb <= cfg.cache_mb)},  # fmt: skip
+        datasets={
+            "train": build_dataset(
+                shards, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8, cache=data_mb <= cfg.cache_mb
+            )
+        },
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     with mlflow_utils.failed_on_error(state["mlflow_run_id"], tracking_uri=tracking_uri):  # not left RUNNING

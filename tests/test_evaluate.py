@@ -58,7 +58,13 @@ def test_evaluate_manifest_end_to_end(cluster, corpus, model, tmp_path):
     out = tmp_path / "report"
     cfg = EvalConfig(model=str(model), data=str(corpus), out=str(out), tasks=("v2s", "tts"), max_clips=1, steps=2,
                      validate=1, split=None)  # fmt: skip
-    report = evaluate(cfg)
+    console: list[str] = []
+    report = evaluate(cfg, log=console.append)
+    # a line per stage, the clips with an ETA (issue 14: evaluate was silent for minutes)
+    stages = [x.removeprefix("vssflow evaluate: ").split(" ")[0] for x in console]
+    assert stages == ["2", "generating", "clip", "clip", "metric", "metric", "report,", "report"], console
+    assert console[2].startswith("vssflow evaluate: clip 1/2 (") and console[2].endswith("(models loaded)")
+    assert console[3].startswith("vssflow evaluate: clip 2/2 (") and console[3].endswith("elapsed, ETA 0s")
     for name in ("report.json", "report.md"):
         assert (out / name).is_file()
     saved = json.loads((out / "report.json").read_text())

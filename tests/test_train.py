@@ -215,6 +215,31 @@ def test_too_few_clips_for_the_workers_is_refused_before_ray_starts(tmp_path):
     assert "2 training clips" in out and "3 workers" in out and "--workers 2" in out
 
 
+def test_a_train_run_prints_each_line_once_and_none_of_rays_noise(cluster, data, tmp_path):
+    """`vssflow train` in a fresh process, its console captured (issue 14, "logs a person reads"): each training line
+    once (Ray Train's print patch printed them twice), no line more than 3 times (the demo's check), none of the
+    placement-group cleaner's once-a-second State API warnings. The module's Ray runs beside it, as other jobs do."""
+    import subprocess
+    import sys
+
+    from pipelines.demo import repeated_lines
+
+    model_flags = [x for k, v in TOY_MODEL.items() for x in ("--model-overrides", f"{k}={v}")]
+    argv = ["train", "--data", data, "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),
+            "--max-steps", "20", "--checkpoint-every", "10", "--eval-every", "0", "--register-as", "",
+            *model_flags]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    lines = console.splitlines()
+    for step in (10, 20):
+        assert sum(f"vssflow train: step {step}/20 loss" in x for x in lines) == 1, console
+    assert repeated_lines(lines) == {}
+    assert "Failed to query Ray Train Controller" not in console and "multiple active Ray" not in console
+    assert "Reporting training result" not in console and "Checkpoint successfully created" not in console
+
+
 # ---- no Ray needed ----------------------------------------------------------------------------------------------
 
 
