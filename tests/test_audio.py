@@ -529,3 +529,38 @@ def test_read_errors_are_ours_and_one_line(tmp_path):
     with pytest.raises(InputError) as err:
         read_audio(tmp_path / "notes.wav")
     assert_one_line(err.value, "notes.wav")
+
+
+def _flac(path, seconds: float, *, rate: int = 48000, streamed: bool = False):
+    """An hour of FLAC silence is a ~0.5 MB file that decodes to 690 MB (float32 at 48 kHz). ``streamed``: written
+    to a pipe, so that its header does not say how long it is."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono:d={seconds}"]
+    with open(path, "wb") as out:
+        subprocess.run([*cmd, "-c:a", "flac", "-f", "flac", "pipe:1" if streamed else str(path)], stdout=out,
+                       check=True)  # fmt: skip
+    return path
+
+
+def test_an_hour_of_compressed_audio_is_refused_before_decoding_and_a_length_it_hides_too(tmp_path):
+    import resource
+
+    hour = _flac(tmp_path / "hour.flac", 3600)
+    assert hour.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with pytest.raises(ClipTooLongError) as err:
+        read_audio(hour, max_seconds=30)
+    assert_one_line(err.value, "hour.flac")
+    assert "3600.00 s long; at most 30 s" in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 100_000_000  # not decoded
+    hidden = _flac(tmp_path / "hidden.flac", 3600, streamed=True)
+    assert sf.info(str(hidden)).frames == 2**63 - 1  # libsndfile's "unknown"
+    with pytest.raises(InputError) as err:  # before: "audio is 192153584101141.16 s long"
+        read_audio(hidden, max_seconds=30)
+    assert_one_line(err.value, "hidden.flac")
+    assert "does not declare its length" in str(err.value)
+    assert read_audio(_flac(tmp_path / "ok.flac", 2.0), max_seconds=30).shape == (2 * SR,)

@@ -75,3 +75,72 @@ def test_a_malformed_npz_is_one_line_naming_the_upload(body, message):
         read_features_file(body, source="upload.npz")
     assert str(e.value).startswith("upload.npz: ") and "\n" not in str(e.value)
     assert e.value.reason == "bad_features"
+
+
+# ---- decompression bombs: declared sizes are checked before anything is unpacked ---------------------------------
+def _npz_bomb(shape: tuple[int, ...], *, header_shape: tuple[int, ...] | None = None) -> bytes:
+    """A deflated .npz whose ``sem`` is ``shape`` float32 zeros, streamed (never held whole here); ``header_shape``
+    makes the .npy header declare another shape than the bytes that follow."""
+    import zipfile
+
+    buf = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": header_shape or shape}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("duration_s.npy", _npy(np.float32(2.0)))
+        zf.writestr("task.npy", _npy(np.str_("v2s")))
+        with zf.open("sem.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            left, chunk = int(np.prod(shape)) * 4, b"\0" * (1 << 22)
+            while left > 0:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+    return buf.getvalue()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_an_npz_bomb_is_refused_from_its_declared_sizes_before_unpacking():
+    from vssflow.data.features_file import FeaturesTooLargeError
+
+    bomb = _npz_bomb((100_000, 1000))  # 400 MB of zeros
+    assert len(bomb) < 1_000_000  # what the client sends
+    before = _peak_rss()
+    with pytest.raises(FeaturesTooLargeError, match=r"^upload: unpacks to 400.0 MB; at most 16 MB"):
+        read_features_file(bomb, source="upload", max_bytes=16_000_000)
+    assert _peak_rss() - before < 50_000_000  # nothing was unpacked
+    # a header that declares a huge shape over a few bytes (np.load allocates the declared shape first)
+    liar = _npz_bomb((4,), header_shape=(10**9, 1000))
+    with pytest.raises(FeaturesTooLargeError, match="unpacks to 4000000.0 MB"):
+        read_features_file(liar, source="upload", max_bytes=16_000_000)
+    # the same file is read as before under a limit it fits
+    small = features_to_npz(random_features(32, 1.6, "v2s"))
+    assert read_features_file(small, max_bytes=16_000_000).sem.shape[1] == 32
+
+
+def test_a_parquet_bomb_is_refused_from_its_footer_before_decompressing():
+    from vssflow.data.features_file import FeaturesTooLargeError
+
+    f = random_features(32, 1.6, "v2s")
+    f.mel = np.zeros((200, 64), np.float32)
+    f.meta = {"clip_id": "c0"}
+    row = features_to_row(f)
+    row["sem"] = np.zeros((400_000, 32), np.float16)  # 25.6 MB of zeros
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table([row], build_schema(sem_dim=32)), buf, compression="zstd")
+    assert buf.tell() < 2_000_000
+    with pytest.raises(FeaturesTooLargeError, match=r"^upload: unpacks to 2\d.\d MB; at most 4 MB"):
+        read_features_file(buf.getvalue(), source="upload", max_bytes=4_000_000)
+    two = _parquet([features_to_row(f), features_to_row(f)], 32)
+    with pytest.raises(FeaturesFileError, match="has 2 rows; send exactly one"):  # refused from the footer too
+        read_features_file(two, source="upload", max_bytes=4_000_000)
+    assert read_features_file(_parquet([features_to_row(f)], 32), max_bytes=4_000_000).task == "v2s"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import select
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +21,7 @@ httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
 MAX_UPLOAD_MB = 16.0
+MAX_DECODED_PIXELS = 2_000_000
 APP = "limits"
 
 
@@ -38,7 +41,8 @@ def server(tmp_path_factory):
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(
         model=str(model), max_upload_mb=MAX_UPLOAD_MB, max_video_seconds=8.0, max_pixels=200 * 200,
-        upload_dir=str(root / "uploads"), generator=Scaling(num_cpus=1), extractor=Scaling(num_cpus=1),
+        max_decoded_pixels=MAX_DECODED_PIXELS, max_reference_seconds=30.0, upload_dir=str(root / "uploads"),
+        generator=Scaling(num_cpus=1), extractor=Scaling(num_cpus=1),
     )  # fmt: skip
     url = start(config, port=free_port(), name=APP)
     try:
@@ -141,3 +145,68 @@ def test_a_chunked_300_mb_upload_is_refused_at_the_limit_with_bounded_memory(ser
     assert grown < 4 * MAX_UPLOAD_MB * 1e6, f"the ingress replica grew by {grown / 1e6:.0f} MB"
     time.sleep(0.5)
     assert httpx.get(f"{server['url']}/healthz", timeout=30).json() == {"status": "ok"}
+
+
+# ---- decompression bombs ------------------------------------------------------------------------------------------
+def _video(path: Path, size: str, seconds: float, *, faststart: bool = False) -> bytes:
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=25:d={seconds}",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]  # fmt: skip
+    subprocess.run([*cmd, *(["-movflags", "+faststart"] if faststart else []), str(path)], check=True)
+    return path.read_bytes()
+
+
+def _post(url: str, route: str, files: dict, data: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{url}{route}", files=files, data=data or {}, timeout=300)
+
+
+def test_an_npz_bomb_is_refused_before_it_is_unpacked(server):
+    """400 MB of zeros in a ~0.4 MB .npz: refused (413) from its .npy headers; the replica never unpacks it."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_features_file import _npz_bomb
+
+    bomb = _npz_bomb((100_000, 1000))
+    pid = _replica_pid("Api")
+    _peak_rss_reset(pid)
+    before = _peak_rss(pid)
+    r = _post(server["url"], "/v1/generate/features", {"features": ("f.npz", bomb)})
+    grown = _peak_rss(pid) - before
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    assert "unpacks to 400.0 MB" in r.json()["detail"]
+    assert grown < 4 * MAX_UPLOAD_MB * 1e6, f"the ingress replica grew by {grown / 1e6:.0f} MB"
+
+
+def test_a_long_reference_voice_is_refused_before_it_is_decoded(server, tmp_path):
+    """An hour of FLAC silence (~0.5 MB, 690 MB decoded at 48 kHz): 413 from its header, the extractor replica
+    does not decode it. Before, it was decoded whole (and then refused as silent, 422)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_audio import _flac
+
+    hour = _flac(tmp_path / "hour.flac", 3600).read_bytes()
+    video = _video(tmp_path / "v.mp4", "64x64", 1.0)
+    pid = _replica_pid("FeatureExtractor")
+    _peak_rss_reset(pid)
+    before = _peak_rss(pid)
+    files = {"video": ("v.mp4", video), "reference_voice": ("ref.flac", hour)}
+    r = _post(server["url"], "/v1/generate", files, {"task": "tts", "transcript": "hello there", "steps": "2"})
+    grown = _peak_rss(pid) - before
+    assert r.status_code == 413 and r.json()["error"] == "reference_too_long", r.text
+    assert r.json()["detail"].startswith("ref.flac: audio is 3600.00 s long; at most 30 s"), r.text
+    assert grown < 100e6, f"the extractor replica grew by {grown / 1e6:.0f} MB"
+
+
+def test_a_video_whose_decoding_is_too_big_is_refused_from_its_header_before_decord_opens_it(server, tmp_path):
+    """The per-frame cap bounds only a frame: a wide or long video within it can still decode to gigabytes (a
+    5760x360 minute is 9 GB). Its total decoded pixels are capped, and the header (ffprobe) is checked before
+    decord opens the file."""
+    wide = _video(tmp_path / "wide.mp4", "320x96", 4.0)  # 30720 px a frame (under 40000), 3.1 M px decoded
+    r = _post(server["url"], "/v1/generate", {"video": ("wide.mp4", wide)}, {"task": "v2s", "steps": "2"})
+    assert r.status_code == 413 and r.json()["error"] == "too_many_pixels", r.text
+    assert "320x96 for 4.0 s" in r.json()["detail"]
+    # a long video cut after its header: ffprobe reads the length from the header and the request is refused as
+    # too long; decord, had it opened the file, would have found it truncated (422)
+    long = _video(tmp_path / "long.mp4", "64x64", 12.0, faststart=True)
+    r = _post(server["url"], "/v1/generate", {"video": ("long.mp4", long[: len(long) // 3])}, {"task": "v2s"})
+    assert r.status_code == 413 and r.json()["error"] == "video_too_long", r.text
+    ok = _post(server["url"], "/v1/generate", {"video": ("v.mp4", _video(tmp_path / "ok.mp4", "64x64", 1.0))},
+               {"task": "v2s", "steps": "2"})  # fmt: skip
+    assert ok.status_code == 200, ok.text

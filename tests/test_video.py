@@ -141,3 +141,31 @@ def test_bad_files(videos, tmp_path):
         read_audio_track(videos["h264_aac_30.mp4"], max_seconds=1.0)
     # every one of these is an InputError (batch jobs quarantine the row)
     assert issubclass(ClipTooLongError, InputError) and issubclass(BadVideoError, InputError)
+
+
+@needs_ffmpeg
+def test_the_declared_size_is_read_with_ffprobe_and_a_hanging_ffprobe_is_a_one_line_timeout(tmp_path, monkeypatch):
+    """Limits on uploads are checked on the header (ffprobe) before decord opens a file; an ffprobe that hangs
+    (a hostile file, a loaded host) ends in ProbeTimeoutError (HTTP 504), not subprocess.TimeoutExpired (a 500)."""
+    import os
+    import shutil
+
+    from vssflow.errors import ProbeTimeoutError
+    from vssflow.media.video import declared_video
+
+    video = tmp_path / "wide.mp4"
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x96:rate=25:d=2",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    d = declared_video(video)
+    assert (d.width, d.height) == (320, 96) and d.duration == pytest.approx(2.0, abs=0.05)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ffprobe").write_text("#!/bin/sh\nexec sleep 30\n")
+    (fake / "ffprobe").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("ffprobe") == str(fake / "ffprobe")
+    with pytest.raises(ProbeTimeoutError) as err:
+        declared_video(video, timeout_s=0.5)
+    assert str(err.value).startswith(f"{video}: reading the video's header took over 0.5 s")
+    assert "\n" not in str(err.value) and err.value.reason == "probe_timeout"

@@ -41,6 +41,12 @@ class ClipTooLongError(InputError):
     reason = "clip_too_long"
 
 
+class ProbeTimeoutError(InputError):
+    """ffprobe did not finish reading a file's header in time (a hostile or damaged file, or an overloaded host)."""
+
+    reason = "probe_timeout"
+
+
 class TranscriptError(InputError):
     """Empty transcript, nothing pronounceable, or an unsupported script."""
 

@@ -189,6 +189,13 @@ def _frame_size(height: int, width: int, max_short_side: int | None) -> tuple[in
     return 2 * round(height * scale / 2), 2 * round(width * scale / 2)
 
 
+def decoded_pixels(height: int, width: int, duration: float, *, max_short_side: int | None) -> int:
+    """Pixels :func:`prepare` holds decoded for a ``height`` x ``width`` video of ``duration`` seconds: LIP_FPS
+    frames a second at the decode size (the short side brought down to ``max_short_side``, the long side is not)."""
+    h, w = _frame_size(height, width, max_short_side) or (height, width)
+    return int(round(max(duration, 0.0) * LIP_FPS)) * h * w
+
+
 def prepare(
     video: str | os.PathLike,
     *,

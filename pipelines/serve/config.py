@@ -62,6 +62,10 @@ class ServeConfig:
         max_upload_mb: largest request body (413 above it).
         max_video_seconds: longest video accepted (413); longer than the model window is fine (windows).
         max_pixels: largest frame (width * height) accepted (413).
+        max_decoded_pixels: most pixels the decoding of one video may hold (25 frames a second at the decode size,
+            whose short side is at most 360): a minute of 640x360 by default; a wide or long video over it gets 413.
+        max_reference_seconds: longest reference voice (413); it is never decoded past this, whatever its header.
+        probe_timeout_s: ffprobe's time to read an upload's header; longer is a 504 with a message.
         max_steps, max_cfg: bounds of the sampling options (422 outside).
         max_inflight: requests inside the ingress at once; more get 503 + Retry-After.
         retry_after_s: the Retry-After value.
@@ -76,6 +80,9 @@ class ServeConfig:
     max_upload_mb: float = 50.0
     max_video_seconds: float = 60.0
     max_pixels: int = 1920 * 1080
+    max_decoded_pixels: int = 60 * 25 * 640 * 360
+    max_reference_seconds: float = 30.0
+    probe_timeout_s: float = 30.0
     max_steps: int = 200
     max_cfg: float = 20.0
     max_inflight: int = 16

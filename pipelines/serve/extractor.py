@@ -49,9 +49,29 @@ class FeatureExtractor:
     async def __call__(self, job: dict) -> dict:
         return await asyncio.to_thread(self._extract, job)
 
+    def _check_video(self, name: str, width: int, height: int, duration: float | None) -> None:
+        """The limits on a video upload (413): length, frame size and the pixels its decoding would hold."""
+        from vssflow.inference import decoded_pixels
+
+        c = self.config
+        if duration is not None and duration > c.max_video_seconds:
+            raise HTTPError(413, "video_too_long", f"{name}: video is {duration:.1f} s; at most "
+                            f"{c.max_video_seconds:g} s are accepted")  # fmt: skip
+        if width * height > c.max_pixels:
+            raise HTTPError(413, "resolution_too_large", f"{name}: {width}x{height} frames; at most "
+                            f"{c.max_pixels} pixels per frame are accepted, downscale it")  # fmt: skip
+        short_side = self.extractors.config.max_short_side
+        if duration is not None and decoded_pixels(height, width, duration, max_short_side=short_side) > (
+            c.max_decoded_pixels
+        ):
+            raise HTTPError(413, "too_many_pixels", f"{name}: {width}x{height} for {duration:.1f} s decodes to more "
+                            f"than {c.max_decoded_pixels / 1e6:g} megapixels; make it shorter or smaller")  # fmt: skip
+
     def _extract(self, job: dict) -> dict:
+        from vssflow.audio.io import read_audio
+        from vssflow.errors import ClipTooLongError, ProbeTimeoutError
         from vssflow.inference import prepare
-        from vssflow.media.video import probe
+        from vssflow.media.video import declared_video, probe
 
         workdir = tempfile.mkdtemp(prefix=f"x-{job['request_id']}-", dir=job["upload_dir"])
         video = os.path.join(workdir, "video" + job["video_suffix"])
@@ -60,18 +80,19 @@ class FeatureExtractor:
             Path(video).write_bytes(job["video"])
             ref = None
             if job.get("reference_voice") is not None:
-                ref = os.path.join(workdir, "reference" + job["reference_suffix"])
-                Path(ref).write_bytes(job["reference_voice"])
-                names[ref] = job["reference_name"]
+                path = os.path.join(workdir, "reference" + job["reference_suffix"])
+                Path(path).write_bytes(job["reference_voice"])
+                names = {path: job["reference_name"], **names}  # before its directory's name replaces it
+                try:  # decoded up to the limit and no further, whatever its header says
+                    ref = read_audio(path, max_seconds=self.config.max_reference_seconds)
+                except ClipTooLongError as e:
+                    raise HTTPError(413, "reference_too_long", clean_paths(str(e), names)) from e
+            # the header's claims first (ffprobe), so that nothing over a limit is ever opened by decord; then the
+            # same limits on what decord finds
+            declared = declared_video(video, timeout_s=self.config.probe_timeout_s)
+            self._check_video(job["video_name"], declared.width, declared.height, declared.duration)
             info = probe(video)
-            if info.duration > self.config.max_video_seconds:
-                raise HTTPError(413, "video_too_long",
-                                f"{job['video_name']}: video is {info.duration:.1f} s; at most "
-                                f"{self.config.max_video_seconds:g} s are accepted")  # fmt: skip
-            if info.width * info.height > self.config.max_pixels:
-                raise HTTPError(413, "resolution_too_large",
-                                f"{job['video_name']}: {info.width}x{info.height} frames; at most "
-                                f"{self.config.max_pixels} pixels per frame are accepted, downscale it")  # fmt: skip
+            self._check_video(job["video_name"], info.width, info.height, info.duration)
             with self.lock:
                 features = prepare(video, request=job["request"], reference_voice=ref, extractors=self.extractors,
                                    info=info, clip_id=job["request_id"])  # fmt: skip
@@ -79,6 +100,8 @@ class FeatureExtractor:
             return {"ok": True, "features": features}
         except HTTPError as e:
             return {"ok": False, "status": e.status, "reason": e.reason, "detail": e.detail}
+        except ProbeTimeoutError as e:
+            return {"ok": False, "status": 504, "reason": e.reason, "detail": clean_paths(str(e), names)}
         except InputError as e:
             return {"ok": False, "status": 422, "reason": e.reason, "detail": clean_paths(str(e), names)}
         finally:

@@ -25,7 +25,7 @@ from pipelines.serve.config import ServeConfig
 from pipelines.serve.forms import FeaturesForm, GenerateForm, HTTPError, clean_paths, multipart_schema, one_line
 from pipelines.serve.limits import limited_receive, read_upload, too_large
 from vssflow.constants import SAMPLE_RATE, TASKS
-from vssflow.data.features_file import read_features_file
+from vssflow.data.features_file import FeaturesTooLargeError, read_features_file
 from vssflow.errors import InputError
 from vssflow.inference import check_request, with_speech_span
 
@@ -262,8 +262,10 @@ class Api:
     async def _generate_from_features(self, form, rid: str) -> Response:
         params: FeaturesForm = self._fields(form, FeaturesForm, {"features"})
         data, name = await self._read_file(form, "features", required=True)
-        try:
-            f = read_features_file(data)
+        try:  # never unpacks to more than the body limit: the declared sizes are checked first
+            f = read_features_file(data, max_bytes=int(self.config.max_upload_mb * 1e6))
+        except FeaturesTooLargeError as e:
+            raise HTTPError(413, e.reason, str(e).splitlines()[0]) from e
         except InputError as e:
             raise HTTPError(422, e.reason, str(e).splitlines()[0]) from e
         if not (np.isfinite(f.duration_s) and 0 < f.duration_s <= self.config.max_video_seconds):

@@ -76,12 +76,14 @@ def read_audio(
     path = Path(path)
     info = _info(path)
     duration = info.frames / info.samplerate
-    if max_seconds is not None and duration > max_seconds + 1e-6:
-        raise ClipTooLongError(
-            f"audio is {duration:.2f} s long, the maximum is {max_seconds:g} s; "
-            f"trim it (e.g. ffmpeg -i IN -t {max_seconds:g} OUT.wav)",
+    if info.frames >= _UNKNOWN_FRAMES:  # libsndfile cannot read a file that does not declare its length
+        raise InputError(
+            "audio file does not declare its length (written to a pipe?); re-export it to a file, "
+            "e.g. ffmpeg -i IN -ar 16000 OUT.wav",
             source=str(path),
         )
+    if max_seconds is not None and duration > max_seconds + 1e-6:
+        raise _too_long(f"{duration:.2f} s long", max_seconds, path)
     if require_rate and info.samplerate != sample_rate:
         raise SampleRateError(
             f"sample rate is {info.samplerate} Hz but {sample_rate} Hz is required; "
@@ -89,7 +91,10 @@ def read_audio(
             source=str(path),
         )
     try:
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+        # With a maximum, never decode more than it (plus one frame to tell), whatever the header said: a small
+        # FLAC of silence decodes to hours.
+        limit = -1 if max_seconds is None else int(np.ceil(max_seconds * info.samplerate)) + 1
+        data, file_rate = sf.read(str(path), frames=limit, dtype="float32", always_2d=True)  # (N, C)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise InputError(
             f"audio file is truncated or corrupt ({err}); re-export it, e.g. ffmpeg -i IN -ar 16000 OUT.wav",
@@ -97,6 +102,8 @@ def read_audio(
         ) from err
     if data.shape[0] == 0:
         raise EmptyFileError("audio file contains no samples; re-export it with sound in it", source=str(path))
+    if limit > 0 and data.shape[0] / file_rate > max_seconds + 1e-6:
+        raise _too_long(f"longer than {max_seconds:g} s", max_seconds, path)
     if not np.isfinite(data).all():
         raise InputError("audio contains NaN or infinite samples; re-export it as PCM WAV", source=str(path))
     wav = data.T  # (C, N)
@@ -106,6 +113,17 @@ def read_audio(
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(file_rate), int(sample_rate)).numpy()
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     return wav[0] if mono else wav
+
+
+_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count of a file that does not declare its length
+
+
+def _too_long(what: str, max_seconds: float, path: Path) -> ClipTooLongError:
+    return ClipTooLongError(
+        f"audio is {what}; at most {max_seconds:g} s is accepted: trim it "
+        f"(e.g. ffmpeg -i IN -t {max_seconds:g} OUT.wav)",
+        source=str(path),
+    )
 
 
 def write_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:

@@ -7,6 +7,10 @@ Two forms, told apart by their first bytes:
   an empty array is the same as an absent one. :func:`features_to_npz` writes it.
 * a one-row Parquet file of the shard schema (:mod:`vssflow.data.schema`); its target ``mel`` is dropped.
 
+Compressed input is a decompression bomb until proven otherwise (100 MB of zeros deflate to ~100 KB): with
+``max_bytes`` the sizes the file declares (each ``.npy`` header's shape and dtype and each zip entry's size; the
+Parquet footer's row count and uncompressed column sizes) are checked before anything is unpacked.
+
 Shapes against a model are checked later, by the generator (``Generator.check``); here only what the file itself
 says: readable, the arrays known, a task, a duration, a valid span. Every failure is one :class:`FeaturesFileError`
 line that starts with the upload's name.
@@ -33,6 +37,12 @@ class FeaturesFileError(InputError):
     reason = "bad_features"
 
 
+class FeaturesTooLargeError(FeaturesFileError):
+    """An uploaded features file that unpacks to more than allowed (HTTP 413)."""
+
+    reason = "too_large"
+
+
 def features_to_npz(f: ClipFeatures) -> bytes:
     """``f`` -> the ``.npz`` bytes :func:`read_features_file` reads back (``mel`` and ``meta`` are not written)."""
     arrays: dict[str, np.ndarray] = {"duration_s": np.float32(f.duration_s), "task": np.str_(f.task), "sem": f.sem}
@@ -46,20 +56,64 @@ def features_to_npz(f: ClipFeatures) -> bytes:
     return buf.getvalue()
 
 
-def read_features_file(data: bytes, *, source: str = "features") -> ClipFeatures:
+def read_features_file(data: bytes, *, source: str = "features", max_bytes: int | None = None) -> ClipFeatures:
     """The clip of an uploaded ``.npz`` or one-row Parquet file.
 
     Args:
         data: the file's bytes.
         source: the upload's name in error messages.
+        max_bytes: the most the file may unpack to, checked on its declared sizes before unpacking.
 
     Raises:
+        FeaturesTooLargeError: it declares more than ``max_bytes`` unpacked.
         FeaturesFileError: unreadable, an unknown or missing array, a bad task, duration or span, not one row.
     """
-    return _read_parquet(data, source) if data[:4] == _PARQUET_MAGIC else _read_npz(data, source)
+    if data[:4] == _PARQUET_MAGIC:
+        return _read_parquet(data, source, max_bytes)
+    return _read_npz(data, source, max_bytes)
 
 
-def _read_npz(data: bytes, source: str) -> ClipFeatures:
+def _too_large(size: float, max_bytes: int, source: str) -> FeaturesTooLargeError:
+    return FeaturesTooLargeError(f"unpacks to {size / 1e6:.1f} MB; at most {max_bytes / 1e6:g} MB are accepted "
+                                 "(a clip's features are a few MB)", source=source)  # fmt: skip
+
+
+def _check_npz_sizes(data: bytes, source: str, max_bytes: int) -> None:
+    """Refuse a ``.npz`` whose entries declare more than ``max_bytes``, reading only the zip directory and the
+    ``.npy`` headers (np.load would allocate each array's declared shape before reading it)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > len(NPZ_REQUIRED) + len(NPZ_OPTIONAL):
+                raise FeaturesFileError(f".npz has {len(infos)} entries; expected at most "
+                                        f"{len(NPZ_REQUIRED) + len(NPZ_OPTIONAL)} arrays", source=source)  # fmt: skip
+            declared = sum(i.file_size for i in infos)
+            if declared > max_bytes:
+                raise _too_large(declared, max_bytes, source)
+            total = 0
+            for info in infos:
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(f, max_header_size=10_000)
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if total > max_bytes:
+                    raise _too_large(total, max_bytes, source)
+    except FeaturesFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged zip or .npy header is the client's file
+        raise FeaturesFileError(f"not a readable .npz file ({type(e).__name__})", source=source) from e
+
+
+def _read_npz(data: bytes, source: str, max_bytes: int | None) -> ClipFeatures:
+    if max_bytes is not None:
+        _check_npz_sizes(data, source, max_bytes)
     try:
         z = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
@@ -97,11 +151,43 @@ def _read_npz(data: bytes, source: str) -> ClipFeatures:
                         phoneme_durations=opt("phoneme_durations"))  # fmt: skip
 
 
-def _read_parquet(data: bytes, source: str) -> ClipFeatures:
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
+
+
+def _parquet_declared_bytes(meta) -> int:
+    """An upper bound of what a Parquet file decodes to, from its footer. A column chunk's "uncompressed" size is
+    after dictionary and run-length encoding (a million zeros are a few bytes of it), so fixed-width values count
+    as values x width; a string column's values may each repeat a dictionary entry, so they count as values x the
+    chunk's whole size (a one-row file has a handful)."""
+    total = 0
+    for r in range(meta.num_row_groups):
+        rg = meta.row_group(r)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            if col.physical_type == "BYTE_ARRAY":
+                total += col.total_uncompressed_size * max(1, col.num_values)
+                continue
+            fixed = col.physical_type == "FIXED_LEN_BYTE_ARRAY"
+            width = meta.schema.column(c).length if fixed else _WIDTH.get(col.physical_type, 8)
+            total += max(col.total_uncompressed_size, col.num_values * max(1, width))
+    return total
+
+
+def _read_parquet(data: bytes, source: str, max_bytes: int | None) -> ClipFeatures:
     import pyarrow.parquet as pq
 
     from vssflow.data.schema import row_to_features, table_to_rows
 
+    try:
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    except Exception as e:  # noqa: BLE001 - any parse failure is the client's file
+        raise FeaturesFileError(f"not a vssflow shard row ({type(e).__name__})", source=source) from e
+    if meta.num_rows != 1:
+        raise FeaturesFileError(f"the Parquet file has {meta.num_rows} rows; send exactly one", source=source)
+    if max_bytes is not None:  # the footer's sizes, before any page is decompressed
+        declared = _parquet_declared_bytes(meta)
+        if declared > max_bytes:
+            raise _too_large(declared, max_bytes, source)
     try:
         rows = table_to_rows(pq.read_table(io.BytesIO(data)))
     except Exception as e:  # noqa: BLE001 - any parse failure is the client's file

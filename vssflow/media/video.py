@@ -34,6 +34,8 @@ from vssflow.errors import (
     EmptyFileError,
     MissingFileError,
     NoAudioTrackError,
+    ProbeTimeoutError,
+    VssflowError,
 )
 
 # Containers/codecs whose audio we decode with ffmpeg rather than decord (see module docstring).
@@ -88,14 +90,27 @@ def _check_file(path: str | os.PathLike) -> str:
     return str(p)
 
 
-def _ffprobe(path: str) -> dict | None:
-    """Container facts from ffprobe, or None when ffprobe is not installed. Raises BadVideoError if it fails."""
+# ffprobe/ffmpeg on a user's file open only local files and pipes: a playlist or concat file naming http://,
+# tcp:// or another file's protocol is refused instead of followed (server-side request forgery).
+PROTOCOLS = ["-protocol_whitelist", "file,pipe"]
+
+
+def _ffprobe(path: str, *, timeout_s: float = 60.0) -> dict | None:
+    """Container facts from ffprobe, or None when ffprobe is not installed.
+
+    Raises:
+        BadVideoError if it fails, ProbeTimeoutError if it takes longer than ``timeout_s``.
+    """
     exe = shutil.which("ffprobe")
     if exe is None:
         return None
-    cmd = [exe, "-v", "error", "-of", "json", "-show_entries"]
-    cmd += ["format=duration:stream=codec_type,codec_name,nb_frames,r_frame_rate,duration:stream_tags=DURATION", path]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cmd = [exe, "-v", "error", *PROTOCOLS, "-of", "json", "-show_entries"]
+    entries = "format=duration:stream=codec_type,codec_name,nb_frames,r_frame_rate,duration,width,height"
+    cmd += [entries + ":stream_tags=DURATION", path]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise ProbeTimeoutError(f"reading the video's header took over {timeout_s:g} s; {_FIX_BAD}", source=path) from e
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unreadable"])[-1].replace(path, "").strip(": ")
         raise BadVideoError(f"not a readable video ({last}); {_FIX_BAD}", source=path)
@@ -178,6 +193,39 @@ def _check_length(duration: float, max_seconds: float | None, path: str) -> None
 
 
 # ------------------------------------------------------------------------------------------------------------ public
+
+
+@dataclass(frozen=True)
+class DeclaredVideo:
+    """What a video's header says (ffprobe), before any frame is decoded: a claim, checked again by :func:`probe`.
+
+    Attributes:
+        width, height: frame size of the first video stream.
+        duration: seconds (None when the container does not say: a streamed WebM).
+    """
+
+    width: int
+    height: int
+    duration: float | None
+
+
+def declared_video(path: str | os.PathLike, *, timeout_s: float = 60.0) -> DeclaredVideo:
+    """Read a video's declared frame size and duration with ffprobe, without opening it with decord.
+
+    For limits on untrusted uploads: a frame size or length over a limit is refused before anything is decoded.
+
+    Raises:
+        MissingFileError, EmptyFileError, BadVideoError (unreadable, no video stream), ProbeTimeoutError;
+        VssflowError when ffprobe is not installed.
+    """
+    path = _check_file(path)
+    meta = _ffprobe(path, timeout_s=timeout_s)
+    if meta is None:
+        raise VssflowError("ffprobe is not installed; install ffmpeg (`apt-get install ffmpeg`)")
+    video = [s for s in meta.get("streams", []) if s.get("codec_type") == "video" and s.get("width")]
+    if not video:
+        raise BadVideoError(f"has no video stream; {_FIX_BAD}", source=path)
+    return DeclaredVideo(int(video[0]["width"]), int(video[0]["height"]), _declared_duration(meta))
 
 
 def probe(path: str | os.PathLike, *, max_seconds: float | None = None) -> VideoInfo:
@@ -368,7 +416,8 @@ def _ffmpeg_audio(path: str, sample_rate: int) -> np.ndarray:
             "(`apt-get install ffmpeg`) or re-encode the audio as AAC in an mp4",
             source=path,
         )
-    cmd = [exe, "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate)]
+    cmd = [exe, "-nostdin", "-v", "error", *PROTOCOLS, "-i", path, "-map", "0:a:0", "-vn", "-ac", "1"]
+    cmd += ["-ar", str(sample_rate)]
     cmd += ["-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True, timeout=600)
     if proc.returncode != 0:
