@@ -5,7 +5,8 @@
   ``mlflow ui --backend-store-uri sqlite:///<run_dir>/mlflow.db`` shows the runs.
 * Training logs from rank 0 only: params (the full resolved config, flattened, and the data version), per-step
   metrics, audio samples (.wav) and spectrogram images (.png) of fixed validation clips, system metrics.
-* The final model is logged as an MLflow **pyfunc** model wrapping the ``save_pretrained`` directory and registered
+* The final model is logged as an MLflow **pyfunc** model wrapping the ``save_pretrained`` directory, with a signature
+  (:func:`model_signature`: a features .npz per clip in, its waveform out, params steps/cfg/seed), and registered
   under a name, with the registry alias ``champion`` moved to it (aliases, not the deprecated stages); Serve (or
   anyone) loads it back from ``models:/<name>@champion`` or ``models:/<name>/<version>`` with
   :func:`load_registered_generator` (or ``mlflow.pyfunc.load_model(uri).unwrap_python_model().generator``). Its
@@ -26,6 +27,7 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
@@ -210,11 +212,17 @@ class RunLogger:
 # ---- the model flavour ------------------------------------------------------------------------------------------
 
 
+FEATURES_COLUMN = "features"  # the pyfunc input: one row per clip, its conditions as a features .npz
+AUDIO_COLUMN = "audio"
+
+
 class VssflowModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a ``save_pretrained`` directory: ``load_context`` rebuilds the :class:`Generator`.
 
-    ``predict`` takes a list of ``ClipFeatures`` (or one) and returns the generated waveforms, so the model also
-    works through the generic pyfunc interface; Serve uses ``unwrap_python_model().generator`` directly.
+    ``predict`` takes what :func:`model_signature` declares: a table with one row per clip whose ``features`` column
+    holds the clip's conditions as the ``.npz`` of ``POST /v1/generate/features``
+    (:func:`vssflow.data.features_file.features_to_npz`), and the params ``steps``, ``cfg``, ``seed``; it returns each
+    clip's 16 kHz waveform (float32). Serve uses ``unwrap_python_model().generator`` directly.
     """
 
     def load_context(self, context) -> None:
@@ -223,9 +231,38 @@ class VssflowModel(mlflow.pyfunc.PythonModel):
         self.model_dir = context.artifacts[MODEL_ARTIFACT]
         self.generator = Generator.from_pretrained(self.model_dir)
 
-    def predict(self, context, model_input, params: dict | None = None):
-        clips = model_input if isinstance(model_input, list) else [model_input]
-        return [self.generator.generate(c, **(params or {})) for c in clips]
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[np.ndarray]:
+        from vssflow.data.features_file import read_features_file
+
+        params = dict(params or {})
+        seed = int(params.pop("seed", 0))
+        rows = list(model_input[FEATURES_COLUMN])
+        clips = [read_features_file(bytes(b), source=f"{FEATURES_COLUMN}[{i}]") for i, b in enumerate(rows)]
+        return [self.generator.generate(c, seed=seed + i, **params) for i, c in enumerate(clips)]
+
+
+def model_signature(model_dir: str | os.PathLike):
+    """The logged model's signature: input a ``features`` (binary) column, one ``.npz`` per clip; output an ``audio``
+    column, the clip's waveform (float32 at 16 kHz); params ``steps``, ``cfg`` (the model's own sampling defaults)
+    and ``seed`` (clip i uses seed + i)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    from vssflow.generator import SamplingConfig, read_model_config
+
+    sampling = SamplingConfig(**read_model_config(model_dir).get("sampling", {}))
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", FEATURES_COLUMN)]),
+        outputs=Schema([ColSpec(Array("float"), AUDIO_COLUMN)]),
+        params=ParamSchema(
+            [
+                ParamSpec("steps", "long", sampling.steps),
+                ParamSpec("cfg", "double", sampling.cfg_scale),
+                ParamSpec("seed", "long", 0),
+            ]
+        ),  # fmt: skip
+    )
 
 
 def log_and_register_model(
@@ -248,6 +285,7 @@ def log_and_register_model(
             # abspath, not resolve: a model directory is a symlink to a hidden version; the artifact keeps its name
             artifacts={MODEL_ARTIFACT: os.path.abspath(model_dir)},
             pip_requirements=pip_requirements(),
+            signature=model_signature(model_dir),
             registered_model_name=registered_name,
         )
     finally:
