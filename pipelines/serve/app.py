@@ -15,7 +15,8 @@ from ray import serve
 from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.model_uri import resolve_model_dir
 from pipelines.ray_runtime import add_ray_arguments, start_ray
-from pipelines.serve.config import Scaling, ServeConfig
+from pipelines.serve.config import DubService, Scaling, ServeConfig
+from pipelines.serve.dub import DubWorker
 from pipelines.serve.extractor import FeatureExtractor
 from pipelines.serve.generator import GeneratorServer
 from pipelines.serve.ingress import Api
@@ -28,17 +29,24 @@ def build_app(config: ServeConfig):
     model_dir = str(Path(config.model).resolve())
     extractor = FeatureExtractor.options(name="FeatureExtractor", **config.extractor.options()).bind(model_dir, config)
     generator = GeneratorServer.options(name="GeneratorServer", **config.generator.options()).bind(model_dir, config)
-    return Api.options(name="Api", **config.ingress.options()).bind(extractor, generator, config)
+    dubber = None
+    if config.dub is not None:  # one replica: the job table lives in it
+        options = {**config.dub.worker.options(), "num_replicas": 1}
+        del options["autoscaling_config"]
+        dubber = DubWorker.options(name="DubWorker", **options).bind(model_dir, config)
+    return Api.options(name="Api", **config.ingress.options()).bind(extractor, generator, config, dubber)
 
 
 def build_app_from_args(args: dict):
     """Application builder for a Serve config file or a KubeRay RayService (``pipelines.serve:build_app_from_args``).
 
     Args:
-        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``.
+        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``, ``dub``
+            ("on" by default: ``POST /v1/dub`` with the default :class:`DubService`; "off").
     """
     model = resolve_model_dir(str(args["model"]), tracking_uri=args.get("tracking_uri") or None)
-    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu")))
+    dub = None if str(args.get("dub", "on")).lower() == "off" else DubService()
+    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu"), dub=dub))
 
 
 def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
@@ -70,6 +78,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor-cpus", type=float, default=1.0)
     p.add_argument("--extractor-replicas", default="1", help="N or MIN:MAX (autoscaling)")
     p.add_argument("--upload-dir", default=None, help="where per-request uploads live (removed after each request)")
+    p.add_argument("--dub", choices=("on", "off"), default="on", help="POST /v1/dub: whole videos dubbed as jobs")
+    p.add_argument("--dub-max-jobs", type=int, default=4, help="dubbing jobs queued or running at once (then 503)")
+    p.add_argument("--dub-max-video-seconds", type=float, default=600.0, help="longest video dubbed (413 above)")
+    p.add_argument("--dub-result-ttl", type=float, default=3600.0, help="seconds a finished job's result is kept")
+    p.add_argument("--dub-jobs-dir", default=None, help="where dubbing jobs' uploads and results live")
+    p.add_argument("--dub-cpus", type=float, default=1.0, help="CPUs of the dubbing worker (its own model copy)")
+    p.add_argument(
+        "--dub-gpus",
+        type=float,
+        default=0.0,
+        help="GPUs of the dubbing worker (to share one GPU: --generator-gpus 0.5 --dub-gpus 0.5)",
+    )
 
 
 def _replicas(spec: str) -> tuple[int, int]:
@@ -101,6 +121,10 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
         generator=Scaling(num_cpus=args.generator_cpus, num_gpus=gpus, min_replicas=glo,
                           max_replicas=ghi, max_ongoing_requests=64),
         extractor=Scaling(num_cpus=args.extractor_cpus, min_replicas=elo, max_replicas=ehi),
+        dub=None if args.dub == "off" else DubService(
+            max_jobs=args.dub_max_jobs, max_video_seconds=args.dub_max_video_seconds,
+            result_ttl_s=args.dub_result_ttl, jobs_dir=args.dub_jobs_dir,
+            worker=Scaling(num_cpus=args.dub_cpus, num_gpus=args.dub_gpus, max_ongoing_requests=256)),
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from pipelines.serve.config import ServeConfig
+from pipelines.serve.dub_routes import DubRoutes, add_dub_routes
 from pipelines.serve.forms import FeaturesForm, GenerateForm, HTTPError, clean_paths, multipart_schema, one_line
 from pipelines.serve.limits import limited_receive, read_upload, too_large
 from vssflow.constants import SAMPLE_RATE, TASKS
@@ -40,6 +41,7 @@ app = FastAPI(
     description="Generate sound effects and lip-synced speech for silent video (VSSFlow).",
     version="1",
 )
+add_dub_routes(app)  # POST /v1/dub, GET/DELETE /v1/jobs/{id}: methods of DubRoutes, bound to Api by Serve
 
 
 def _wav_bytes(wav: np.ndarray) -> bytes:
@@ -58,13 +60,14 @@ def _suffix(filename: str | None, allowed: set[str], default: str) -> str:
 
 @serve.deployment
 @serve.ingress(app)
-class Api:
-    """HTTP front: validation, limits, load shedding; delegates to the extractor and generator deployments."""
+class Api(DubRoutes):
+    """HTTP front: validation, limits, load shedding; delegates to the extractor, generator and dubbing deployments
+    (the dubbing routes: :mod:`pipelines.serve.dub_routes`)."""
 
-    def __init__(self, extractor, generator, config: ServeConfig):
+    def __init__(self, extractor, generator, config: ServeConfig, dubber=None):
         from ray.util import metrics
 
-        self.extractor, self.generator, self.config = extractor, generator, config
+        self.extractor, self.generator, self.config, self.dubber = extractor, generator, config, dubber
         self.upload_dir = config.upload_dir or tempfile.mkdtemp(prefix="vssflow-serve-")
         os.makedirs(self.upload_dir, exist_ok=True)
         self.inflight = 0
@@ -83,7 +86,7 @@ class Api:
         body = {"error": e.reason, "detail": e.detail, "request_id": rid}
         return JSONResponse(body, status_code=e.status, headers=headers)
 
-    async def _handle(self, request: Request, route: str, work) -> Response:
+    async def _handle(self, request: Request, route: str, work, *, max_files: int = 4) -> Response:
         """Request id, size limit, load shedding, metrics and error mapping around ``work(form, rid)``."""
         rid = request.headers.get("x-request-id", "")  # set by Serve's proxy (the client's, or a new one)
         rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
@@ -102,7 +105,7 @@ class Api:
             self.m_inflight.set(self.inflight)
             try:
                 try:
-                    form = await request.form(max_files=4, max_fields=16, max_part_size=64 * 1024)
+                    form = await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
                 except HTTPError:
                     raise
                 except Exception as e:  # noqa: BLE001 - malformed multipart bodies
