@@ -1,5 +1,7 @@
 // vssflow web page: upload -> POST /v1/generate -> play the result next to the input, offer a download.
 // Progress: the upload in percent (XHR upload events), then the generation time as it runs.
+// With a subtitle file: POST /v1/dub starts a job (202 + its id), GET /v1/jobs/{id} is polled for its progress
+// (cues done / total), and the finished job's files are played and offered from their URLs.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -21,14 +23,26 @@ $("video").addEventListener("change", () => {
 
 // The default task (no task sent) is the server's, as in the CLI: joint with a transcript, else v2s. v2s takes no
 // transcript, voice or span (the server refuses a transcript with v2s): their fields are disabled, not dropped.
-$("task").addEventListener("change", () => {
+// With subtitles the cues say what is said and when: task, transcript and span give way to the speakers' voices.
+function updateFields() {
   const task = $("task").value;
-  $("transcript").required = task === "tts" || task === "joint";
-  for (const id of ["transcript", "reference_voice", "speech_span"]) $(id).disabled = task === "v2s";
-});
+  const dubbing = $("subtitles").files.length > 0;
+  $("transcript").required = !dubbing && (task === "tts" || task === "joint");
+  for (const id of ["transcript", "speech_span"]) $(id).disabled = dubbing || task === "v2s";
+  $("reference_voice").disabled = !dubbing && task === "v2s";
+  $("task").disabled = dubbing;
+  for (const id of ["voices", "stems"]) $(id).disabled = !dubbing;
+  $("submit").textContent = dubbing ? "Dub" : "Generate";
+}
+$("task").addEventListener("change", updateFields);
+$("subtitles").addEventListener("change", updateFields);
 
 $("form").addEventListener("submit", (event) => {
   event.preventDefault();
+  if ($("subtitles").files.length > 0) {
+    startDub();
+    return;
+  }
   const data = new FormData();
   data.append("video", $("video").files[0]);
   if ($("task").value) data.append("task", $("task").value);
@@ -41,17 +55,7 @@ $("form").addEventListener("submit", (event) => {
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/generate");
   xhr.responseType = "blob";
-  const progress = $("progress");
-  progress.hidden = false;
-  progress.value = 0;
-  $("submit").disabled = true;
-  document.body.dataset.state = "running";
-  xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) {
-      progress.value = Math.round((30 * e.loaded) / e.total);
-      setStatus(`Uploading ${Math.round((100 * e.loaded) / e.total)}%`);
-    }
-  };
+  begin(xhr);
   xhr.upload.onload = () => {
     const t0 = Date.now();
     progress.removeAttribute("value"); // indeterminate while the server works
@@ -60,9 +64,7 @@ $("form").addEventListener("submit", (event) => {
   xhr.onerror = () => finish(false, "Network error: is the server running?");
   xhr.onload = async () => {
     if (xhr.status !== 200) {
-      let detail = `HTTP ${xhr.status}`;
-      try { detail += ": " + JSON.parse(await xhr.response.text()).detail; } catch (e) { /* not JSON */ }
-      finish(false, detail);
+      finish(false, await errorText(xhr.status, xhr.response));
       return;
     }
     const type = xhr.getResponseHeader("Content-Type") || "";
@@ -88,6 +90,118 @@ $("form").addEventListener("submit", (event) => {
   };
   xhr.send(data);
 });
+
+// Shared by both flows: the progress bar, the busy state and the upload's progress.
+function begin(xhr) {
+  const progress = $("progress");
+  progress.hidden = false;
+  progress.value = 0;
+  $("submit").disabled = true;
+  document.body.dataset.state = "running";
+  for (const id of ["download", "report"]) $(id).hidden = true;
+  $("stem-links").textContent = "";
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) {
+      progress.value = Math.round((30 * e.loaded) / e.total);
+      setStatus(`Uploading ${Math.round((100 * e.loaded) / e.total)}%`);
+    }
+  };
+}
+
+async function errorText(status, body) {
+  let detail = `HTTP ${status}`;
+  try { detail += ": " + JSON.parse(await body.text()).detail; } catch (e) { /* not JSON */ }
+  return detail;
+}
+
+function startDub() {
+  const data = new FormData();
+  data.append("video", $("video").files[0]);
+  data.append("subtitles", $("subtitles").files[0]);
+  if ($("reference_voice").files[0]) data.append("reference_voice", $("reference_voice").files[0]);
+  // a recording named ALICE.wav is the voice of the cues of speaker ALICE (names match case-insensitively)
+  for (const f of $("voices").files) data.append(`voice.${f.name.replace(/\.[^.]*$/, "")}`, f);
+  data.append("output", $("output").value);
+  if ($("stems").checked) data.append("stems", "true");
+  for (const name of ["steps", "cfg", "seed"]) if ($(name).value !== "") data.append(name, $(name).value);
+
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/v1/dub");
+  xhr.responseType = "blob";
+  begin(xhr);
+  xhr.upload.onload = () => setStatus("Checking the video and subtitles...");
+  xhr.onerror = () => finish(false, "Network error: is the server running?");
+  xhr.onload = async () => {
+    if (xhr.status !== 202) {
+      finish(false, await errorText(xhr.status, xhr.response));
+      return;
+    }
+    const job = JSON.parse(await xhr.response.text());
+    setStatus(`Queued: job ${job.id}, ${job.cues_total} cues`);
+    poll(job.status_url);
+  };
+  xhr.send(data);
+}
+
+// The job runs on the server; the page asks how far it is every half second (no request stays open).
+async function poll(url) {
+  let job;
+  try {
+    const r = await fetch(url);
+    if (!r.ok) {
+      finish(false, await errorText(r.status, r));
+      return;
+    }
+    job = await r.json();
+  } catch (e) {
+    finish(false, "Network error: is the server running?");
+    return;
+  }
+  if (job.state === "done") return showDub(job);
+  if (job.state === "failed" || job.state === "cancelled") {
+    finish(false, job.error ? `Job ${job.state}: ${job.error.detail}` : `Job ${job.state}.`);
+    return;
+  }
+  const progress = $("progress");
+  progress.value = 30 + Math.round(70 * job.progress);
+  setStatus(job.state === "queued" ? `Queued: job ${job.id}, ${job.cues_total} cues`
+    : `Dubbing: cue ${job.cues_done}/${job.cues_total} (${job.stage}, ${Math.round(100 * job.progress)}%)`);
+  setTimeout(() => poll(url), 500);
+}
+
+function showDub(job) {
+  const url = job.urls.video;
+  const ext = url.endsWith(".mp4") ? "mp4" : "wav";
+  const player = ext === "mp4" ? $("result-video") : $("result-audio");
+  $("result-audio").hidden = ext === "mp4";
+  $("result-video").hidden = ext !== "mp4";
+  player.src = url;
+  const link = $("download");
+  link.href = url;
+  link.download = `vssflow-dub-${job.id}.${ext}`;
+  link.hidden = false;
+  const report = $("report");
+  report.href = job.urls.report;
+  report.download = `vssflow-dub-${job.id}.timing.json`;
+  report.hidden = false;
+  const stems = $("stem-links");
+  stems.textContent = "";
+  for (const kind of ["speech", "sound", "mix"]) {
+    if (!job.urls[kind]) continue;
+    const a = document.createElement("a");
+    a.href = job.urls[kind];
+    a.download = `vssflow-dub-${job.id}.${kind}.wav`;
+    a.textContent = `${kind}.wav`;
+    a.id = `stem-${kind}`;
+    stems.append(a);
+  }
+  const s = job.summary;
+  const offset = s.max_abs_offset_s === null ? "" : ` · largest cue offset ${s.max_abs_offset_s.toFixed(3)} s`;
+  const fixes = job.fixes.length ? ` · ${job.fixes.length} subtitle fixes (see the report)` : "";
+  $("meta").textContent = `job ${job.id} · seed ${job.seed} · ${job.cues_total} cues${offset}${fixes}`;
+  $("seed").placeholder = `random (last: ${job.seed})`;
+  finish(true, `Done: dubbed ${job.cues_total} cues; ${ext} ready.`);
+}
 
 function finish(ok, text) {
   clearInterval(timer);
