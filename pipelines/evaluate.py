@@ -8,7 +8,9 @@ Pipeline: clip indices -> Ray Data ``map`` over an actor pool (:class:`EvalActor
 models once, then per clip: features + ground truth -> ``Generator.generate`` -> wav file -> metrics) -> driver:
 FD / KL over the set, means with 95 % intervals per task, the metric validation (ground truth vs broken audio on a
 few clips), ``report.json`` + ``report.md`` + PNG plots (spectrograms; metric-vs-step curves of the training run
-when its MLflow store is reachable), and one MLflow run with the aggregates and the report as artifacts.
+when it is in the store), and one MLflow run with the aggregates and the report as artifacts, in the store training
+writes to by default (``./runs/mlflow.db``; :func:`pipelines.mlflow_utils.store_uri`), as a child of the model's
+training run when the store has it.
 
 Every metric is reported three times, so a score can be read against what the model could reach at best: for the
 generated audio (``metrics``), for the ground-truth mel through the model's own codec and vocoder
@@ -42,13 +44,14 @@ import numpy as np
 from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.model_uri import resolve_model_dir
 from pipelines.ray_runtime import add_ray_arguments, start_ray
-from vssflow.commands.flags import add_mlflow_uri, add_model, add_tasks, mlflow_uri
+from vssflow.commands.flags import LOCAL_STORE_HELP, add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.constants import TASKS
 from vssflow.device import DEVICE_HELP, resolve_device
 from vssflow.errors import InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
 SPEECH_SPANS = ("data", "mouth", "clip")
+EVAL_EXPERIMENT = "vssflow-eval"  # where an evaluation goes when its model's training run is not in the store
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class EvalConfig:
     ray_address: str | None = None
     num_cpus: int | None = None
     mlflow_uri: str | None = None
-    experiment: str = "vssflow-eval"
+    experiment: str | None = None  # None: the training run's experiment when the store has it, else vssflow-eval
     run_name: str | None = None
     train_run_id: str | None = None  # default: the model's own (config.json info.mlflow_run_id)
     spectrograms: int = 3
@@ -407,12 +410,14 @@ def _clip_entry(r: dict) -> dict:
 
 def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     """Run one evaluation (see the module docstring); returns the report dict (also written to report.json)."""
+    from pipelines.mlflow_utils import store_uri
     from vssflow.generator import read_model_config
     from vssflow.metrics.held_out import sentence_key, speech_breakdown
 
     t0 = time.perf_counter()
     if cfg.speech_span not in SPEECH_SPANS:
         raise InputError(f"{cfg.speech_span!r}: choose one of {', '.join(SPEECH_SPANS)}", source="--speech-span")
+    cfg = replace(cfg, mlflow_uri=store_uri(cfg.mlflow_uri))  # the store training writes to by default, too
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = read_model_config(cfg.model)
@@ -455,11 +460,6 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     plots = write_plots(report, out, cfg)
     report["plots"] = plots
     tracking = cfg.mlflow_uri
-    if tracking is None:
-        from pipelines.mlflow_utils import default_tracking_uri
-
-        tracking = default_tracking_uri(out / "mlflow")
-        (out / "mlflow").mkdir(exist_ok=True)
     report["mlflow"] = {"tracking_uri": tracking}
     write_report(report, out)
     report["mlflow"]["run_id"] = log_to_mlflow(report, out, cfg, tracking)
@@ -661,14 +661,23 @@ def _training_curves(report: dict, cfg: EvalConfig) -> dict[str, list[tuple[int,
 
 
 def log_to_mlflow(report: dict, out: Path, cfg: EvalConfig, tracking_uri: str) -> str:
-    """One run in ``cfg.experiment``: params (config, model, measured-with), metrics ``<task>/<metric>``, report."""
+    """One run: params (config, model, measured-with), metrics ``<task>/<metric>``, report.
+
+    When the store holds the training run of the model (``--train-run-id``, else the model's own), the evaluation is
+    a child run of it, in its experiment (unless ``cfg.experiment`` names one): the UI shows the training with its
+    evaluations under it. Otherwise it goes to ``cfg.experiment`` or ``vssflow-eval``."""
     from pipelines import mlflow_utils
 
     params = {"eval": {k: v for k, v in report["config"].items() if k != "tags"}, "measured_with":
               report["measured_with"], "model_step": report["model"]["step"]}  # fmt: skip
+    tags = {"kind": "evaluation", **{k: str(v) for k, v in cfg.tags.items()}}
+    train_run = cfg.train_run_id or (report["model"]["info"] or {}).get("mlflow_run_id")
+    train_experiment = mlflow_utils.run_experiment(train_run, tracking_uri=tracking_uri) if train_run else None
+    if train_experiment is not None:
+        tags |= {"mlflow.parentRunId": train_run, "vssflow.train_run_id": train_run}
     run_id = mlflow_utils.create_run(
-        tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or f"eval-{Path(cfg.model).name}",
-        params=params, tags={"kind": "evaluation", **{k: str(v) for k, v in cfg.tags.items()}},
+        tracking_uri, experiment=cfg.experiment or train_experiment or EVAL_EXPERIMENT,
+        run_name=cfg.run_name or f"eval-{Path(cfg.model).name}", params=params, tags=tags,
     )  # fmt: skip
     with mlflow_utils.failed_on_error(run_id, tracking_uri=tracking_uri):  # not left RUNNING when logging fails
         _log_report(run_id, report, out, tracking_uri)
@@ -715,14 +724,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, default=d.actors, help="evaluation actors (each loads the models once)")
     add_ray_arguments(p)
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
-    add_mlflow_uri(p, local="a SQLite file in the report directory")
-    p.add_argument("--experiment", default=d.experiment)
+    add_mlflow_uri(p, local=LOCAL_STORE_HELP)
+    p.add_argument("--experiment", default=d.experiment,
+                   help=f"MLflow experiment (default: the model's training run's, as its child run, when the store "
+                        f"has it, else {EVAL_EXPERIMENT})")  # fmt: skip
     p.add_argument("--train-run-id", default=None, help="MLflow run of the training (curves); default: the model's")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.mlflow_utils import store_uri
+
     tasks = args.tasks or TASKS
-    model = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
+    model = resolve_model_dir(args.model, tracking_uri=store_uri(mlflow_uri(args)))  # models:/ from the same store
     cfg = EvalConfig(
         model=str(model), data=args.data, out=args.out, manifest=args.manifest, split=args.split or None, tasks=tasks,
         max_clips=args.max_clips, steps=args.steps, cfg=args.cfg, seed=args.seed, validate=args.validate,

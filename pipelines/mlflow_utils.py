@@ -1,8 +1,11 @@
 """Every MLflow call of vssflow lives here (STYLE.md rule 13): tracking store, runs, logging, model registry.
 
-* Tracking URI: from the config; default ``sqlite:///<run_dir>/mlflow.db`` (embedded, nothing to start) with the
-  artifacts next to it in ``<run_dir>/mlartifacts``. Any server URI (``http://...``, ``postgresql://...``) works.
-  ``mlflow ui --backend-store-uri sqlite:///<run_dir>/mlflow.db`` shows the runs.
+* Tracking URI: from the config (``--mlflow-uri``), else ``$MLFLOW_TRACKING_URI``, else the one local store
+  ``./runs/mlflow.db`` (:func:`store_uri`; embedded SQLite, nothing to start) with the artifacts next to it in
+  ``./runs/mlartifacts``. ``train`` and ``evaluate`` share that default, and an evaluation run is a child of the
+  training run of its model when that run is in the store, so ``mlflow ui --backend-store-uri
+  sqlite:///runs/mlflow.db`` shows a model's training with its evaluations under it. Any server URI (``http://...``,
+  ``postgresql://...``) works.
 * Training logs from rank 0 only: params (the full resolved config, flattened, and the data version), per-step
   metrics, audio samples (.wav) and spectrogram images (.png) of fixed validation clips, system metrics.
 * The final model is logged as an MLflow **pyfunc** model wrapping the ``save_pretrained`` directory, with a signature
@@ -46,9 +49,32 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in _RUNTIME_PACKAGES]
 
 
+LOCAL_STORE = Path("runs") / "mlflow.db"  # the default store of train and evaluate, under the current directory
+
+
 def default_tracking_uri(run_dir: str | os.PathLike) -> str:
-    """The embedded default store: a SQLite file in ``run_dir``."""
+    """An embedded store: a SQLite file in ``run_dir`` (an experiment's own store)."""
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def store_uri(tracking_uri: str | None = None) -> str:
+    """The store a run is logged to: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``./runs/mlflow.db``
+    (:data:`LOCAL_STORE`, its directory created), the one default of ``train`` and ``evaluate``."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    LOCAL_STORE.parent.mkdir(parents=True, exist_ok=True)
+    return default_tracking_uri(LOCAL_STORE.parent)
+
+
+def run_experiment(run_id: str, *, tracking_uri: str) -> str | None:
+    """The experiment name of run ``run_id`` in the store, or None when the store has no such run."""
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return client.get_experiment(run.info.experiment_id).name
 
 
 def _artifact_root(tracking_uri: str) -> str | None:

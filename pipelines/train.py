@@ -9,8 +9,10 @@ the MLflow run (params: the resolved config and the data version), builds the Ra
 ``TorchTrainer``; the workers run :func:`pipelines.train_loop.train_loop_per_worker`. At the end the EMA model is
 written with ``save_pretrained`` and registered in the MLflow model registry.
 
-A run directory (``runs/<name>`` by default) holds ``run.json`` (what ``--resume`` needs), the MLflow SQLite store
-(unless ``--mlflow-uri``), Ray Train's checkpoints (``ray/<name>/step_*``) and the codec statistics.
+A run directory (``runs/<name>`` by default) holds ``run.json`` (what ``--resume`` needs), Ray Train's checkpoints
+(``ray/<name>/step_*``) and the codec statistics. MLflow: ``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else
+``./runs/mlflow.db``, the store ``vssflow evaluate`` also writes to by default
+(:func:`pipelines.mlflow_utils.store_uri`).
 
 Shared storage by URI (:mod:`vssflow.storage`): ``--data`` may be an ``s3://``/``gs://`` URI of a shard set, and
 ``--storage`` puts Ray Train's checkpoints there instead of ``<run-dir>/ray`` (``RunConfig(storage_path=...,
@@ -33,7 +35,7 @@ from pipelines.devices import resolve_ray_device
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
-from vssflow.commands.flags import add_deprecated, add_mix, add_mlflow_uri, mlflow_uri
+from vssflow.commands.flags import LOCAL_STORE_HELP, add_deprecated, add_mix, add_mlflow_uri, mlflow_uri
 from vssflow.data.schema import table_to_rows
 from vssflow.data.shard_set import ShardSet
 from vssflow.device import DEVICE_HELP, Device, resolve_device
@@ -273,7 +275,7 @@ def run_training(
     name = state.get("name") or f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = Path(run_dir or Path("runs") / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = tracking_uri or mlflow_utils.default_tracking_uri(run_dir)
+    tracking_uri = mlflow_utils.store_uri(tracking_uri)
     if cfg.preset not in PRESETS:
         raise InputError(f"unknown preset {cfg.preset!r}; use one of {sorted(PRESETS)}", source="--preset")
     if cfg.engine not in ENGINES:
@@ -401,7 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default {d.max_steps})")
     parser.add_argument("--out", help="model directory to write (save_pretrained)")
     parser.add_argument("--deepspeed", default=d.engine, choices=ENGINES, help="ZeRO stage, or plain DDP")
-    add_mlflow_uri(parser, local="a SQLite file in the run dir")
+    add_mlflow_uri(parser, local=LOCAL_STORE_HELP)
     parser.add_argument("--experiment", default="vssflow", help="MLflow experiment name")
     parser.add_argument("--register-as", default="vssflow", help="MLflow registered model name ('' = don't)")
     add_ray_arguments(parser, num_cpus=False)

@@ -9,6 +9,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The default MLflow store of train and evaluate is ./runs/mlflow.db: the tests' runs go to a store of their own, not
+# the checkout's (a test of the default itself unsets this).
+if "MLFLOW_TRACKING_URI" not in os.environ:
+    import tempfile
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='vssflow-test-mlflow-')}/mlflow.db"
 
 import pytest  # noqa: E402
 

@@ -305,3 +305,38 @@ def test_experiment_cfg_tiny_end_to_end(cluster, tmp_path):
     assert set(table["joint"]) == {"1", "4"} and table["joint"]["4"]["v2s"]["fd"]["n"] == 2
     spread = rep["summary"]["comparisons"]["v2s/fd spread over cfg: joint vs v2s-only"]
     assert spread["n"] == 2 and spread["verdict"] in ("better", "worse", "no difference")
+
+
+def test_train_and_evaluate_share_the_default_store_and_the_evaluation_is_a_child_of_the_training(
+    cluster, tmp_path, monkeypatch
+):
+    """No --mlflow-uri and no $MLFLOW_TRACKING_URI: a real training and `vssflow evaluate --model models:/...@champion`
+    both log to ./runs/mlflow.db, the evaluation as a child run of the training in its experiment (issue 14)."""
+    from conftest_data import TOY_MODEL, make_toy_shards
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.cli import main
+    from pipelines.mlflow_utils import store_uri
+    from pipelines.train import run_training
+    from pipelines.train_loop import TrainJobConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    shards = str(make_toy_shards(tmp_path / "shards", n_v2s=8, n_tts=8, n_val=1))
+    cfg = TrainJobConfig(data=shards, model_overrides=TOY_MODEL, workers=1, engine="ddp", max_steps=2,
+                         checkpoint_every=2, eval_every=0, warmup_steps=1)  # fmt: skip
+    res = run_training(cfg, out=tmp_path / "model", run_dir=tmp_path / "train", n_val_clips=0)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert res.tracking_uri == uri == store_uri() and res.model_uri == "models:/vssflow/1"
+
+    argv = ["evaluate", "--model", "models:/vssflow@champion", "--data", shards, "--out", str(tmp_path / "report"),
+            "--tasks", "v2s", "--max-clips", "1", "--steps", "2", "--validate", "0"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["mlflow"]["tracking_uri"] == uri
+    client = MlflowClient(uri)
+    train_run, eval_run = client.get_run(res.mlflow_run_id), client.get_run(report["mlflow"]["run_id"])
+    assert eval_run.data.tags["mlflow.parentRunId"] == res.mlflow_run_id
+    assert eval_run.info.experiment_id == train_run.info.experiment_id
+    assert eval_run.info.status == "FINISHED" and "v2s/level_db_diff" in eval_run.data.metrics
+    assert "plots/training_curves.png" in report["plots"]  # the training's losses, found in the same store
