@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vssflow.commands.generate", "generate audio (wav or muxed mp4) for one video"),
     "dub": ("vssflow.commands.dub", "dub a whole video from its subtitles: speech for every cue over sound"),
     "generate-batch": ("pipelines.generate_batch", "Ray Data: generate audio for a whole manifest or shard set"),
+    "dub-batch": ("pipelines.dub_batch", "Ray Data: dub every video of a manifest from its subtitles (resumable)"),
     "serve": ("pipelines.serve", "Ray Serve: HTTP API and web page for generation"),
     "evaluate": ("pipelines.evaluate", "evaluate a model on shards or a manifest; write a report"),
     "experiment": ("pipelines.experiment", "run one of the paper's experiments at small or full scale"),

@@ -44,13 +44,14 @@ def test_shared_flags_have_one_name_and_one_meaning(options):
         return {c: o[flag] for c, o in options.items() if flag in o}
 
     # --model is always a model: a directory or an MLflow URI (train's field overrides are --model-overrides)
-    assert set(having("--model")) == {"generate", "dub", "generate-batch", "serve", "evaluate"}
+    assert set(having("--model")) == {"generate", "dub", "generate-batch", "dub-batch", "serve", "evaluate"}
     assert {a.help for a in having("--model").values()} == {flags.MODEL_HELP}
     assert all(a.required and a.default is None for a in having("--model").values())
     assert "--model-overrides" in options["train"]
     # one tracking-store flag: --mlflow-uri, default $MLFLOW_TRACKING_URI then the command's local store
     uri = having("--mlflow-uri")
-    assert set(uri) == {"preprocess", "train", "generate", "dub", "generate-batch", "serve", "evaluate", "experiment"}
+    assert set(uri) == {"preprocess", "train", "generate", "dub", "generate-batch", "dub-batch", "serve", "evaluate",
+                        "experiment"}  # fmt: skip
     prefix = flags.MLFLOW_URI_HELP.split("{")[0]
     assert all(a.help.startswith(prefix) and a.default is None for a in uri.values()), {
         c: a.help for c, a in uri.items()
@@ -61,7 +62,7 @@ def test_shared_flags_have_one_name_and_one_meaning(options):
     assert {c: a.type for c, a in having("--tasks").items()} == {"evaluate": flags.parse_tasks,
                                                                   "generate-batch": flags.parse_tasks}  # fmt: skip
     # Ray and device flags: the same words wherever they appear
-    assert len({a.help for a in having("--ray-address").values()}) == 1 and len(having("--ray-address")) == 6
+    assert len({a.help for a in having("--ray-address").values()}) == 1 and len(having("--ray-address")) == 7
     assert len({a.help for a in having("--num-cpus").values()}) == 1
     assert all(a.help.startswith(DEVICE_HELP) or DEVICE_HELP in a.help for a in having("--device").values())
 
