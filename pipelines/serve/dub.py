@@ -143,8 +143,8 @@ class DubWorker:
         from vssflow.text.subtitles import read_subtitles
 
         opts = upload["options"]
-        job = Job(id=uuid.uuid4().hex, workdir=self.root / "pending")
-        job.workdir = self.root / job.id
+        job_id = uuid.uuid4().hex
+        job = Job(id=job_id, workdir=self.root / job_id)
         inp = job.workdir / "in"
         inp.mkdir(parents=True)
         names = {str(job.workdir): "upload"}
