@@ -52,7 +52,7 @@ def server(tmp_path_factory):
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(
         model=str(model), max_batch_size=8, batch_wait_timeout_s=0.3, max_inflight=MAX_INFLIGHT, max_upload_mb=2.0,
-        max_video_seconds=8.0, max_pixels=200 * 200, upload_dir=str(uploads),
+        max_queued=0, max_video_seconds=8.0, max_pixels=200 * 200, upload_dir=str(uploads),
         generator=Scaling(num_cpus=1, max_ongoing_requests=64), extractor=Scaling(num_cpus=1),
     )  # fmt: skip
     url = start(config, port=free_port())

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg n
 
 MAX_UPLOAD_MB = 16.0
 MAX_DECODED_PIXELS = 2_000_000
+MAX_INFLIGHT, MAX_QUEUED = 2, 1
+BODY_TIMEOUT_S, REQUEST_TIMEOUT_S = 3.0, 8.0
+MAX_STEPS = 1000
 APP = "limits"
 
 
@@ -35,14 +38,17 @@ def server(tmp_path_factory):
     from pipelines.serve import Scaling, ServeConfig, start
 
     root = tmp_path_factory.mktemp("serve-limits")
-    model = make_tiny_serving_model(root / "model")
+    # a DiT slow enough that MAX_STEPS steps take several times REQUEST_TIMEOUT_S (~9 ms a step for 8 s here)
+    model = make_tiny_serving_model(root / "model", model_overrides={"depth": 3, "width": 128, "heads": 4})
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(
         model=str(model), max_upload_mb=MAX_UPLOAD_MB, max_video_seconds=8.0, max_pixels=200 * 200,
         max_decoded_pixels=MAX_DECODED_PIXELS, max_reference_seconds=30.0, upload_dir=str(root / "uploads"),
-        generator=Scaling(num_cpus=1), extractor=Scaling(num_cpus=1),
+        max_inflight=MAX_INFLIGHT, max_queued=MAX_QUEUED, body_timeout_s=BODY_TIMEOUT_S,
+        request_timeout_s=REQUEST_TIMEOUT_S, max_steps=MAX_STEPS, generator=Scaling(num_cpus=1),
+        extractor=Scaling(num_cpus=1),
     )  # fmt: skip
     url = start(config, port=free_port(), name=APP)
     try:
@@ -210,3 +216,78 @@ def test_a_video_whose_decoding_is_too_big_is_refused_from_its_header_before_dec
     ok = _post(server["url"], "/v1/generate", {"video": ("v.mp4", _video(tmp_path / "ok.mp4", "64x64", 1.0))},
                {"task": "v2s", "steps": "2"})  # fmt: skip
     assert ok.status_code == 200, ok.text
+
+
+# ---- slow clients and timeouts ------------------------------------------------------------------------------------
+def _trickle(url: str, result: list, i: int, *, seconds: float = 30.0) -> None:
+    """A client that announces 5000 body bytes and sends one every 0.5 s (slowloris); stores the status it gets."""
+    u = urlparse(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    try:
+        sock.sendall(f"POST /v1/generate/features HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Length: 5000\r\n"
+                     "Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n--b0undary\r\n".encode())  # fmt: skip
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([sock], [], [], 0.5)[0]:
+                break
+            sock.sendall(b"x")
+        result[i] = int(sock.recv(65536).split(b" ", 2)[1])
+    except OSError as e:
+        result[i] = repr(e)
+    finally:
+        sock.close()
+
+
+def test_slow_uploads_hold_no_work_slot_and_end_at_the_body_deadline(server):
+    """Twice as many trickling uploads as work slots: before, each held a slot from its first byte and everyone
+    else got 503; now a slot is taken once the body is read, so a normal request is served meanwhile, and the
+    trickling ones end with 408 at the body deadline."""
+    import threading
+
+    from conftest_data import features_npz, random_features
+
+    n = 2 * (MAX_INFLIGHT + MAX_QUEUED)
+    results: list = [None] * n
+    threads = [threading.Thread(target=_trickle, args=(server["url"], results, i)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # every trickler is connected and sending
+    body = features_npz(random_features(32, 1.0, "v2s", seed=1))
+    r = _post(server["url"], "/v1/generate/features", {"features": ("f.npz", body)}, {"steps": "2"})
+    assert r.status_code == 200, r.text
+    assert all(results[i] is None for i in range(n)), results  # still trickling while it was served
+    for t in threads:
+        t.join()
+    assert results == [408] * n, results
+
+
+def test_a_generation_past_its_deadline_is_cancelled_and_answered_504(server):
+    """MAX_INFLIGHT + MAX_QUEUED + 1 generations that take longer than the request timeout: the last gets 503 at
+    once (the queue is full), the others 504 at their deadline, and the generator stopped working on them (its
+    abandoned groups ran a fraction of their steps); the service answers normally afterwards."""
+    import asyncio
+
+    from conftest_data import features_npz, random_features
+
+    url = server["url"]
+    before = httpx.get(f"{url}/v1/stats", timeout=30).json()["generator"]["abandoned"]
+    body = features_npz(random_features(32, 8.0, "v2s", seed=2))
+    n = MAX_INFLIGHT + MAX_QUEUED + 1
+
+    async def go():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*(
+                client.post(f"{url}/v1/generate/features", files={"features": ("f.npz", body)},
+                            data={"steps": str(MAX_STEPS), "seed": str(i)})
+                for i in range(n)
+            ))  # fmt: skip
+
+    responses = asyncio.run(go())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [503] + [504] * (n - 1), [(r.status_code, r.text[:200]) for r in responses]
+    for r in responses:
+        assert r.json()["error"] == ("overloaded" if r.status_code == 503 else "timeout"), r.text
+    stats = httpx.get(f"{url}/v1/stats", timeout=30).json()["generator"]
+    assert stats["abandoned"] > before and all(f < 1 for f in stats["abandoned_at"]), stats
+    small = features_npz(random_features(32, 1.0, "v2s", seed=3))
+    assert _post(url, "/v1/generate/features", {"features": ("f.npz", small)}, {"steps": "2"}).status_code == 200

@@ -69,7 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
-    p.add_argument("--max-inflight", type=int, default=16, help="requests in progress before answering 503")
+    p.add_argument("--max-inflight", type=int, default=16, help="requests worked on at once (after their body)")
+    p.add_argument("--max-queued", type=int, default=16, help="requests waiting for a slot before answering 503")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds for a request body to arrive (408)")
+    p.add_argument("--request-timeout", type=float, default=300.0,
+                   help="seconds for the work after the body (504; the generation is cancelled)")  # fmt: skip
     p.add_argument("--max-upload-mb", type=float, default=50.0)
     p.add_argument("--max-video-seconds", type=float, default=60.0)
     p.add_argument("--generator-cpus", type=float, default=1.0)
@@ -116,7 +120,8 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
     elo, ehi = _replicas(args.extractor_replicas)
     return ServeConfig(
         model=model_dir, device=str(device), max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight, max_queued=args.max_queued,
+        body_timeout_s=args.body_timeout, request_timeout_s=args.request_timeout,
         max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
         generator=Scaling(num_cpus=args.generator_cpus, num_gpus=gpus, min_replicas=glo,
                           max_replicas=ghi, max_ongoing_requests=64),

@@ -67,7 +67,11 @@ class ServeConfig:
         max_reference_seconds: longest reference voice (413); it is never decoded past this, whatever its header.
         probe_timeout_s: ffprobe's time to read an upload's header; longer is a 504 with a message.
         max_steps, max_cfg: bounds of the sampling options (422 outside).
-        max_inflight: requests inside the ingress at once; more get 503 + Retry-After.
+        max_inflight: requests worked on at once (a slot is taken once the body is read); max_queued more wait
+            for a slot, any further one gets 503 + Retry-After.
+        body_timeout_s: the whole request body must arrive within it (408 after).
+        request_timeout_s: the work after the body (waiting for a slot, extraction, generation) must end within it:
+            504 after, and the generation still running is cancelled.
         retry_after_s: the Retry-After value.
         max_batch_size, batch_wait_timeout_s: @serve.batch settings of the generator.
         upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
@@ -86,6 +90,9 @@ class ServeConfig:
     max_steps: int = 200
     max_cfg: float = 20.0
     max_inflight: int = 16
+    max_queued: int = 16
+    body_timeout_s: float = 60.0
+    request_timeout_s: float = 300.0
     retry_after_s: int = 2
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ class GeneratorServer:
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.recent: deque[tuple[int, int]] = deque(maxlen=512)  # (batch size, groups)
+        self.abandoned: deque[float] = deque(maxlen=512)  # fraction of its steps each abandoned group had run
         bounds = [1.5, 2.5, 4.5, 8.5, 16.5, 32.5]
         self.m_batch = metrics.Histogram("vssflow_batch_size", description="requests per @serve.batch call",
                                          boundaries=bounds)  # fmt: skip
@@ -64,7 +66,8 @@ class GeneratorServer:
     def stats(self) -> dict:
         sizes = [b for b, _ in self.recent]
         return {"batches": len(sizes), "max_batch_size": max(sizes, default=0), "recent_batch_sizes": sizes[-64:],
-                "configured_max_batch_size": self.config.max_batch_size}  # fmt: skip
+                "configured_max_batch_size": self.config.max_batch_size, "abandoned": len(self.abandoned),
+                "abandoned_at": list(self.abandoned)[-64:]}  # fmt: skip
 
     async def generate(self, request: dict) -> dict:
         """``{"features", "steps", "cfg", "seed"}`` -> ``{"ok", "wav" (L,) float32, "batch_size", "group_size"}``."""
@@ -76,8 +79,12 @@ class GeneratorServer:
         # nothing generating) starts at once; otherwise the batch waits up to batch_wait_timeout_s to fill.
         self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s if self.inflight else 0.0)
         self.inflight += 1
+        cancelled = threading.Event()  # set when the caller gives up: the batch stops once all of its group have
         try:
-            return await self._batched({**request, "queued_at": time.perf_counter()})
+            return await self._batched({**request, "queued_at": time.perf_counter(), "cancelled": cancelled})
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         finally:
             self.inflight -= 1
 
@@ -93,11 +100,12 @@ class GeneratorServer:
         for idx in groups.values():
             first = requests[idx[0]]
             self.m_group.observe(len(idx))
+            group = [requests[i] for i in idx]
             try:
                 t0 = time.perf_counter()
                 wavs = await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(
-                    self.gen.generate, [requests[i]["features"] for i in idx], steps=first.get("steps"),
-                    cfg=first.get("cfg"), seed=[int(requests[i]["seed"]) for i in idx],
+                    self.gen.generate, [r["features"] for r in group], steps=first.get("steps"),
+                    cfg=first.get("cfg"), seed=[int(r["seed"]) for r in group], progress=_stop_when_abandoned(group),
                 ))  # fmt: skip
                 t1 = time.perf_counter()
                 for i, w in zip(idx, wavs, strict=True):
@@ -106,4 +114,30 @@ class GeneratorServer:
             except InputError as e:
                 for i in idx:
                     out[i] = {"ok": False, "status": 422, "reason": e.reason, "detail": str(e).splitlines()[0]}
+            except GenerationAbandoned as e:
+                self.abandoned.append(e.done / e.total)
+                for i in idx:
+                    out[i] = {"ok": False, "status": 504, "reason": "timeout",
+                              "detail": f"generation stopped after {e.done} of {e.total} solver steps: the request "
+                                        "passed its deadline; retry with a shorter video or fewer steps"}  # fmt: skip
         return out
+
+
+class GenerationAbandoned(Exception):
+    """Every request of a group is past its deadline or its caller is gone: its generation stops."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"{done}/{total}")
+        self.done, self.total = done, total
+
+
+def _stop_when_abandoned(group: list[dict]):
+    """``Generator.generate``'s progress callback (called after each solver step, in the compute thread) that stops
+    the generation once no request of the group is waiting for it any more."""
+
+    def progress(done: int, total: int) -> None:
+        now = time.time()
+        if done < total and all(r["cancelled"].is_set() or now > r.get("deadline", float("inf")) for r in group):
+            raise GenerationAbandoned(done, total)
+
+    return progress

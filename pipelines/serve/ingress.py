@@ -21,10 +21,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
 
+from pipelines.serve import limits
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.dub_routes import DubRoutes, add_dub_routes
 from pipelines.serve.forms import FeaturesForm, GenerateForm, HTTPError, clean_paths, multipart_schema, one_line
-from pipelines.serve.limits import limited_receive, read_upload, too_large
+from pipelines.serve.limits import Admission, cancel_on_exit, limited_receive, read_upload, timed_out, too_large
 from vssflow.constants import SAMPLE_RATE, TASKS
 from vssflow.data.features_file import FeaturesTooLargeError, read_features_file
 from vssflow.errors import InputError
@@ -70,8 +71,7 @@ class Api(DubRoutes):
         self.extractor, self.generator, self.config, self.dubber = extractor, generator, config, dubber
         self.upload_dir = config.upload_dir or tempfile.mkdtemp(prefix="vssflow-serve-")
         os.makedirs(self.upload_dir, exist_ok=True)
-        self.inflight = 0
-        self.rejected = 0
+        self.admission = Admission(config.max_inflight, config.max_queued)
         self.m_requests = metrics.Counter("vssflow_requests_total", description="requests by route, task, status",
                                           tag_keys=("route", "task", "status"))  # fmt: skip
         self.m_latency = metrics.Histogram("vssflow_request_seconds", description="request latency",
@@ -96,30 +96,34 @@ class Api(DubRoutes):
             size = request.headers.get("content-length")  # a claim: the bytes are counted as they arrive too
             if size is not None and size.isdigit() and int(size) > self.config.max_upload_mb * 1e6:
                 raise too_large("request body", int(size), self.config.max_upload_mb)
-            request = Request(request.scope, limited_receive(request.receive, max_mb=self.config.max_upload_mb))
-            if self.inflight >= self.config.max_inflight:
-                self.rejected += 1
-                raise HTTPError(503, "overloaded", f"{self.inflight} requests in progress; retry later",
-                                {"Retry-After": str(self.config.retry_after_s)})  # fmt: skip
-            self.inflight += 1
-            self.m_inflight.set(self.inflight)
+            c = self.config
+            request = Request(request.scope, limited_receive(request.receive, max_mb=c.max_upload_mb,
+                                                             timeout_s=c.body_timeout_s))  # fmt: skip
+            try:  # the body first (bounded in bytes and time), and only then a work slot
+                form = await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
+            except HTTPError:
+                raise
+            except Exception as e:  # noqa: BLE001 - malformed multipart bodies
+                raise HTTPError(422, "bad_form", f"not a multipart/form-data body ({type(e).__name__})") from e
             try:
+                task = str(form.get("task") or "-")
+                deadline = asyncio.get_running_loop().time() + c.request_timeout_s
+                limits.DEADLINE.set(time.time() + c.request_timeout_s)  # the same in wall-clock time, for replicas
                 try:
-                    form = await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
-                except HTTPError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - malformed multipart bodies
-                    raise HTTPError(422, "bad_form", f"not a multipart/form-data body ({type(e).__name__})") from e
-                try:
-                    task = str(form.get("task") or "-")
-                    response = await work(form, rid)
-                    if "server-timing" in response.headers:  # + the time inside this ingress, parsing included
-                        response.headers["Server-Timing"] += f", ingress;dur={1000 * (time.perf_counter() - t0):.1f}"
+                    async with self.admission.slot(deadline, retry_after_s=c.retry_after_s,
+                                                   timeout_s=c.request_timeout_s):  # fmt: skip
+                        self.m_inflight.set(self.admission.active)
+                        try:  # the remote calls inside are cancelled at the deadline (cancel_on_exit)
+                            async with asyncio.timeout_at(deadline):
+                                response = await work(form, rid)
+                        except TimeoutError:
+                            raise timed_out(c.request_timeout_s, "extraction and generation") from None
                 finally:
-                    await form.close()
+                    self.m_inflight.set(self.admission.active)
+                if "server-timing" in response.headers:  # + the time inside this ingress, parsing included
+                    response.headers["Server-Timing"] += f", ingress;dur={1000 * (time.perf_counter() - t0):.1f}"
             finally:
-                self.inflight -= 1
-                self.m_inflight.set(self.inflight)
+                await form.close()
             status = response.status_code
             return response
         except HTTPError as e:
@@ -161,8 +165,10 @@ class Api(DubRoutes):
 
     async def _generate(self, features, params, rid: str) -> tuple[np.ndarray, dict]:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        res = await self.generator.generate.remote({"features": features, "steps": params.steps,
-                                                    "cfg": params.cfg, "seed": seed})  # fmt: skip
+        deadline = limits.DEADLINE.get(time.time() + self.config.request_timeout_s)  # the generator stops by then
+        res = await cancel_on_exit(self.generator.generate.remote({"features": features, "steps": params.steps,
+                                                                   "cfg": params.cfg, "seed": seed,
+                                                                   "deadline": deadline}))  # fmt: skip
         if not res["ok"]:
             raise HTTPError(res["status"], res["reason"], res["detail"])
         span = features.speech_span
@@ -203,8 +209,9 @@ class Api(DubRoutes):
     @app.get("/v1/stats")
     async def stats(self) -> dict:
         gen = await self.generator.stats.remote()
-        return {"inflight": self.inflight, "rejected": self.rejected, "max_inflight": self.config.max_inflight,
-                "generator": gen}  # fmt: skip
+        a = self.admission
+        return {"inflight": a.active, "queued": a.waiting, "rejected": a.rejected, "max_inflight": a.slots,
+                "max_queued": a.queued, "generator": gen}  # fmt: skip
 
     @app.post(
         "/v1/generate",
@@ -229,7 +236,7 @@ class Api(DubRoutes):
                "video_suffix": _suffix(video_name, _VIDEO_SUFFIXES, ".mp4"),
                "reference_voice": ref, "reference_name": ref_name,
                "reference_suffix": _suffix(ref_name, _AUDIO_SUFFIXES, ".wav")}  # fmt: skip
-        res = await self.extractor.remote(job)
+        res = await cancel_on_exit(self.extractor.remote(job))
         if not res["ok"]:
             raise HTTPError(res["status"], res["reason"], res["detail"])
         wav, headers = await self._generate(res["features"], params, rid)
