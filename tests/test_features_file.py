@@ -144,3 +144,16 @@ def test_a_parquet_bomb_is_refused_from_its_footer_before_decompressing():
     with pytest.raises(FeaturesFileError, match="has 2 rows; send exactly one"):  # refused from the footer too
         read_features_file(two, source="upload", max_bytes=4_000_000)
     assert read_features_file(_parquet([features_to_row(f)], 32), max_bytes=4_000_000).task == "v2s"
+
+
+def test_non_finite_features_are_refused_in_one_line():
+    f = random_features(32, 1.6, "tts", seed=3)
+    f.sem[3, 4] = np.nan
+    with pytest.raises(FeaturesFileError, match=r"^upload: sem has NaN or infinite values; send finite features$"):
+        read_features_file(features_to_npz(f), source="upload")
+    f = random_features(32, 2.0, "tts", seed=1)
+    f.speaker[0] = np.inf
+    f.mel = np.zeros((200, 64), np.float32)
+    f.meta = {"clip_id": "c0"}
+    with pytest.raises(FeaturesFileError, match=r"speaker has NaN or infinite values"):
+        read_features_file(_parquet([features_to_row(f)], 32), source="upload")

@@ -291,3 +291,38 @@ def test_a_generation_past_its_deadline_is_cancelled_and_answered_504(server):
     assert stats["abandoned"] > before and all(f < 1 for f in stats["abandoned_at"]), stats
     small = features_npz(random_features(32, 1.0, "v2s", seed=3))
     assert _post(url, "/v1/generate/features", {"features": ("f.npz", small)}, {"steps": "2"}).status_code == 200
+
+
+# ---- no token: cross-site posts; non-finite input ----------------------------------------------------------------
+def test_without_a_token_a_cross_site_post_is_refused_and_a_same_site_one_served(server):
+    """A page on another site can make its visitor's browser post a form here (no CORS preflight for a form):
+    refused from its Origin (or Sec-Fetch-Site) before the body is read. No Origin (curl, SDKs): served."""
+    from conftest_data import features_npz, random_features
+
+    url = server["url"]
+    body = features_npz(random_features(32, 1.0, "v2s", seed=1))
+    host = urlparse(url).netloc
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": f"http://{host}.evil.example"}):  # fmt: skip
+        r = httpx.post(f"{url}/v1/generate/features", files={"features": ("f.npz", body)}, data={"steps": "2"},
+                       headers=headers, timeout=60)  # fmt: skip
+        assert r.status_code == 403 and r.json()["error"] == "cross_origin", (headers, r.text)
+    for headers in ({}, {"Origin": url, "Sec-Fetch-Site": "same-origin"}):
+        r = httpx.post(f"{url}/v1/generate/features", files={"features": ("f.npz", body)}, data={"steps": "2"},
+                       headers=headers, timeout=300)  # fmt: skip
+        assert r.status_code == 200, (headers, r.text[:200])
+    assert httpx.get(f"{url}/v1/stats", headers={"Origin": "https://evil.example"}, timeout=30).status_code == 200
+
+
+def test_non_finite_features_are_422_never_a_nan_wav(server):
+    import numpy as np
+    from conftest_data import features_npz, random_features
+
+    for name, value in [("sem", np.nan), ("sem", np.inf), ("speaker", -np.inf), ("phoneme_durations", np.nan)]:
+        f = random_features(32, 1.0, "tts", seed=4)
+        if name == "phoneme_durations":
+            f.phoneme_durations = np.ones(len(f.phonemes), np.float32)
+        getattr(f, name).reshape(-1)[0] = value
+        r = _post(server["url"], "/v1/generate/features", {"features": ("f.npz", features_npz(f))}, {"steps": "2"})
+        assert r.status_code == 422 and r.json()["error"] == "bad_features", (name, value, r.text[:200])
+        assert f"{name} has NaN or infinite values" in r.json()["detail"]

@@ -15,6 +15,7 @@ from ray import serve
 from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.model_uri import resolve_model_dir
 from pipelines.ray_runtime import add_ray_arguments, start_ray
+from pipelines.serve.auth import read_token_file
 from pipelines.serve.config import DubService, Scaling, ServeConfig
 from pipelines.serve.dub import DubWorker
 from pipelines.serve.extractor import FeatureExtractor
@@ -42,11 +43,14 @@ def build_app_from_args(args: dict):
 
     Args:
         args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``, ``dub``
-            ("on" by default: ``POST /v1/dub`` with the default :class:`DubService`; "off").
+            ("on" by default: ``POST /v1/dub`` with the default :class:`DubService`; "off"), ``api_token_file``
+            (the mounted Secret holding the API token; empty: none).
     """
     model = resolve_model_dir(str(args["model"]), tracking_uri=args.get("tracking_uri") or None)
     dub = None if str(args.get("dub", "on")).lower() == "off" else DubService()
-    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu"), dub=dub))
+    token_file = str(args.get("api_token_file") or "") or None
+    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu"), dub=dub,
+                                 api_token_file=token_file))  # fmt: skip
 
 
 def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
@@ -82,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor-cpus", type=float, default=1.0)
     p.add_argument("--extractor-replicas", default="1", help="N or MIN:MAX (autoscaling)")
     p.add_argument("--upload-dir", default=None, help="where per-request uploads live (removed after each request)")
+    p.add_argument("--api-token-file", default=None,
+                   help="require 'Authorization: Bearer <the file's content>' on every /v1/* route")  # fmt: skip
     p.add_argument("--dub", choices=("on", "off"), default="on", help="POST /v1/dub: whole videos dubbed as jobs")
     p.add_argument("--dub-max-jobs", type=int, default=4, help="dubbing jobs queued or running at once (then 503)")
     p.add_argument("--dub-max-video-seconds", type=float, default=600.0, help="longest video dubbed (413 above)")
@@ -123,6 +129,7 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
         batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight, max_queued=args.max_queued,
         body_timeout_s=args.body_timeout, request_timeout_s=args.request_timeout,
         max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
+        api_token_file=None if args.api_token_file is None else str(Path(args.api_token_file).resolve()),
         generator=Scaling(num_cpus=args.generator_cpus, num_gpus=gpus, min_replicas=glo,
                           max_replicas=ghi, max_ongoing_requests=64),
         extractor=Scaling(num_cpus=args.extractor_cpus, min_replicas=elo, max_replicas=ehi),
@@ -140,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
     read_model_config(model_dir)  # fail fast, one line, before starting Ray
+    if args.api_token_file is not None:
+        read_token_file(args.api_token_file)
     config = config_from_args(args, str(model_dir))
     # Handlers first: a SIGINT/SIGTERM that arrives while Ray and the app start (the app answers /readyz before
     # serve.run returns) stops the server once it is up, instead of being swallowed inside Ray's start-up code.

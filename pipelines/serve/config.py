@@ -75,6 +75,8 @@ class ServeConfig:
         retry_after_s: the Retry-After value.
         max_batch_size, batch_wait_timeout_s: @serve.batch settings of the generator.
         upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
+        api_token_file: a file holding the API token every /v1/* request must send as ``Authorization: Bearer``
+            (:mod:`pipelines.serve.auth`); each Api replica reads it. None: no token, cross-site posts refused.
         ingress, extractor, generator: resources and autoscaling of each deployment.
         dub: the dubbing jobs (:class:`DubService`); None: no DubWorker, ``POST /v1/dub`` answers 501.
     """
@@ -97,6 +99,7 @@ class ServeConfig:
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05
     upload_dir: str | None = None
+    api_token_file: str | None = None
     ingress: Scaling = field(default_factory=lambda: Scaling(num_cpus=0.0, max_ongoing_requests=1000))
     extractor: Scaling = field(default_factory=Scaling)
     generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))

@@ -21,7 +21,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
 
-from pipelines.serve import limits
+from pipelines.serve import auth, limits
+from pipelines.serve.auth import ApiAuth
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.dub_routes import DubRoutes, add_dub_routes
 from pipelines.serve.forms import FeaturesForm, GenerateForm, HTTPError, clean_paths, multipart_schema, one_line
@@ -42,6 +43,7 @@ app = FastAPI(
     description="Generate sound effects and lip-synced speech for silent video (VSSFlow).",
     version="1",
 )
+app.add_middleware(ApiAuth)  # the API token on /v1/*, or the same-origin check (pipelines.serve.auth)
 add_dub_routes(app)  # POST /v1/dub, GET/DELETE /v1/jobs/{id}: methods of DubRoutes, bound to Api by Serve
 
 
@@ -69,6 +71,7 @@ class Api(DubRoutes):
         from ray.util import metrics
 
         self.extractor, self.generator, self.config, self.dubber = extractor, generator, config, dubber
+        auth.configure(config.api_token_file)  # read here, in each replica: the token never travels in the config
         self.upload_dir = config.upload_dir or tempfile.mkdtemp(prefix="vssflow-serve-")
         os.makedirs(self.upload_dir, exist_ok=True)
         self.admission = Admission(config.max_inflight, config.max_queued)
@@ -171,6 +174,9 @@ class Api(DubRoutes):
                                                                    "deadline": deadline}))  # fmt: skip
         if not res["ok"]:
             raise HTTPError(res["status"], res["reason"], res["detail"])
+        if not np.isfinite(res["wav"]).all():  # never a NaN wav (PCM of NaN is noise): the inputs were finite
+            raise HTTPError(500, "non_finite_output", "the model produced non-finite audio for these inputs; "
+                            "report it with the request id")  # fmt: skip
         span = features.speech_span
         headers = {"X-Seed": str(seed), "X-Batch-Size": str(res["batch_size"]), "X-Group-Size": str(res["group_size"]),
                    "X-Duration-S": f"{features.duration_s:.3f}", "X-Task": features.task,

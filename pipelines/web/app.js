@@ -8,6 +8,36 @@ const $ = (id) => document.getElementById(id);
 let resultUrl = null;
 let timer = null;
 
+// An API token (vssflow serve --api-token-file): asked for once, at the first 401, and kept for this tab only
+// (sessionStorage); sent as "Authorization: Bearer" on every /v1 call. A server without a token never asks.
+const TOKEN_KEY = "vssflow-api-token";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function authorize(xhr) {
+  for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+}
+
+// After a 401 (no token sent) or a 403 for the token sent: ask for it; true when there is one to send again with.
+function askToken(status) {
+  if (status !== 401 && !(status === 403 && sessionStorage.getItem(TOKEN_KEY))) return false;
+  sessionStorage.removeItem(TOKEN_KEY);
+  const token = window.prompt(status === 401 ? "This server needs an API token:" : "The token was refused. API token:");
+  if (!token || !token.trim()) return false;
+  sessionStorage.setItem(TOKEN_KEY, token.trim());
+  return true;
+}
+
+// A player's or a link's URL of a /v1 file: with a token, fetched with it (an <audio src> cannot send headers).
+async function fileUrl(url) {
+  if (!sessionStorage.getItem(TOKEN_KEY)) return url;
+  const r = await fetch(url, { headers: authHeaders() });
+  return URL.createObjectURL(await r.blob());
+}
+
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
@@ -55,6 +85,7 @@ $("form").addEventListener("submit", (event) => {
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/generate");
   xhr.responseType = "blob";
+  authorize(xhr);
   begin(xhr);
   xhr.upload.onload = () => {
     const t0 = Date.now();
@@ -64,6 +95,11 @@ $("form").addEventListener("submit", (event) => {
   xhr.onerror = () => finish(false, "Network error: is the server running?");
   xhr.onload = async () => {
     if (xhr.status !== 200) {
+      if (askToken(xhr.status)) {
+        clearInterval(timer);
+        $("form").requestSubmit(); // the same form again, now with the token
+        return;
+      }
       finish(false, await errorText(xhr.status, xhr.response));
       return;
     }
@@ -128,11 +164,16 @@ function startDub() {
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/dub");
   xhr.responseType = "blob";
+  authorize(xhr);
   begin(xhr);
   xhr.upload.onload = () => setStatus("Checking the video and subtitles...");
   xhr.onerror = () => finish(false, "Network error: is the server running?");
   xhr.onload = async () => {
     if (xhr.status !== 202) {
+      if (askToken(xhr.status)) {
+        startDub();
+        return;
+      }
       finish(false, await errorText(xhr.status, xhr.response));
       return;
     }
@@ -147,7 +188,7 @@ function startDub() {
 async function poll(url) {
   let job;
   try {
-    const r = await fetch(url);
+    const r = await fetch(url, { headers: authHeaders() });
     if (!r.ok) {
       finish(false, await errorText(r.status, r));
       return;
@@ -169,9 +210,9 @@ async function poll(url) {
   setTimeout(() => poll(url), 500);
 }
 
-function showDub(job) {
-  const url = job.urls.video;
-  const ext = url.endsWith(".mp4") ? "mp4" : "wav";
+async function showDub(job) {
+  const ext = job.urls.video.endsWith(".mp4") ? "mp4" : "wav";
+  const url = await fileUrl(job.urls.video);
   const player = ext === "mp4" ? $("result-video") : $("result-audio");
   $("result-audio").hidden = ext === "mp4";
   $("result-video").hidden = ext !== "mp4";
@@ -181,7 +222,7 @@ function showDub(job) {
   link.download = `vssflow-dub-${job.id}.${ext}`;
   link.hidden = false;
   const report = $("report");
-  report.href = job.urls.report;
+  report.href = await fileUrl(job.urls.report);
   report.download = `vssflow-dub-${job.id}.timing.json`;
   report.hidden = false;
   const stems = $("stem-links");
@@ -189,7 +230,7 @@ function showDub(job) {
   for (const kind of ["speech", "sound", "mix"]) {
     if (!job.urls[kind]) continue;
     const a = document.createElement("a");
-    a.href = job.urls[kind];
+    a.href = await fileUrl(job.urls[kind]);
     a.download = `vssflow-dub-${job.id}.${kind}.wav`;
     a.textContent = `${kind}.wav`;
     a.id = `stem-${kind}`;

@@ -146,9 +146,20 @@ def _read_npz(data: bytes, source: str, max_bytes: int | None) -> ClipFeatures:
         except (InputError, TypeError, ValueError):
             raise FeaturesFileError("speech_span must be (2,) seconds [START, END] with 0 <= START < END",
                                     source=source) from None  # fmt: skip
-    return ClipFeatures(duration_s=duration, task=task, sem=arrays["sem"], lip=opt("lip"), sync=opt("sync"),
-                        phonemes=opt("phonemes"), speaker=opt("speaker"), speech_span=span,
-                        phoneme_durations=opt("phoneme_durations"))  # fmt: skip
+    return _finite(ClipFeatures(duration_s=duration, task=task, sem=arrays["sem"], lip=opt("lip"), sync=opt("sync"),
+                                phonemes=opt("phonemes"), speaker=opt("speaker"), speech_span=span,
+                                phoneme_durations=opt("phoneme_durations")), source)  # fmt: skip
+
+
+def _finite(f: ClipFeatures, source: str) -> ClipFeatures:
+    """``f``, once every number in it is finite: a NaN or an infinity in a condition makes the model's audio NaN."""
+    if not np.isfinite(f.duration_s):
+        raise FeaturesFileError("duration_s is not a finite number", source=source)
+    for k in ("sem", "lip", "sync", "phonemes", "speaker", "phoneme_durations"):
+        a = getattr(f, k)
+        if a is not None and np.asarray(a).dtype.kind in "fc" and not np.isfinite(a).all():
+            raise FeaturesFileError(f"{k} has NaN or infinite values; send finite features", source=source)
+    return f
 
 
 _WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
@@ -199,4 +210,4 @@ def _read_parquet(data: bytes, source: str, max_bytes: int | None) -> ClipFeatur
     except Exception as e:  # noqa: BLE001
         raise FeaturesFileError(f"not a vssflow shard row ({type(e).__name__})", source=source) from e
     f.mel = None
-    return f
+    return _finite(f, source)
