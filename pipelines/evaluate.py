@@ -648,7 +648,7 @@ def write_plots(report: dict, out: Path, cfg: EvalConfig) -> list[str]:
 
 
 def _training_curves(report: dict, cfg: EvalConfig) -> dict[str, list[tuple[int, float]]]:
-    run_id = cfg.train_run_id or (report["model"]["info"] or {}).get("mlflow_run_id")
+    run_id = cfg.train_run_id or (report["model"].get("info") or {}).get("mlflow_run_id")
     if not run_id or not cfg.mlflow_uri:
         return {}
     try:
@@ -671,7 +671,7 @@ def log_to_mlflow(report: dict, out: Path, cfg: EvalConfig, tracking_uri: str) -
     params = {"eval": {k: v for k, v in report["config"].items() if k != "tags"}, "measured_with":
               report["measured_with"], "model_step": report["model"]["step"]}  # fmt: skip
     tags = {"kind": "evaluation", **{k: str(v) for k, v in cfg.tags.items()}}
-    train_run = cfg.train_run_id or (report["model"]["info"] or {}).get("mlflow_run_id")
+    train_run = cfg.train_run_id or (report["model"].get("info") or {}).get("mlflow_run_id")
     train_experiment = mlflow_utils.run_experiment(train_run, tracking_uri=tracking_uri) if train_run else None
     if train_experiment is not None:
         tags |= {"mlflow.parentRunId": train_run, "vssflow.train_run_id": train_run}

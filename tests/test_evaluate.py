@@ -182,7 +182,10 @@ def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path)
     with pytest.raises(OSError):
         log_to_mlflow(report, tmp_path / "file" / "report", cfg, uri)
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    from pipelines.evaluate import EVAL_EXPERIMENT
+
+    experiment = client.get_experiment_by_name(cfg.experiment or EVAL_EXPERIMENT)  # no training run in this store
+    runs = client.search_runs([experiment.experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("fails", "FAILED")]
 
 
