@@ -466,3 +466,11 @@ def test_a_prior_that_sees_the_video_estimates_every_clip_whatever_the_dropout()
     torch.testing.assert_close(dropped.prior, c.prior)  # and is the same for the unconditional branch
     with pytest.raises(ValueError, match="prior_inputs"):
         TINY.replace(prior_inputs="video")
+
+
+def test_a_video_seeing_prior_without_a_sync_stream_reads_the_semantics_alone():
+    cfg = SMALLEST.replace(prior_inputs="all", sync_dim=0)
+    model = randomised(VSSFlowDiT(cfg))
+    with torch.no_grad():
+        c = model.preprocess_conditions(collate([make_clip(cfg, 0.8, task="v2s", phonemes=None)], cfg))
+    assert c.prior.shape == (1, 20, cfg.latent_dim) and torch.isfinite(c.prior).all()

@@ -34,7 +34,8 @@ class Conditions:
         prior: (B, N, C) the phoneme prior's estimate mu of the latent, the mean the flow starts from (x0 ~ N(mu, I)),
             or None for a model without a prior. It sees the clip's phonemes and speaker whatever the CFG dropout, so
             the conditional and unconditional velocities of one solver step share their starting point.
-        prior_keep: (B,) bool, True where the clip has phonemes (where the prior's regression loss applies).
+        prior_keep: (B,) bool, the clips the prior's regression loss applies to: every clip for a prior that sees the
+            video (``prior_inputs="all"``), the TTS clips for a speech prior (a joint clip's latent also holds sound).
     """
 
     context: torch.Tensor | None
@@ -347,7 +348,9 @@ class ConditionEncoder(nn.Module):
                 spk_all = torch.where(
                     cond.present("speaker").to(dev)[:, None], self.speaker_proj(cond.speaker.to(dtype)), spk_all
                 )
-            visual = torch.cat([sem_all, sync_all], dim=-1) if prior_sees_video else None  # (B, N, Dc + Dy)
+            visual = None
+            if prior_sees_video:  # (B, N, Dc + Dy); a model without a sync stream (sync_dim 0) gives semantics only
+                visual = sem_all if sync_all is None else torch.cat([sem_all, sync_all], dim=-1)
             has_phonemes = cond.present("phonemes").to(dev)
             if prior_sees_video:  # an estimate of every clip's soundtrack
                 shifted = prior_keep = torch.ones(b, dtype=torch.bool, device=dev)
