@@ -86,13 +86,16 @@ def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
         codec = fit_codec(shards, Path(tmp))
     model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+        opt,
+        partial(
+            lr_lambda, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.optim.min_lr_ratio
+        ),  # fmt: skip
     )
-    ema = EMA(model.named_parameters(), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+    ema = EMA(model.named_parameters(), decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
     gen = torch.Generator().manual_seed(cfg.seed)
-    mcfg, flow_cfg = cfg.model_config(), cfg.flow_config()
+    mcfg, flow_cfg = cfg.model_config(), cfg.flow
     done, n, t0, epoch = 0, 0, 0.0, 0
     while done < warmup + steps:
         for batch in BucketSampler(cfg.sampler_config(), epoch=epoch).batches(iter(clips)):
@@ -101,7 +104,7 @@ def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
             loss, _ = training_step(model, encode_batch(batch.clips, codec, mcfg), flow_cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             opt.step()
             sched.step()
             ema.update(model.named_parameters())
@@ -130,7 +133,7 @@ def ray_run(cfg, root: Path, *, warmup: int) -> dict:
     wall = time.perf_counter() - t0
     m = run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)
     sps = _steady_samples_per_s(m, warmup)
-    steady_s = sum(1.0 / v for s, v in m["samples_per_s"] if s > warmup) * cfg.batch_size * cfg.workers
+    steady_s = sum(1.0 / v for s, v in m["samples_per_s"] if s > warmup) * cfg.sampler.batch_size * cfg.workers
     return {
         "engine": res.engine,
         "workers": cfg.workers,
@@ -161,8 +164,8 @@ def bench_train(
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     data = bench_shards(root, clips=clips)
-    base = TrainJobConfig(data=data, preset="tiny", batch_size=4, max_steps=warmup + steps, warmup_steps=5,
-                          checkpoint_every=10**6, eval_every=0, threads=1)  # fmt: skip
+    base = TrainJobConfig.from_dict(dict(data=data, preset="tiny", batch_size=4, max_steps=warmup + steps,
+                                         warmup_steps=5, checkpoint_every=10**6, eval_every=0, threads=1))  # fmt: skip
     report: dict = {"model": "tiny", "clips": clips, "batch_size_per_worker": 4, "steps": steps, "warmup": warmup,
                     "load_before": os.getloadavg()}  # fmt: skip
     bare = [bare_loop(base, steps=steps, warmup=warmup, threads=1)]

@@ -107,8 +107,9 @@ def check_training(sizes: Sizes, device, notes: list[str]) -> dict:
     from vssflow.training import FlowConfig, training_step
 
     mcfg = PRESETS[sizes.preset]
-    job = TrainJobConfig(preset=sizes.preset, engine="zero2", use_gpu=device.is_cuda, batch_size=sizes.train_batch,
-                         lr=1e-4, warmup_steps=1, max_steps=sizes.train_steps + 2)  # fmt: skip
+    job = TrainJobConfig.from_dict(dict(preset=sizes.preset, engine="zero2", use_gpu=device.is_cuda,
+                                        batch_size=sizes.train_batch, lr=1e-4, warmup_steps=1,
+                                        max_steps=sizes.train_steps + 2))  # fmt: skip
     clips = _clips(mcfg, sizes.seconds, sizes.train_batch, with_mel=True)
     codec = MelCodec.for_latent_dim(mcfg.latent_dim).fit(c.mel for c in clips)
     try:
@@ -120,7 +121,7 @@ def check_training(sizes: Sizes, device, notes: list[str]) -> dict:
     model = VSSFlowDiT(mcfg).to(device.torch)
     if device.is_cuda:
         torch.cuda.reset_peak_memory_stats(device.torch)
-    engine, engine_name = build_engine(model, job, world=1)
+    engine, engine_name = build_engine(model, job.engine_settings(), world=1)
     if engine_name != "zero2":
         notes.append(f"training: engine {engine_name} (DeepSpeed could not start; see the log)")
     trainable = [p for p in engine.module.parameters() if p.requires_grad]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -97,18 +98,29 @@ def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 # ---- engines --------------------------------------------------------------------------------------------------------
 
 
-class EngineSettings(Protocol):
-    """What the engines read of a training job's settings (``pipelines.train_loop.TrainJobConfig`` has them all)."""
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimiser of a training job: AdamW, linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient
+    clipping (``grad_clip <= 0``: none), gradient accumulation, and the EMA of the weights saved with the model."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.99
+    ema_warmup: int = 10
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engines read of a training job (``pipelines.train_loop.TrainJobConfig.engine_settings``)."""
 
     engine: str  # "zero0".."zero3" or "ddp"
+    optim: OptimConfig
     batch_size: int  # clips per worker per micro-step
-    grad_accum: int
-    lr: float
-    weight_decay: float
-    grad_clip: float  # <= 0: no clipping
-    warmup_steps: int
     max_steps: int
-    min_lr_ratio: float
     use_gpu: bool
 
 
@@ -122,9 +134,9 @@ class DDPEngine:
     def __init__(self, model: torch.nn.Module, cfg: EngineSettings, schedule):
         self.module = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.grad_accum, self.grad_clip = cfg.grad_accum, cfg.grad_clip
+        self.grad_accum, self.grad_clip = cfg.optim.grad_accum, cfg.optim.grad_clip
         self.micro_steps, self._grad_norm = 0, 0.0
 
     def is_gradient_accumulation_boundary(self) -> bool:
@@ -199,18 +211,20 @@ def deepspeed_config_for(cfg: EngineSettings, world: int) -> dict[str, Any]:
     return build_deepspeed_config(
         stage=zero_stage(cfg.engine),
         micro_batch_per_gpu=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
+        grad_accum=cfg.optim.grad_accum,
         world_size=world,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        grad_clip=cfg.optim.grad_clip,
         use_gpu=cfg.use_gpu,
     )
 
 
 def build_engine(model: torch.nn.Module, cfg: EngineSettings, world: int):
     """DeepSpeed engine for zero0..3; plain DDP for ``ddp`` or when DeepSpeed cannot start here (said in the log)."""
-    schedule = partial(lr_lambda, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    schedule = partial(
+        lr_lambda, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps, min_ratio=cfg.optim.min_lr_ratio
+    )
     if cfg.engine == "ddp":
         log.warning("engine: plain PyTorch DDP (asked for with --deepspeed ddp)")
         return DDPEngine(model, cfg, schedule), "ddp"

@@ -164,12 +164,25 @@ def _train(cfg: ExperimentConfig, scale: Scale, v: Variant, seed: int, root: Pat
     from pipelines.train_loop import TrainJobConfig
 
     tag = f"{v.name}-s{seed}"
-    job = TrainJobConfig(
-        data=str(Path(cfg.data).resolve()), preset=scale.preset, model_overrides={**scale.model_overrides, **v.model},
-        workers=scale.workers, engine=scale.engine, max_steps=scale.max_steps, batch_size=scale.batch_size,
-        lr=scale.lr, warmup_steps=max(1, scale.max_steps // 10), v2s_weight=v.mix[0], tts_weight=v.mix[1],
-        joint_weight=v.mix[2], checkpoint_every=max(1, scale.max_steps), eval_every=0, seed=seed,
-    )  # fmt: skip
+    job = TrainJobConfig.from_dict(
+        dict(
+            data=str(Path(cfg.data).resolve()),
+            preset=scale.preset,
+            model_overrides={**scale.model_overrides, **v.model},
+            workers=scale.workers,
+            engine=scale.engine,
+            max_steps=scale.max_steps,
+            batch_size=scale.batch_size,
+            lr=scale.lr,
+            warmup_steps=max(1, scale.max_steps // 10),
+            v2s_weight=v.mix[0],
+            tts_weight=v.mix[1],
+            joint_weight=v.mix[2],
+            checkpoint_every=max(1, scale.max_steps),
+            eval_every=0,
+            seed=seed,
+        )
+    )  # flat keys: TrainJobConfig.from_dict puts each in its section
     return run_training(job, out=root / "models" / tag, run_dir=root / "runs" / tag, tracking_uri=tracking,
                         experiment=f"experiment-{cfg.name}", register_as=None, n_val_clips=0,
                         ray_address=cfg.ray_address)  # fmt: skip

@@ -33,7 +33,8 @@ import numpy as np
 
 from pipelines.devices import resolve_ray_device
 from pipelines.ray_runtime import add_ray_arguments, start_ray
-from pipelines.train_loop import ENGINES, TrainJobConfig, train_loop_per_worker
+from pipelines.train_config import RunContext, TrainJobConfig
+from pipelines.train_loop import ENGINES, train_loop_per_worker
 from vssflow.audio.codec import MelCodec
 from vssflow.commands.flags import LOCAL_STORE_HELP, add_deprecated, add_mix, add_mlflow_uri, mlflow_uri
 from vssflow.data.schema import table_to_rows
@@ -178,24 +179,25 @@ def fit_batches_to_data(cfg: TrainJobConfig, counts: dict[str, int]) -> TrainJob
     Raises:
         InputError: fewer usable training clips than workers (Ray gives each worker an equal share of the rows).
     """
-    weights = {"v2s": cfg.v2s_weight, "tts": cfg.tts_weight, "joint": cfg.joint_weight}
-    mixing = cfg.joint_weight > 0 and counts.get("v2s", 0) > 0 and counts.get("tts", 0) > 0
+    sc = cfg.sampler
+    weights = {"v2s": sc.v2s_weight, "tts": sc.tts_weight, "joint": sc.joint_weight}
+    mixing = sc.joint_weight > 0 and counts.get("v2s", 0) > 0 and counts.get("tts", 0) > 0
     usable = {t: n for t, n in counts.items() if weights.get(t, 0) > 0 or (mixing and t in ("v2s", "tts"))}
     total = sum(usable.values())
     have = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "none"
     if total < cfg.workers:
         raise InputError(
-            f"{total} training clips of the tasks --mix {cfg.v2s_weight:g},{cfg.tts_weight:g},{cfg.joint_weight:g} "
+            f"{total} training clips of the tasks --mix {sc.v2s_weight:g},{sc.tts_weight:g},{sc.joint_weight:g} "
             f"trains (train split: {have}) for {cfg.workers} workers; each worker needs at least one: use --workers "
             f"{max(total, 1)} or fewer, or add clips",
             source=cfg.data,
         )
-    per_worker = cfg.batch_size * cfg.workers
-    if cfg.keep_tail or all(n >= per_worker for t, n in usable.items() if weights.get(t, 0) > 0):
+    per_worker = sc.batch_size * cfg.workers
+    if sc.keep_tail or all(n >= per_worker for t, n in usable.items() if weights.get(t, 0) > 0):
         return cfg
-    print(f"vssflow train: training clips {have} over {cfg.workers} workers: under {cfg.batch_size} clips of a task "
+    print(f"vssflow train: training clips {have} over {cfg.workers} workers: under {sc.batch_size} clips of a task "
           "per worker, so each epoch's last batches shrink to what a worker holds, and may mix tasks")  # fmt: skip
-    return replace(cfg, keep_tail=True)
+    return replace(cfg, sampler=replace(sc, keep_tail=True))
 
 
 # ---- the job -------------------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def run_training(
             raise MissingFileError(f"no {RUN_JSON} here; pass the run directory printed by `vssflow train`",
                                    source=str(run_dir))  # fmt: skip
         state = json.loads((run_dir / RUN_JSON).read_text())
-        stored = TrainJobConfig(**state["config"])
+        stored = TrainJobConfig.from_dict(state["config"])  # the flat keys of older run.json files too
         # A resumed run keeps its config; only how far to go and where to stop may change.
         cfg = replace(stored, max_steps=cfg.max_steps or stored.max_steps, stop_after=cfg.stop_after)
         out = out or state.get("out")
@@ -313,29 +315,28 @@ def run_training(
 
     # logical CPUs beyond the training workers leave room for the Ray Data read/shuffle tasks
     start_ray(ray_address, num_cpus=max(os.cpu_count() or 1, cfg.workers + 2))
-    run = {
-        "run_dir": str(run_dir),
-        "codec_dir": str(codec_dir),
-        "lip_dim": lip_dim,
-        "worker_cache": data_mb <= cfg.worker_cache_mb,  # small shard sets: workers keep their split after epoch 0
+    run = RunContext(
+        run_dir=str(run_dir),
+        codec_dir=str(codec_dir),
+        lip_dim=lip_dim,
+        out=state["out"],
+        worker_cache=data_mb <= cfg.worker_cache_mb,  # small shard sets: workers keep their split after epoch 0
         # the preprocessing config of the shards, recorded in the model so generation extracts features the same way
-        "extract": (shards.meta[0].get("config") or {}).get("extract", {}),
-        "tracking_uri": tracking_uri,
-        "mlflow_run_id": state["mlflow_run_id"],
-        "out": state["out"],
-        "val_clips": val,
-        "resume_checkpoint": None,
-        "storage_filesystem": None if storage.is_local else storage.fs,  # how a worker opens resume_checkpoint
-    }
+        extract=(shards.meta[0].get("config") or {}).get("extract", {}),
+        tracking_uri=tracking_uri,
+        mlflow_run_id=state["mlflow_run_id"],
+        val_clips=val,
+        storage_filesystem=None if storage.is_local else storage.fs,  # how a worker opens resume_checkpoint
+    )
     if resume is not None and (last := _latest_checkpoint(storage / name)) is not None:
-        run["resume_checkpoint"] = last.path
+        run = replace(run, resume_checkpoint=last.path)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # the split coordinator's bars redrawn as console lines (5 identical per epoch)
     plan = worker_plan(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**cfg.to_dict(), "_run": run},
+        train_loop_config={"job": cfg, "run": run},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=plan["use_gpu"], resources_per_worker=plan["resources_per_worker"]
         ),
@@ -352,7 +353,7 @@ def run_training(
         # shards gave a 14-clip set's V2S rows to one worker and its speech to the other)
         datasets={
             "train": build_dataset(
-                shards, cfg.seed, rows_per_block=1 if cfg.keep_tail else 8, cache=data_mb <= cfg.cache_mb
+                shards, cfg.seed, rows_per_block=1 if cfg.sampler.keep_tail else 8, cache=data_mb <= cfg.cache_mb
             )
         },
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
@@ -414,13 +415,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--init", default="", metavar="MODEL_DIR", help="fine-tune from a trained model")
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (with --init)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per worker per micro-step")
-    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    add_mix(parser, what="relative frequency of the batches", default=(d.v2s_weight, d.tts_weight, d.joint_weight))
+    parser.add_argument("--batch-size", type=int, default=d.sampler.batch_size, help="clips per worker per micro-step")
+    parser.add_argument("--grad-accum", type=int, default=d.optim.grad_accum)
+    parser.add_argument("--lr", type=float, default=d.optim.lr)
+    parser.add_argument("--warmup-steps", type=int, default=d.optim.warmup_steps)
+    add_mix(
+        parser,
+        what="relative frequency of the batches",
+        default=(d.sampler.v2s_weight, d.sampler.tts_weight, d.sampler.joint_weight),
+    )
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="audio samples every N steps (0: end)")
+    parser.add_argument(
+        "--eval-every", type=int, default=d.validation.every, help="audio samples every N steps (0: end)"
+    )
     parser.add_argument("--max-failures", type=int, default=d.max_failures)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--model-overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -463,22 +470,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --data SHARDS_DIR and --out MODEL_DIR (or --resume RUN_DIR)", source="vssflow train")
     v2s, tts, joint = args.mix
     device = device_arg(args)
-    cfg = TrainJobConfig(
+    d = TrainJobConfig()
+    cfg = replace(
+        d,
         model_overrides=_parse_overrides(args.model_overrides),
         data=location(args.data).uri if args.data else "",
         preset=args.preset,
         workers=args.workers,
         engine=args.deepspeed,
-        max_steps=args.max_steps or (0 if args.resume else TrainJobConfig().max_steps),
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        v2s_weight=v2s,
-        tts_weight=tts,
-        joint_weight=joint,
+        max_steps=args.max_steps or (0 if args.resume else d.max_steps),
+        optim=replace(d.optim, lr=args.lr, warmup_steps=args.warmup_steps, grad_accum=args.grad_accum),
+        sampler=replace(d.sampler, batch_size=args.batch_size, v2s_weight=v2s, tts_weight=tts, joint_weight=joint),
+        validation=replace(d.validation, every=args.eval_every),
         checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
         max_failures=args.max_failures,
         seed=args.seed,
         init=str(Path(args.init).resolve()) if args.init else "",

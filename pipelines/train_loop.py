@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,115 +24,25 @@ import torch
 import torch.distributed as dist
 
 from pipelines.deepspeed_config import build_engine, optimizer_state_bytes
+from pipelines.train_checkpoint import load_checkpoint, report_checkpoint, save_checkpoint
+from pipelines.train_config import RunContext, TrainJobConfig, ValidationConfig
 from vssflow.audio.codec import MelCodec
-from vssflow.data.sampler import BATCH_TASKS, BucketSampler, SamplerConfig
+from vssflow.data.sampler import BATCH_TASKS, BucketSampler
 from vssflow.data.schema import META, row_to_features, table_to_rows
-from vssflow.device import Device
 from vssflow.ema import EMA
 from vssflow.errors import InputError
 from vssflow.lora import LoRAConfig, apply_lora
-from vssflow.model.config import PRESETS, ModelConfig
+from vssflow.model.config import ModelConfig
 from vssflow.model.dit import VSSFlowDiT
-from vssflow.training import FlowConfig, make_train_batch, training_step
+from vssflow.training import make_train_batch, training_step
 from vssflow.types import ClipFeatures
 
 log = logging.getLogger("vssflow.train")
+# the config (train_config.py) and the checkpoints (train_checkpoint.py) are re-exported
+__all__ = ["RunContext", "TrainJobConfig", "ValidationConfig", "load_checkpoint", "save_checkpoint",
+           "train_loop_per_worker"]  # fmt: skip
 
 ENGINES = ("zero0", "zero1", "zero2", "zero3", "ddp")
-WORKER_STATE = "worker_{rank}.pt"
-EMA_FILE = "ema.pt"
-DS_TAG = "ds"
-
-
-@dataclass(frozen=True)
-class TrainJobConfig:
-    """Everything a training run needs; resolved once at the entry point, logged to MLflow as params.
-
-    Defaults: the tiny preset on 2 CPU workers for a few dozen steps.
-    """
-
-    data: str = ""  # directory of Parquet shards
-    preset: str = "tiny"
-    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replaced on top of the preset
-    workers: int = 2
-    use_gpu: bool = False
-    engine: str = "zero2"  # zero0..zero3 (DeepSpeed) or ddp (plain PyTorch DDP)
-    max_steps: int = 40  # optimizer steps (the lr schedule spans these)
-    stop_after: int = 0  # end early at this step as if interrupted (0 = run to max_steps); for resume tests
-    batch_size: int = 4  # clips per worker per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    ema_warmup: int = 10
-    flow: dict = field(default_factory=dict)  # FlowConfig fields (CFG dropout, t schedule)
-    v2s_weight: float = 1.0
-    tts_weight: float = 1.0
-    joint_weight: float = 0.5
-    buffer_size: int = 128  # rows per worker for batching; at 32 the workers agreed on no V2S batch in 1000 steps
-    keep_tail: bool = False  # small sets: an epoch's remainder forms smaller / mixed-task batches (set by the driver)
-    seed: int = 0
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    log_every: int = 1
-    metrics_flush_every: int = 10  # MLflow: per-step metrics written in one batch every N steps (and at checkpoints)
-    eval_every: int = 250  # audio samples of the validation clips every N steps (0 = only at the end)
-    eval_steps: int = 8  # ODE steps of validation sampling
-    eval_cfg_scale: float = 3.0
-    cfg_rescale: float | None = None  # guidance rescaling saved with the model; None = the preset's (paper: 0)
-    init: str = ""  # fine-tune from this model directory
-    lora_rank: int = 0  # > 0: train LoRA adapters on the attention projections only
-    lora_alpha: float = 8.0
-    threads: int = 1  # torch intra-op threads per worker
-    cache_mb: float = 1024.0  # shard sets up to this size are cached in the Ray object store (no re-read per epoch)
-    worker_cache_mb: float = 128.0  # shard sets up to this size: each worker keeps its decoded split after epoch 0
-    log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl
-
-    @property
-    def device(self) -> Device:
-        """Where each worker trains (``use_gpu``: the GPU Ray Train gave it, bf16): :mod:`vssflow.device`."""
-        return Device("cuda" if self.use_gpu else "cpu")
-
-    def model_config(self) -> ModelConfig:
-        """The preset (or, when fine-tuning, the ``init`` model's own config) with ``model_overrides`` applied."""
-        if self.init:
-            from vssflow.generator import read_model_config
-
-            return ModelConfig.from_dict(read_model_config(self.init)["model"]).replace(**self.model_overrides)
-        return PRESETS[self.preset].replace(**self.model_overrides)
-
-    def sampling_config(self):
-        """The sampling defaults saved with the model: plain guidance for the paper preset (the paper), rescaled
-        guidance (:func:`vssflow.flow.rescale_guidance`) for the small presets, whose plain CFG overshoots the level;
-        a model with a phoneme prior starts from N(mu, 0.5^2 I) (Grad-TTS's temperature; on the demo's corpus TTS
-        WER 0.91 against 1.08 at 1, V2S class accuracy and onsets unchanged, level -1.1 against -4.0 dB)."""
-        from vssflow.generator import SamplingConfig
-
-        rescale = self.cfg_rescale if self.cfg_rescale is not None else (0.0 if self.preset == "paper" else 1.0)
-        noise = 0.5 if self.model_config().prior_layers else 1.0
-        return SamplingConfig(cfg_scale=self.eval_cfg_scale, cfg_rescale=rescale, noise_scale=noise)
-
-    def flow_config(self) -> FlowConfig:
-        return FlowConfig(**self.flow)
-
-    def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(
-            batch_size=self.batch_size,
-            v2s_weight=self.v2s_weight,
-            tts_weight=self.tts_weight,
-            joint_weight=self.joint_weight,
-            buffer_size=self.buffer_size,
-            seed=self.seed,
-            phoneme_layout=self.model_config().phoneme_layout,
-            keep_tail=self.keep_tail,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -195,43 +103,6 @@ def encode_batch(clips: list[ClipFeatures], codec: MelCodec, cfg: ModelConfig):
     return make_train_batch(latents, clips, cfg)
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------------------------
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    """RNG states as tensors and plain numbers only, so that the file loads with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-             "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
-    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": numpy}
-
-
-def _set_rng_state(gen: torch.Generator, rng: dict) -> None:
-    gen.set_state(rng["generator"])
-    torch.set_rng_state(rng["torch"])
-    n = rng["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-
-
-def save_checkpoint(engine, ema: EMA | None, position: dict, gen: torch.Generator, directory: str, rank: int) -> None:
-    """Every rank writes its part: DeepSpeed model/optimizer shards, its data position and RNG; rank 0 the EMA."""
-    engine.save_checkpoint(directory, tag=DS_TAG, client_state={"step": position["step"]})
-    torch.save({"position": position, "rng": _rng_state(gen)}, Path(directory) / WORKER_STATE.format(rank=rank))
-    if ema is not None:
-        torch.save(ema.state_dict(), Path(directory) / EMA_FILE)
-
-
-def load_checkpoint(engine, ema: EMA | None, gen: torch.Generator, directory: str, rank: int) -> dict:
-    """Restore what :func:`save_checkpoint` wrote; returns the data position of this rank."""
-    engine.load_checkpoint(directory, tag=DS_TAG)
-    # weights_only: tensors and plain values only; a pickled object (from whoever can write the storage) is refused
-    state = torch.load(Path(directory) / WORKER_STATE.format(rank=rank), map_location="cpu", weights_only=True)
-    _set_rng_state(gen, state["rng"])
-    if ema is not None:
-        ema.load_state_dict(torch.load(Path(directory) / EMA_FILE, map_location="cpu", weights_only=True))
-    return state["position"]
-
-
 # ---- the loop ------------------------------------------------------------------------------------------------------
 
 
@@ -286,152 +157,188 @@ def build_model(cfg: TrainJobConfig) -> VSSFlowDiT:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry: ``config`` = ``TrainJobConfig.to_dict()`` plus the run's resolved paths (``_run``)."""
+    """Ray Train entry: ``config`` = ``{"job": TrainJobConfig, "run": RunContext}`` (resolved by the driver)."""
     import ray.train
-    from ray.train import Checkpoint
 
-    run = config.pop("_run")
-    cfg = TrainJobConfig(**config)
+    cfg, run = config["job"], config["run"]
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s rank%(rank)s: %(message)s".replace(
-        "%(rank)s", str(rank)))  # fmt: skip
-    Path(run["run_dir"], "pids").mkdir(parents=True, exist_ok=True)
-    Path(run["run_dir"], "pids", f"rank{rank}.pid").write_text(str(os.getpid()))
-
-    mcfg = cfg.model_config()
-    model = build_model(cfg)
-    if cfg.use_gpu:
-        import ray.train.torch
-
-        model = model.to(ray.train.torch.get_device())
-    engine, engine_name = build_engine(model, cfg, world)
-    stage = int(engine_name[-1]) if engine_name.startswith("zero") else 0
-    ema = None
-    gather, params = _ema_params(engine, stage)
-    with gather:  # the EMA lives on rank 0, over full tensors (ZeRO-3 gathers them; a collective)
-        if rank == 0:
-            ema = EMA(params, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
-    codec = MelCodec.load(run["codec_dir"])
-    flow_cfg = cfg.flow_config()
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-
-    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and run.get("resume_checkpoint"):
-        ckpt = Checkpoint(run["resume_checkpoint"], filesystem=run.get("storage_filesystem"))
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            position = load_checkpoint(engine, ema, gen, d, rank)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, position["step"], position["epoch"],
-                 position["batch_in_epoch"])  # fmt: skip
-
-    tracker = None
-    if rank == 0 and run.get("tracking_uri"):
-        from pipelines.mlflow_utils import RunLogger
-
-        tracker = RunLogger(run["tracking_uri"], run_id=run["mlflow_run_id"], system_metrics=True,
-                            flush_every=cfg.metrics_flush_every)  # fmt: skip
-        tracker.set_tags({"engine": engine_name, "world_size": world})
-    samples_log = open(Path(run["run_dir"]) / f"samples_rank{rank}.jsonl", "a") if cfg.log_samples else None  # noqa: SIM115
-    val_clips = run.get("val_clips") or []
-
-    # ZeRO-3 parameters are partitioned outside their module's forward; every worker runs the same modules anyway.
-    trainable = [p for p in engine.module.parameters() if p.requires_grad] if stage != 3 else []
-    device = next(engine.module.parameters()).device
+    w = Worker(cfg, run, rank=ctx.get_world_rank(), world=ctx.get_world_size())
     shard = ray.train.get_dataset_shard("train")
-    split = SplitCache(enabled=bool(run.get("worker_cache")))
-    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
-    step, acc_metrics, t_last, clips_since = position["step"], [], time.perf_counter(), 0
-    console: list[dict] = []  # rank 0: metrics since the last console line
-    while step < stop_at:
-        epoch = position["epoch"]
-        batches = BucketSampler(cfg.sampler_config(), epoch=epoch, rank=rank).batches(
-            split.stream(lambda: clip_stream(shard, lip_dim=run["lip_dim"])),
-            choose=shared_task_chooser(cfg.seed, epoch),
-        )
-        for _ in range(position["batch_in_epoch"]):  # replay to the saved data position: same sampler state, no compute
-            next(batches)
-        epoch_done = False
-        while step < stop_at:
-            batch = next(batches, None)
-            if batch is None:  # the workers agreed that no task can form a batch any more on some worker
-                epoch_done = True
-                break
-            if samples_log is not None:
-                samples_log.write(json.dumps({"step": step, "epoch": epoch, "task": batch.task,
-                                              "ids": batch.source_ids}) + "\n")  # fmt: skip
-                samples_log.flush()
-            tb = encode_batch(batch.clips, codec, mcfg).to(device)
-            boundary = engine.is_gradient_accumulation_boundary()
-            with cfg.device.autocast():  # bf16 on GPU (DeepSpeed keeps fp32 master weights), fp32 on CPU
-                loss, metrics = training_step(engine.module, tb, flow_cfg, gen)
-            engine.backward(loss + _touch(trainable))
-            engine.step()
-            position["batch_in_epoch"] += 1
-            acc_metrics.append(metrics)
-            clips_since += len(batch.clips)
-            if not boundary:
+    while w.step < w.stop_at:
+        for batch in w.epoch_batches(shard):
+            w.log_batch(batch)
+            if not w.train_on(batch):  # inside a gradient accumulation
                 continue
-            step += 1
-            position["step"] = step
-            if ema is not None or stage == 3:
-                gather, params = _ema_params(engine, stage)
-                with gather:
-                    if ema is not None:
-                        ema.update(params)
-            if step % cfg.log_every == 0:
-                opt_mb, rss_mb = _worker_stats(engine)  # a collective: every rank takes part
-            if rank == 0 and step % cfg.log_every == 0:
-                now = time.perf_counter()
-                out = _reduce_metrics(acc_metrics)
-                out.update({
-                    "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                    "lr": float(engine.lr_scheduler.get_last_lr()[0]),
-                    "samples_per_s": clips_since * world / max(now - t_last, 1e-9),
-                    "epoch": epoch,
-                    "optimizer_state_mb": opt_mb[0],
-                    "optimizer_state_mb_max": max(opt_mb),
-                    "peak_rss_mb": max(rss_mb),
-                })  # fmt: skip
-                if tracker is not None:
-                    tracker.log_metrics(out, step=step)
-                console.append(out)
-                if step % max(cfg.log_every, cfg.checkpoint_every) == 0 or step == stop_at:  # a line in the console
-                    avg, console = _reduce_metrics(console), []
-                    tasks = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(avg.items()) if k.startswith("loss/"))
-                    print(f"vssflow train: step {step}/{cfg.max_steps} loss {avg.get('loss', float('nan')):.3f} "
-                          f"({tasks}) lr {out['lr']:.2e} {avg['samples_per_s']:.1f} samples/s", flush=True)  # fmt: skip
-                acc_metrics, t_last, clips_since = [], now, 0
-            if cfg.eval_every and step % cfg.eval_every == 0 and val_clips and step < stop_at:
-                _, averaged = _models_for_export(engine, ema, cfg, stage, rank)
-                if tracker is not None:
-                    _log_samples(tracker, averaged, codec, val_clips, cfg, step)
-            if step % cfg.checkpoint_every == 0 or step == stop_at:
-                if tracker is not None:  # the metrics up to a checkpoint are in the store before it is reported
-                    tracker.flush()
-                _report(engine, ema, position, gen, rank, step)
-        if epoch_done and position["batch_in_epoch"] == 0:
+            w.finish_step()
+            if w.step >= w.stop_at:
+                break
+        else:
+            w.next_epoch()
+    w.finish()
+
+
+class Worker:
+    """One rank's training state and its steps; :func:`train_loop_per_worker` is the loop over it.
+
+    Holds the engine (DeepSpeed or DDP), the EMA (rank 0), the codec, the per-rank ``torch.Generator``, the data
+    position ``{step, epoch, batch_in_epoch}`` (restored from a checkpoint), the MLflow tracker (rank 0) and what
+    the console line averages.
+    """
+
+    def __init__(self, cfg: TrainJobConfig, run: RunContext, *, rank: int, world: int):
+        import ray.train
+        from ray.train import Checkpoint
+
+        self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
+        torch.set_num_threads(cfg.threads)
+        Path(run.run_dir, "pids").mkdir(parents=True, exist_ok=True)
+        Path(run.run_dir, "pids", f"rank{rank}.pid").write_text(str(os.getpid()))
+        self.mcfg = cfg.model_config()
+        model = build_model(cfg)
+        if cfg.use_gpu:
+            import ray.train.torch
+
+            model = model.to(ray.train.torch.get_device())
+        self.engine, self.engine_name = build_engine(model, cfg.engine_settings(), world)
+        self.stage = int(self.engine_name[-1]) if self.engine_name.startswith("zero") else 0
+        self.ema = None
+        gather, params = _ema_params(self.engine, self.stage)
+        with gather:  # the EMA lives on rank 0, over full tensors (ZeRO-3 gathers them; a collective)
+            if rank == 0:
+                self.ema = EMA(params, decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup)
+        self.codec = MelCodec.load(run.codec_dir)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+        self.position = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None and run.resume_checkpoint:
+            ckpt = Checkpoint(run.resume_checkpoint, filesystem=run.storage_filesystem)
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                self.position = load_checkpoint(self.engine, self.ema, self.gen, d, rank)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, self.position["step"],
+                     self.position["epoch"], self.position["batch_in_epoch"])  # fmt: skip
+        self.tracker = None
+        if rank == 0 and run.tracking_uri:
+            from pipelines.mlflow_utils import RunLogger
+
+            self.tracker = RunLogger(run.tracking_uri, run_id=run.mlflow_run_id, system_metrics=True,
+                                     flush_every=cfg.metrics_flush_every)  # fmt: skip
+            self.tracker.set_tags({"engine": self.engine_name, "world_size": world})
+        self.samples_log = (open(Path(run.run_dir) / f"samples_rank{rank}.jsonl", "a")  # noqa: SIM115
+                            if cfg.log_samples else None)  # fmt: skip
+        # ZeRO-3 parameters are partitioned outside their module's forward; every worker runs the same modules anyway.
+        self.trainable = [p for p in self.engine.module.parameters() if p.requires_grad] if self.stage != 3 else []
+        self.device = next(self.engine.module.parameters()).device
+        self.split = SplitCache(enabled=run.worker_cache)
+        self.stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+        self.step = self.position["step"]
+        self.acc_metrics: list[dict] = []  # micro-batches since the last optimizer step
+        self.console: list[dict] = []  # rank 0: metrics since the last console line
+        self.t_last, self.clips_since = time.perf_counter(), 0
+
+    def epoch_batches(self, shard) -> Iterator:
+        """This epoch's batches from the saved data position (earlier ones replayed without compute); ends when the
+        workers agree that no task can form a batch any more on some worker."""
+        epoch = self.position["epoch"]
+        batches = BucketSampler(self.cfg.sampler_config(), epoch=epoch, rank=self.rank).batches(
+            self.split.stream(lambda: clip_stream(shard, lip_dim=self.run.lip_dim)),
+            choose=shared_task_chooser(self.cfg.seed, epoch),
+        )
+        for _ in range(self.position["batch_in_epoch"]):  # replay: same sampler state, no compute
+            next(batches)
+        return batches
+
+    def log_batch(self, batch) -> None:
+        if self.samples_log is not None:
+            self.samples_log.write(json.dumps({"step": self.step, "epoch": self.position["epoch"], "task": batch.task,
+                                               "ids": batch.source_ids}) + "\n")  # fmt: skip
+            self.samples_log.flush()
+
+    def train_on(self, batch) -> bool:
+        """One micro-batch: encode, loss (:func:`~vssflow.training.training_step`), backward, engine step; returns
+        whether it ended an optimizer step (the gradient accumulation boundary)."""
+        tb = encode_batch(batch.clips, self.codec, self.mcfg).to(self.device)
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        with self.cfg.device.autocast():  # bf16 on GPU (DeepSpeed keeps fp32 master weights), fp32 on CPU
+            loss, metrics = training_step(self.engine.module, tb, self.cfg.flow, self.gen)
+        self.engine.backward(loss + _touch(self.trainable))
+        self.engine.step()
+        self.position["batch_in_epoch"] += 1
+        self.acc_metrics.append(metrics)
+        self.clips_since += len(batch.clips)
+        return boundary
+
+    def finish_step(self) -> None:
+        """After an optimizer step: EMA, metrics (MLflow, console), validation samples, checkpoint."""
+        cfg = self.cfg
+        self.step = self.position["step"] = self.step + 1
+        if self.ema is not None or self.stage == 3:
+            gather, params = _ema_params(self.engine, self.stage)
+            with gather:
+                if self.ema is not None:
+                    self.ema.update(params)
+        if self.step % cfg.log_every == 0:
+            self._log_metrics()
+        val = cfg.validation
+        if val.every and self.step % val.every == 0 and self.run.val_clips and self.step < self.stop_at:
+            _, averaged = _models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
+            if self.tracker is not None:
+                _log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
+        if self.step % cfg.checkpoint_every == 0 or self.step == self.stop_at:
+            if self.tracker is not None:  # the metrics up to a checkpoint are in the store before it is reported
+                self.tracker.flush()
+            report_checkpoint(self.engine, self.ema, self.position, self.gen, self.rank, self.step)
+
+    def _log_metrics(self) -> None:
+        cfg, step = self.cfg, self.step
+        opt_mb, rss_mb = _worker_stats(self.engine)  # a collective: every rank takes part
+        if self.rank != 0:
+            return
+        now = time.perf_counter()
+        out = _reduce_metrics(self.acc_metrics)
+        out.update({
+            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "lr": float(self.engine.lr_scheduler.get_last_lr()[0]),
+            "samples_per_s": self.clips_since * self.world / max(now - self.t_last, 1e-9),
+            "epoch": self.position["epoch"],
+            "optimizer_state_mb": opt_mb[0],
+            "optimizer_state_mb_max": max(opt_mb),
+            "peak_rss_mb": max(rss_mb),
+        })  # fmt: skip
+        if self.tracker is not None:
+            self.tracker.log_metrics(out, step=step)
+        self.console.append(out)
+        if step % max(cfg.log_every, cfg.checkpoint_every) == 0 or step == self.stop_at:  # a line in the console
+            avg, self.console = _reduce_metrics(self.console), []
+            tasks = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(avg.items()) if k.startswith("loss/"))
+            print(f"vssflow train: step {step}/{cfg.max_steps} loss {avg.get('loss', float('nan')):.3f} "
+                  f"({tasks}) lr {out['lr']:.2e} {avg['samples_per_s']:.1f} samples/s", flush=True)  # fmt: skip
+        self.acc_metrics, self.t_last, self.clips_since = [], now, 0
+
+    def next_epoch(self) -> None:
+        """Some worker ran out of clips: every worker starts the next epoch together."""
+        if self.position["batch_in_epoch"] == 0:
             # Without this an epoch that forms no batch would start the next (identical) epoch forever.
             raise InputError(
-                f"the training data cannot form one batch of {cfg.batch_size} clips of a task per worker "
-                f"({world} workers); lower --batch-size or --workers, or add clips"
+                f"the training data cannot form one batch of {self.cfg.sampler.batch_size} clips of a task per "
+                f"worker ({self.world} workers); lower --batch-size or --workers, or add clips"
             )
-        if epoch_done:  # some worker ran out of clips: every worker starts the next epoch together
-            split.finish_epoch()
-            position = {"step": step, "epoch": epoch + 1, "batch_in_epoch": 0}
-    if samples_log is not None:
-        samples_log.close()
+        self.split.finish_epoch()
+        self.position = {"step": self.step, "epoch": self.position["epoch"] + 1, "batch_in_epoch": 0}
 
-    if step >= cfg.max_steps:
-        raw, averaged = _models_for_export(engine, ema, cfg, stage, rank)
-        if rank == 0:
-            _save_final(raw, averaged, codec, cfg, run, engine_name, step)
-            if tracker is not None and val_clips:
-                _log_samples(tracker, averaged, codec, val_clips, cfg, step)
-    if tracker is not None:
-        tracker.end(status="FINISHED" if step >= cfg.max_steps else "KILLED")
+    def finish(self) -> None:
+        """At max_steps: rank 0 saves the model (raw + EMA) and logs the last samples; the MLflow run ends."""
+        cfg = self.cfg
+        if self.samples_log is not None:
+            self.samples_log.close()
+        if self.step >= cfg.max_steps:
+            raw, averaged = _models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
+            if self.rank == 0:
+                _save_final(raw, averaged, self.codec, cfg, self.run, self.engine_name, self.step)
+                if self.tracker is not None and self.run.val_clips:
+                    _log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
+        if self.tracker is not None:
+            self.tracker.end(status="FINISHED" if self.step >= cfg.max_steps else "KILLED")
 
 
 def _touch(params: list[torch.Tensor]) -> torch.Tensor:
@@ -462,17 +369,6 @@ def _reduce_metrics(items: list[dict]) -> dict:
     return {k: float(np.mean([m[k] for m in items if k in m])) for k in keys}
 
 
-def _report(engine, ema, position, gen, rank, step) -> None:
-    """Checkpoint through Ray Train: every rank writes its files into one temporary directory and reports it."""
-    import ray.train
-    from ray.train import Checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(engine, ema, dict(position), gen, tmp, rank)
-        metrics = {"step": step, "epoch": position["epoch"], "optimizer_state_bytes": optimizer_state_bytes(engine)}
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{step:06d}")
-
-
 def _models_for_export(engine, ema: EMA | None, cfg: TrainJobConfig, stage: int, rank: int):
     """(raw, ema) CPU models on rank 0 (None elsewhere), LoRA merged. A collective under ZeRO-3 (gathers weights)."""
     import contextlib
@@ -498,28 +394,30 @@ def _models_for_export(engine, ema: EMA | None, cfg: TrainJobConfig, stage: int,
     return raw.eval(), averaged.eval()
 
 
-def _save_final(raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: dict, engine_name: str, step: int) -> None:
+def _save_final(
+    raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: RunContext, engine_name: str, step: int
+) -> None:
     """``save_pretrained`` (raw + EMA weights, codec, config); the LoRA adapter (EMA) apart in ``<out>/lora``."""
     from vssflow.generator import Generator
     from vssflow.lora import merge_lora, save_adapter
 
     if cfg.lora_rank > 0:
-        save_adapter(averaged, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha), Path(run["out"]) / "lora")
+        save_adapter(averaged, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha), Path(run.out) / "lora")
         averaged = merge_lora(averaged)
     gen = Generator(model=raw, codec=codec, sampling=cfg.sampling_config())
     gen.step = step
-    out = Path(run["out"])
+    out = Path(run.out)
     adapter = None
     if out.joinpath("lora").is_dir():  # save_pretrained replaces the directory: keep the adapter across it
         adapter = {f.name: f.read_bytes() for f in out.joinpath("lora").iterdir()}
-    info = {"engine": engine_name, "data": cfg.data, "mlflow_run_id": run.get("mlflow_run_id"),
-            "init": cfg.init or None, "lora_rank": cfg.lora_rank, "extractors": run.get("extract") or {}}  # fmt: skip
+    info = {"engine": engine_name, "data": cfg.data, "mlflow_run_id": run.mlflow_run_id,
+            "init": cfg.init or None, "lora_rank": cfg.lora_rank, "extractors": run.extract or {}}  # fmt: skip
     gen.save_pretrained(out, ema_state=averaged.state_dict(), **info)
     if adapter:
         out.joinpath("lora").mkdir(exist_ok=True)
         for name, blob in adapter.items():
             out.joinpath("lora", name).write_bytes(blob)
-    Path(run["run_dir"], "final.json").write_text(json.dumps({"out": str(out), "engine": engine_name, "step": step}))
+    Path(run.run_dir, "final.json").write_text(json.dumps({"out": str(out), "engine": engine_name, "step": step}))
 
 
 @torch.no_grad()
@@ -531,7 +429,7 @@ def _log_samples(tracker, model: VSSFlowDiT, codec, val_clips, cfg: TrainJobConf
 
     gen = Generator(model=model, codec=codec, sampling=cfg.sampling_config())
     for i, clip in enumerate(val_clips):
-        wav = gen.generate(clip, steps=cfg.eval_steps, cfg=cfg.eval_cfg_scale, seed=i)
+        wav = gen.generate(clip, steps=cfg.validation.steps, cfg=cfg.validation.cfg_scale, seed=i)
         name = f"{i:02d}_{clip.task}_{clip.meta.get('clip_id', i)}"
         tracker.log_audio(wav, SAMPLE_RATE, name, step=step)
         tracker.log_spectrogram({"generated": log_mel(wav), "target": clip.mel}, name, step=step)

@@ -31,7 +31,7 @@ class Planted:
 
 dist.init_process_group("gloo", rank=0, world_size=1)
 cfg = TrainJobConfig(engine=sys.argv[1], workers=1, model_overrides={"depth": 1})
-engine, name = build_engine(build_model(cfg), cfg, 1)
+engine, name = build_engine(build_model(cfg), cfg.engine_settings(), 1)
 ema = EMA([(n, p) for n, p in engine.module.named_parameters() if p.requires_grad], decay=0.9)
 gen = torch.Generator().manual_seed(5)
 np.random.seed(3)

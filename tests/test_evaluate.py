@@ -326,8 +326,8 @@ def test_train_and_evaluate_share_the_default_store_and_the_evaluation_is_a_chil
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     shards = str(make_toy_shards(tmp_path / "shards", n_v2s=8, n_tts=8, n_val=1))
-    cfg = TrainJobConfig(data=shards, model_overrides=TOY_MODEL, workers=1, engine="ddp", max_steps=2,
-                         checkpoint_every=2, eval_every=0, warmup_steps=1)  # fmt: skip
+    cfg = TrainJobConfig.from_dict(dict(data=shards, model_overrides=TOY_MODEL, workers=1, engine="ddp", max_steps=2,
+                                        checkpoint_every=2, eval_every=0, warmup_steps=1))  # fmt: skip
     res = run_training(cfg, out=tmp_path / "model", run_dir=tmp_path / "train", n_val_clips=0)
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert res.tracking_uri == uri == store_uri() and res.model_uri == "models:/vssflow/1"

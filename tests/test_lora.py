@@ -158,6 +158,7 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
 
     from pipelines.deepspeed_config import DDPEngine
     from pipelines.train_loop import (
+        RunContext,
         TrainJobConfig,
         _models_for_export,
         _save_final,
@@ -180,15 +181,17 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
             p.normal_(0.0, 0.02)
     Generator(model=base, codec=codec).save_pretrained(tmp_path / "base")
 
-    cfg = TrainJobConfig(model_overrides=TOY_MODEL, init=str(tmp_path / "base"), lora_rank=2, lr=1e-2, seed=7)
+    cfg = TrainJobConfig.from_dict(
+        dict(model_overrides=TOY_MODEL, init=str(tmp_path / "base"), lora_rank=2, lr=1e-2, seed=7)
+    )
     model = build_model(cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
-    engine = DDPEngine(model, cfg, lambda step: 1.0)
+    engine = DDPEngine(model, cfg.engine_settings(), lambda step: 1.0)
     gen = torch.Generator().manual_seed(0)
     ema = EMA(model.named_parameters(), decay=0.5, warmup=0)
     for batch in (clips[:2], clips[2:]) * 3:
-        loss, _ = training_step(model, encode_batch(batch, codec, cfg.model_config()), cfg.flow_config(), gen)
+        loss, _ = training_step(model, encode_batch(batch, codec, cfg.model_config()), cfg.flow, gen)
         engine.backward(loss)
         engine.step()
         ema.update(model.named_parameters())
@@ -196,7 +199,8 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
     out = tmp_path / "tuned"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    _save_final(raw, averaged, codec, cfg, {"out": str(out), "run_dir": str(run_dir)}, "ddp", step=6)
+    run = RunContext(run_dir=str(run_dir), codec_dir="", lip_dim=0, out=str(out))
+    _save_final(raw, averaged, codec, cfg, run, "ddp", step=6)
 
     assert (out / "lora" / ADAPTER_WEIGHTS).is_file() and (out / "config.json").is_file()
     tuned = Generator.from_pretrained(out, use_ema=False).model

@@ -119,8 +119,9 @@ def test_preprocess_train_and_track_on_a_bucket(s3, tmp_path):
         assert ShardManifest(vdir).verify() == []
         assert len(ShardSet(shards)) == N_CLIPS  # the one shard reader, from the bucket
 
-        cfg = TrainJobConfig(data=shards, model_overrides=TINY_DIT, max_steps=2, checkpoint_every=1, eval_every=0,
-                             batch_size=1, warmup_steps=1, engine="zero2", workers=1, max_failures=0)  # fmt: skip
+        cfg = TrainJobConfig.from_dict(dict(data=shards, model_overrides=TINY_DIT, max_steps=2, checkpoint_every=1,
+                                            eval_every=0, batch_size=1, warmup_steps=1, engine="zero2", workers=1,
+                                            max_failures=0))  # fmt: skip
         storage = f"s3://{BUCKET}/ray"
         tracking = f"sqlite:///{tmp_path}/mlflow.db"
         res = run_training(cfg, out=tmp_path / "model", run_dir=tmp_path / "run", storage=storage,

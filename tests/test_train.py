@@ -49,7 +49,7 @@ def _cfg(data, **kw):
     base = dict(data=data, model_overrides=TOY_MODEL, engine="zero2", max_steps=STEPS, checkpoint_every=6,
                 eval_every=12, batch_size=4, lr=2e-3, warmup_steps=3, log_samples=True, max_failures=2)  # fmt: skip
     base.update(kw)
-    return TrainJobConfig(**base)
+    return TrainJobConfig.from_dict(base)
 
 
 def _samples(run_dir: Path) -> dict[int, list[dict]]:
@@ -247,13 +247,14 @@ def test_batches_fit_the_data_before_the_job():
     from pipelines.train import fit_batches_to_data
     from vssflow.errors import InputError
 
-    cfg = TrainJobConfig(data="d", workers=2, batch_size=4)
-    assert not fit_batches_to_data(cfg, {"v2s": 40, "tts": 40}).keep_tail  # enough for full batches
-    assert fit_batches_to_data(cfg, {"v2s": 7, "tts": 7}).keep_tail
-    assert fit_batches_to_data(cfg, {"v2s": 40, "tts": 3}).keep_tail  # one task short is enough to shrink
-    assert not fit_batches_to_data(replace(cfg, tts_weight=0, joint_weight=0), {"v2s": 40, "tts": 3}).keep_tail
+    cfg = TrainJobConfig.from_dict(dict(data="d", workers=2, batch_size=4))
+    assert not fit_batches_to_data(cfg, {"v2s": 40, "tts": 40}).sampler.keep_tail  # enough for full batches
+    assert fit_batches_to_data(cfg, {"v2s": 7, "tts": 7}).sampler.keep_tail
+    assert fit_batches_to_data(cfg, {"v2s": 40, "tts": 3}).sampler.keep_tail  # one task short is enough to shrink
+    speech_off = replace(cfg, sampler=replace(cfg.sampler, tts_weight=0, joint_weight=0))
+    assert not fit_batches_to_data(speech_off, {"v2s": 40, "tts": 3}).sampler.keep_tail
     with pytest.raises(InputError, match="0 training clips"):  # speech only asked for, none there
-        fit_batches_to_data(replace(cfg, v2s_weight=0, joint_weight=0), {"v2s": 40})
+        fit_batches_to_data(replace(cfg, sampler=replace(cfg.sampler, v2s_weight=0, joint_weight=0)), {"v2s": 40})
     with pytest.raises(InputError, match="--workers 1"):
         fit_batches_to_data(cfg, {"tts": 1})
 
@@ -292,7 +293,8 @@ def test_a_cuda_job_asks_for_the_cuda_accelerator_and_bf16_and_a_cpu_job_for_cpu
     assert g["env_vars"]["DS_ACCELERATOR"] == "cuda" and g["use_gpu"] is True
     assert c["env_vars"]["DS_ACCELERATOR"] == "cpu" and c["use_gpu"] is False
     assert "cpu" not in g["env_vars"].values()  # nothing CPU-only reaches a GPU worker
-    g_ds, c_ds = deepspeed_config_for(gpu, world=2), deepspeed_config_for(cpu, world=2)
+    g_ds = deepspeed_config_for(gpu.engine_settings(), world=2)
+    c_ds = deepspeed_config_for(cpu.engine_settings(), world=2)
     assert g_ds["bf16"] == {"enabled": True} and g_ds["fp16"] == {"enabled": False}
     assert c_ds["bf16"] == {"enabled": False} and c_ds["fp16"] == {"enabled": False}  # fp32 on CPU
     assert gpu.device.dtype == torch.bfloat16 and cpu.device.dtype == torch.float32
