@@ -13,7 +13,6 @@ from pathlib import Path
 from ray import serve
 
 from pipelines.devices import actor_gpus, resolve_ray_device
-from pipelines.model_uri import resolve_model_dir
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from pipelines.serve.auth import read_token_file
 from pipelines.serve.config import DubService, Scaling, ServeConfig
@@ -23,18 +22,20 @@ from pipelines.serve.generator import GeneratorServer
 from pipelines.serve.ingress import Api
 from vssflow.commands.flags import add_mlflow_uri, add_model, mlflow_uri
 from vssflow.device import DEVICE_HELP, Device
+from vssflow.inference import is_model_uri
 
 
 def build_app(config: ServeConfig):
     """The Serve application (bind graph) for ``config``."""
-    model_dir = str(Path(config.model).resolve())
-    extractor = FeatureExtractor.options(name="FeatureExtractor", **config.extractor.options()).bind(model_dir, config)
-    generator = GeneratorServer.options(name="GeneratorServer", **config.generator.options()).bind(model_dir, config)
+    # an MLflow URI as it is (each replica downloads it where it runs), a directory as an absolute path
+    model = config.model if is_model_uri(config.model) else str(Path(config.model).resolve())
+    extractor = FeatureExtractor.options(name="FeatureExtractor", **config.extractor.options()).bind(model, config)
+    generator = GeneratorServer.options(name="GeneratorServer", **config.generator.options()).bind(model, config)
     dubber = None
     if config.dub is not None:  # one replica: the job table lives in it
         options = {**config.dub.worker.options(), "num_replicas": 1}
         del options["autoscaling_config"]
-        dubber = DubWorker.options(name="DubWorker", **options).bind(model_dir, config)
+        dubber = DubWorker.options(name="DubWorker", **options).bind(model, config)
     return Api.options(name="Api", **config.ingress.options()).bind(extractor, generator, config, dubber)
 
 
@@ -46,11 +47,11 @@ def build_app_from_args(args: dict):
             ("on" by default: ``POST /v1/dub`` with the default :class:`DubService`; "off"), ``api_token_file``
             (the mounted Secret holding the API token; empty: none).
     """
-    model = resolve_model_dir(str(args["model"]), tracking_uri=args.get("tracking_uri") or None)
+    tracking_uri = str(args.get("tracking_uri") or "") or None
     dub = None if str(args.get("dub", "on")).lower() == "off" else DubService()
     token_file = str(args.get("api_token_file") or "") or None
-    return build_app(ServeConfig(model=str(model), device=str(args.get("device") or "cpu"), dub=dub,
-                                 api_token_file=token_file))  # fmt: skip
+    return build_app(ServeConfig(model=str(args["model"]), tracking_uri=tracking_uri, dub=dub,
+                                 device=str(args.get("device") or "cpu"), api_token_file=token_file))  # fmt: skip
 
 
 def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
@@ -125,7 +126,7 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
     glo, ghi = _replicas(args.generator_replicas)
     elo, ehi = _replicas(args.extractor_replicas)
     return ServeConfig(
-        model=model_dir, device=str(device), max_batch_size=args.max_batch_size,
+        model=model_dir, tracking_uri=mlflow_uri(args), device=str(device), max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight, max_queued=args.max_queued,
         body_timeout_s=args.body_timeout, request_timeout_s=args.request_timeout,
         max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
@@ -145,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
     from vssflow.generator import read_model_config
 
-    model_dir = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))
-    read_model_config(model_dir)  # fail fast, one line, before starting Ray
+    if is_model_uri(args.model):  # downloaded by each replica where it runs (a cluster's pods do not see ours)
+        model_dir = args.model
+    else:
+        read_model_config(args.model)  # fail fast, one line, before starting Ray
+        model_dir = str(Path(args.model).resolve())
     if args.api_token_file is not None:
         read_token_file(args.api_token_file)
     config = config_from_args(args, str(model_dir))

@@ -16,10 +16,12 @@ class Scaling:
     max_replicas: int = 1
     target_ongoing_requests: float = 4.0
     max_ongoing_requests: int = 32
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources (e.g. a node pool's)
 
     def options(self) -> dict:
+        actor = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         return {
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": {**actor, "resources": dict(self.resources)} if self.resources else actor,
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas,
@@ -57,7 +59,9 @@ class ServeConfig:
     """What ``vssflow serve`` runs.
 
     Attributes:
-        model: local model directory (MLflow URIs are resolved before, by :func:`resolve_model_dir`).
+        model: a model directory (a path every replica's node sees: a shared volume) or an MLflow URI, which each
+            replica downloads itself where it runs (:func:`replica_model_dir`): no path crosses deployments.
+        tracking_uri: the MLflow tracking URI of a ``model`` URI.
         device: torch device of the extractors and the generator ("cpu", "cuda").
         max_upload_mb: largest request body (413 above it).
         max_video_seconds: longest video accepted (413); longer than the model window is fine (windows).
@@ -82,6 +86,7 @@ class ServeConfig:
     """
 
     model: str
+    tracking_uri: str | None = None
     device: str = "cpu"
     max_upload_mb: float = 50.0
     max_video_seconds: float = 60.0
@@ -104,6 +109,14 @@ class ServeConfig:
     extractor: Scaling = field(default_factory=Scaling)
     generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
     dub: DubService | None = None
+
+
+def replica_model_dir(model: str, config: ServeConfig) -> str:
+    """The model directory of the replica that calls it: ``model`` itself, or this replica's own download of an
+    MLflow URI (into its own temporary directory: the driver's or another pod's download does not exist here)."""
+    from pipelines.model_uri import resolve_model_dir
+
+    return str(resolve_model_dir(model, tracking_uri=config.tracking_uri))
 
 
 def replace_config(config: ServeConfig, **changes: Any) -> ServeConfig:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ray import serve
 
-from pipelines.serve.config import ServeConfig
+from pipelines.serve.config import ServeConfig, replica_model_dir
 from pipelines.serve.forms import HTTPError, clean_paths
 from pipelines.serve.jobs import Job, JobCancelled, JobTable
 from vssflow.errors import InputError
@@ -57,7 +57,7 @@ def _reply(fn, *args) -> dict:
 class DubWorker:
     """Admits, runs and keeps dubbing jobs (see the module docstring)."""
 
-    def __init__(self, model_dir: str, config: ServeConfig):
+    def __init__(self, model: str, config: ServeConfig):
         import torch
 
         from vssflow.device import resolve_device
@@ -67,6 +67,7 @@ class DubWorker:
         threads = max(1, int(self.limits.worker.num_cpus))
         torch.set_num_threads(threads)
         device = resolve_device(config.device if self.limits.worker.num_gpus > 0 else "cpu")
+        model_dir = replica_model_dir(model, config)  # this replica's own copy (an MLflow URI: its own download)
         self.gen = Generator.from_pretrained(model_dir, device=device.torch, dtype=device.dtype)
         self.gen.extractors  # noqa: B018 - loaded now: a missing encoder fails the deployment, not the first job
         self.root = Path(self.limits.jobs_dir or tempfile.mkdtemp(prefix="vssflow-dub-"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ray import serve
 
-from pipelines.serve.config import ServeConfig
+from pipelines.serve.config import ServeConfig, replica_model_dir
 from pipelines.serve.forms import HTTPError, clean_paths
 from vssflow.errors import InputError, VssflowError
 
@@ -25,7 +25,7 @@ from vssflow.errors import InputError, VssflowError
 class FeatureExtractor:
     """Video bytes (+ transcript, reference voice bytes) -> ClipFeatures. CPU-heavy: decoding and encoders."""
 
-    def __init__(self, model_dir: str, config: ServeConfig):
+    def __init__(self, model: str, config: ServeConfig):
         import torch
 
         from vssflow.features.extract import Extractors
@@ -34,13 +34,16 @@ class FeatureExtractor:
 
         torch.set_num_threads(max(1, int(config.extractor.num_cpus)))
         self.config = config
-        mc = read_model_config(model_dir)
+        mc = read_model_config(replica_model_dir(model, config))
         device = config.device if config.extractor.num_gpus > 0 else "cpu"  # a GPU only with a GPU share
         self.extractors = Extractors.load(extract_config_for(mc.get("info", {}), device=device))
         if self.extractors.sem_dim != int(mc["model"]["sem_dim"]):
             raise VssflowError(
                 f"visual encoder gives {self.extractors.sem_dim}-d features, the model expects {mc['model']['sem_dim']}"
             )
+        # this replica's own scratch space: the ingress sends bytes, never a path (its pod's paths are not here)
+        self.upload_dir = config.upload_dir or tempfile.mkdtemp(prefix="vssflow-extract-")
+        os.makedirs(self.upload_dir, exist_ok=True)
         self.lock = threading.Lock()  # encoders (tflite face detector) are not shared across threads
 
     def ready(self) -> bool:
@@ -73,7 +76,7 @@ class FeatureExtractor:
         from vssflow.inference import prepare
         from vssflow.media.video import declared_video, probe
 
-        workdir = tempfile.mkdtemp(prefix=f"x-{job['request_id']}-", dir=job["upload_dir"])
+        workdir = tempfile.mkdtemp(prefix=f"x-{job['request_id']}-", dir=self.upload_dir)
         video = os.path.join(workdir, "video" + job["video_suffix"])
         names = {video: job["video_name"], workdir: "upload"}
         try:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from pipelines.serve.config import ServeConfig
+from pipelines.serve.config import ServeConfig, replica_model_dir
 from vssflow.device import resolve_device
 from vssflow.errors import InputError
 
@@ -33,7 +33,7 @@ def group_key(features, steps: int | None, cfg: float | None, window_frames: int
 class GeneratorServer:
     """The DiT. Concurrent requests are batched (``@serve.batch``) and split into one-shape groups."""
 
-    def __init__(self, model_dir: str, config: ServeConfig):
+    def __init__(self, model: str, config: ServeConfig):
         import torch
         from ray.util import metrics
 
@@ -47,6 +47,7 @@ class GeneratorServer:
                                        initargs=(threads,))  # fmt: skip
         device = resolve_device(config.device)  # "cuda": the GPU Ray gave this replica (num_gpus); bf16 there
         # the DiT and the vocoder on that device: a @serve.batch group is one tensor batch (Generator.generate)
+        model_dir = replica_model_dir(model, config)  # downloaded here, by this replica, for an MLflow URI
         self.gen = Generator.from_pretrained(model_dir, device=device.torch, dtype=device.dtype)
         self.config = config
         self.inflight = 0  # requests inside this replica (queued for a batch or being generated)

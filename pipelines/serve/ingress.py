@@ -237,7 +237,7 @@ class Api(DubRoutes):
             raise HTTPError(422, e.reason, str(e).splitlines()[0]) from e
         video, video_name = await self._read_file(form, "video", required=True)
         ref, ref_name = await self._read_file(form, "reference_voice", required=False)
-        job = {"request_id": rid, "upload_dir": self.upload_dir, "request": checked, "video": video,
+        job = {"request_id": rid, "request": checked, "video": video,  # bytes: no path crosses deployments
                "video_name": video_name,
                "video_suffix": _suffix(video_name, _VIDEO_SUFFIXES, ".mp4"),
                "reference_voice": ref, "reference_name": ref_name,
