@@ -300,7 +300,44 @@ def test_serve_config_names_what_pipelines_serve_defines():
     source = inspect.getsource(inspect.getmodule(getattr(module, attr)))  # the builder's module (a package re-exports)
     for dep in app["deployments"]:
         assert f'name="{dep["name"]}"' in source, f"{module_name} has no deployment named {dep['name']!r}"
-    assert set(app["args"]) == {"model", "tracking_uri", "device"}
+    assert set(app["args"]) == {
+        "model",
+        "tracking_uri",
+        "device",
+        "generator_gpus",
+        "extractor_device",
+        "extractor_gpus",
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_deployment_asks_for_a_gpu_exactly_when_it_runs_on_cuda(overlay):
+    """The RayService's args give each deployment its own device and GPU share, and they agree with the deployments'
+    ray_actor_options. `device: cuda` once reached the CPU-only extractor too and the service never became ready;
+    a device without its GPU share is refused by the application at start (check_devices), and here."""
+    from pipelines.serve.app import config_from_service_args
+    from pipelines.serve.config import check_devices
+    from vssflow.errors import VssflowError
+
+    (svc,) = [d for d in _docs(overlay) if d["kind"] == "RayService"]
+    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
+    args = app["args"]
+    config = config_from_service_args(args)
+    check_devices(config)
+    options = {d["name"]: d["ray_actor_options"] for d in app["deployments"]}
+    assert options["GeneratorServer"]["num_gpus"] == config.generator.num_gpus
+    assert options["FeatureExtractor"]["num_gpus"] == config.extractor.num_gpus
+    assert config.extractor_device == "cpu" and config.extractor.num_gpus == 0
+    if overlay is None:
+        assert config.device == "cuda" and config.generator.num_gpus == 1
+    refused = [
+        ({"extractor_device": "cuda", "extractor_gpus": 0}, "extractor: device cuda without a GPU"),
+        ({"device": "cuda", "generator_gpus": 0}, "generator: device cuda without a GPU"),
+        ({"device": "cpu", "generator_gpus": 1}, "generator: 1 GPUs for a cpu deployment"),
+    ]
+    for bad, needle in refused:
+        with pytest.raises(VssflowError, match=needle):
+            check_devices(config_from_service_args({**args, **bad}))
 
 
 # ---- agreement across files ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from ray import serve
 from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from pipelines.serve.auth import read_token_file
-from pipelines.serve.config import DubService, Scaling, ServeConfig
+from pipelines.serve.config import DubService, Scaling, ServeConfig, check_devices
 from pipelines.serve.dub import DubWorker
 from pipelines.serve.extractor import FeatureExtractor
 from pipelines.serve.generator import GeneratorServer
@@ -26,7 +26,12 @@ from vssflow.inference import is_model_uri
 
 
 def build_app(config: ServeConfig):
-    """The Serve application (bind graph) for ``config``."""
+    """The Serve application (bind graph) for ``config``.
+
+    Raises:
+        VssflowError: a deployment's device without its GPU share, or the reverse (:func:`check_devices`).
+    """
+    check_devices(config)
     # an MLflow URI as it is (each replica downloads it where it runs), a directory as an absolute path
     model = config.model if is_model_uri(config.model) else str(Path(config.model).resolve())
     extractor = FeatureExtractor.options(name="FeatureExtractor", **config.extractor.options()).bind(model, config)
@@ -43,15 +48,35 @@ def build_app_from_args(args: dict):
     """Application builder for a Serve config file or a KubeRay RayService (``pipelines.serve:build_app_from_args``).
 
     Args:
-        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device``, ``dub``
-            ("on" by default: ``POST /v1/dub`` with the default :class:`DubService`; "off"), ``api_token_file``
-            (the mounted Secret holding the API token; empty: none).
+        args: see :func:`config_from_service_args`.
     """
-    tracking_uri = str(args.get("tracking_uri") or "") or None
-    dub = None if str(args.get("dub", "on")).lower() == "off" else DubService()
-    token_file = str(args.get("api_token_file") or "") or None
-    return build_app(ServeConfig(model=str(args["model"]), tracking_uri=tracking_uri, dub=dub,
-                                 device=str(args.get("device") or "cpu"), api_token_file=token_file))  # fmt: skip
+    return build_app(config_from_service_args(args))
+
+
+def config_from_service_args(args: dict) -> ServeConfig:
+    """The ServeConfig of a RayService's ``args`` (cluster/k8s/templates/_serve_config.yaml).
+
+    Args:
+        args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device`` and
+            ``generator_gpus`` (the generator's), ``extractor_device`` and ``extractor_gpus``, ``dub`` ("on" by
+            default: ``POST /v1/dub`` with the default :class:`DubService`; "off"), ``api_token_file`` (the
+            mounted Secret holding the API token; empty: none).
+    """
+    device = str(args.get("device") or "cpu")
+    extractor_device = str(args.get("extractor_device") or "cpu")
+
+    def gpus(key: str, dev: str) -> float:
+        value = args.get(key)
+        return float(value) if value not in (None, "") else (1.0 if dev.startswith("cuda") else 0.0)
+
+    return ServeConfig(
+        model=str(args["model"]), tracking_uri=str(args.get("tracking_uri") or "") or None,
+        device=device, extractor_device=extractor_device,
+        generator=Scaling(num_gpus=gpus("generator_gpus", device), max_ongoing_requests=64),
+        extractor=Scaling(num_gpus=gpus("extractor_gpus", extractor_device)),
+        dub=None if str(args.get("dub", "on")).lower() == "off" else DubService(),
+        api_token_file=str(args.get("api_token_file") or "") or None,
+    )  # fmt: skip
 
 
 def start(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, name: str = "vssflow") -> str:
@@ -85,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator-gpus", type=float, default=None, help="GPUs per generator replica (default 1 on cuda)")
     p.add_argument("--generator-replicas", default="1", help="N or MIN:MAX (autoscaling)")
     p.add_argument("--extractor-cpus", type=float, default=1.0)
+    p.add_argument("--extractor-device", default="cpu", help=f"feature extractors: {DEVICE_HELP} (default cpu)")
+    p.add_argument("--extractor-gpus", type=float, default=None, help="GPUs per extractor replica (default 1 on cuda)")
     p.add_argument("--extractor-replicas", default="1", help="N or MIN:MAX (autoscaling)")
     p.add_argument("--upload-dir", default=None, help="where per-request uploads live (removed after each request)")
     p.add_argument("--api-token-file", default=None,
@@ -123,6 +150,8 @@ def serve_device(spec: str, ray_address: str | None) -> Device:
 def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
     device = serve_device(args.device, args.ray_address)
     gpus = actor_gpus(device) if args.generator_gpus is None else args.generator_gpus
+    extractor_device = serve_device(args.extractor_device, args.ray_address)
+    extractor_gpus = actor_gpus(extractor_device) if args.extractor_gpus is None else args.extractor_gpus
     glo, ghi = _replicas(args.generator_replicas)
     elo, ehi = _replicas(args.extractor_replicas)
     return ServeConfig(
@@ -133,7 +162,8 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
         api_token_file=None if args.api_token_file is None else str(Path(args.api_token_file).resolve()),
         generator=Scaling(num_cpus=args.generator_cpus, num_gpus=gpus, min_replicas=glo,
                           max_replicas=ghi, max_ongoing_requests=64),
-        extractor=Scaling(num_cpus=args.extractor_cpus, min_replicas=elo, max_replicas=ehi),
+        extractor=Scaling(num_cpus=args.extractor_cpus, num_gpus=extractor_gpus, min_replicas=elo, max_replicas=ehi),
+        extractor_device=str(extractor_device),
         dub=None if args.dub == "off" else DubService(
             max_jobs=args.dub_max_jobs, max_video_seconds=args.dub_max_video_seconds,
             result_ttl_s=args.dub_result_ttl, jobs_dir=args.dub_jobs_dir,
@@ -154,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.api_token_file is not None:
         read_token_file(args.api_token_file)
     config = config_from_args(args, str(model_dir))
+    check_devices(config)  # before Ray starts: a device without its GPU share would never become ready
     # Handlers first: a SIGINT/SIGTERM that arrives while Ray and the app start (the app answers /readyz before
     # serve.run returns) stops the server once it is up, instead of being swallowed inside Ray's start-up code.
     stop = threading.Event()

@@ -62,7 +62,9 @@ class ServeConfig:
         model: a model directory (a path every replica's node sees: a shared volume) or an MLflow URI, which each
             replica downloads itself where it runs (:func:`replica_model_dir`): no path crosses deployments.
         tracking_uri: the MLflow tracking URI of a ``model`` URI.
-        device: torch device of the extractors and the generator ("cpu", "cuda").
+        device: torch device of the generator ("cpu", "cuda"; cuda needs ``generator.num_gpus`` > 0).
+        extractor_device: torch device of the feature extractors ("cpu" by default: decoding is CPU work; cuda
+            needs ``extractor.num_gpus`` > 0). :func:`check_devices` refuses a device without its GPU share.
         max_upload_mb: largest request body (413 above it).
         max_video_seconds: longest video accepted (413); longer than the model window is fine (windows).
         max_pixels: largest frame (width * height) accepted (413).
@@ -88,6 +90,7 @@ class ServeConfig:
     model: str
     tracking_uri: str | None = None
     device: str = "cpu"
+    extractor_device: str = "cpu"
     max_upload_mb: float = 50.0
     max_video_seconds: float = 60.0
     max_pixels: int = 1920 * 1080
@@ -109,6 +112,24 @@ class ServeConfig:
     extractor: Scaling = field(default_factory=Scaling)
     generator: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
     dub: DubService | None = None
+
+
+def check_devices(config: ServeConfig) -> None:
+    """Refuse, in one line, a deployment whose device and GPU share disagree: on cuda without a GPU share its
+    replica finds no GPU and the application never becomes ready; a GPU share on cpu holds a GPU for nothing."""
+    from vssflow.errors import VssflowError
+
+    for name, device, scaling, flag, value in (
+        ("generator", config.device, config.generator, "--generator-gpus", "serve.generator.gpus_per_replica"),
+        ("extractor", config.extractor_device, config.extractor, "--extractor-gpus", "serve.features.gpus_per_replica"),
+    ):
+        on_gpu = str(device).strip().lower().startswith("cuda")
+        if on_gpu and scaling.num_gpus <= 0:
+            raise VssflowError(f"{name}: device {device} without a GPU share; give {flag} > 0 ({value} in "
+                               f"cluster/values.yaml), or device cpu")  # fmt: skip
+        if not on_gpu and scaling.num_gpus > 0:
+            raise VssflowError(f"{name}: {scaling.num_gpus:g} GPUs for a {device} deployment; give device cuda, "
+                               f"or {flag} 0 ({value})")  # fmt: skip
 
 
 def replica_model_dir(model: str, config: ServeConfig) -> str:

@@ -35,7 +35,7 @@ class FeatureExtractor:
         torch.set_num_threads(max(1, int(config.extractor.num_cpus)))
         self.config = config
         mc = read_model_config(replica_model_dir(model, config))
-        device = config.device if config.extractor.num_gpus > 0 else "cpu"  # a GPU only with a GPU share
+        device = config.extractor_device  # its own: a GPU only with a GPU share (check_devices)
         self.extractors = Extractors.load(extract_config_for(mc.get("info", {}), device=device))
         if self.extractors.sem_dim != int(mc["model"]["sem_dim"]):
             raise VssflowError(
