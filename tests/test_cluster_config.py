@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -182,7 +183,14 @@ def test_renderer_types_overrides_and_errors(tmp_path):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_core_kinds_validate_against_the_kubernetes_schema(overlay):
     core = [d for d in _docs(overlay) if not d["apiVersion"].startswith("ray.io/")]
-    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "Deployment"}
+    assert {d["kind"] for d in core} >= {
+        "Namespace",
+        "ConfigMap",
+        "Service",
+        "StatefulSet",
+        "Deployment",
+        "NetworkPolicy",
+    }
     for doc in core:
         # raises SchemaNotFoundError for an unknown kind/apiVersion, ValidationError for a bad field
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -307,6 +315,7 @@ def test_serve_config_names_what_pipelines_serve_defines():
         "generator_gpus",
         "extractor_device",
         "extractor_gpus",
+        "api_token_file",
     }
 
 
@@ -437,7 +446,7 @@ def test_names_references_and_uris_resolve(overlay):
             assert d["metadata"]["namespace"] == ns, d["metadata"]["name"]
     assert set(by_kind["Namespace"]) == {ns}
 
-    secrets = {n: set(s.get("stringData", {})) | set(s.get("data", {})) for n, s in by_kind["Secret"].items()}
+    secrets = {s["name"]: set(s["keys"]) for s in values["secrets"]}  # created by the operator, not rendered
     for _, node in _walk(docs):
         if "secretKeyRef" in node:
             ref = node["secretKeyRef"]
@@ -521,3 +530,168 @@ def test_job_entrypoints_parse_with_the_vssflow_cli(job, entrypoint):
     except SystemExit as e:
         raise AssertionError(f"RayJob {job}: `{entrypoint}` is rejected by the vssflow CLI") from e
     assert args.command == argv[1]
+
+
+# ---- security: secrets, pods, control planes -------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_is_committed_and_reapplying_never_resets_one(overlay):
+    """No rendered manifest is a Secret or carries a password: each Secret is the operator's (values: secrets),
+    so `kubectl apply -f rendered/` cannot overwrite one with a committed default. Compose takes every secret
+    from the environment or the git-ignored .env, and refuses to start without it."""
+    docs = _docs(overlay)
+    assert not [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+    text = "\n".join(yaml.safe_dump(d) for d in docs)
+    for leaked in ("change-me", "password1234", "minioadmin", "AKIA"):
+        assert leaked not in text, leaked
+    for _, node in _walk(docs):  # no literal value for a variable that holds a secret
+        if isinstance(node, dict) and "name" in node and "value" in node:
+            assert not re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", str(node["name"])), node
+
+    compose = (CLUSTER / "mlflow" / "docker-compose.yaml").read_text()
+    variables = set(re.findall(r"\$\{(\w+)", compose))
+    assert {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD"} <= variables
+    assert not re.search(r"\$\{\w+:-", compose), "a default value for a compose variable: use ${VAR:?message}"
+    for var in variables:
+        assert re.search(rf"\$\{{{var}:\?[^}}]+\}}", compose), f"{var}: use ${{{var}:?message}} (no default)"
+    example = (CLUSTER / "mlflow" / ".env.example").read_text()
+    names = {line.split("=")[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+    assert names == variables and not re.search(r"^\w+=\S", example, flags=re.M)  # no value in the example
+    ignored = subprocess.run(["git", "check-ignore", "-q", "cluster/mlflow/.env"], cwd=REPO)
+    assert ignored.returncode == 0, "cluster/mlflow/.env must be git-ignored"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_runs_as_non_root_without_privilege_or_capabilities(overlay):
+    for doc in _docs(overlay):
+        for template in _pod_templates(doc):
+            spec = template["spec"]
+            pod = spec.get("securityContext", {})
+            where = f"{doc['kind']} {doc['metadata']['name']}"
+            assert pod.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                ctx = {**pod, **c.get("securityContext", {})}
+                assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) > 0, (where, c["name"])
+                assert ctx.get("allowPrivilegeEscalation") is False, (where, c["name"])
+                assert ctx.get("capabilities", {}).get("drop") == ["ALL"], (where, c["name"])
+                assert not ctx.get("privileged"), (where, c["name"])
+    dockerfile = (CLUSTER / "docker" / "Dockerfile").read_text()
+    assert re.search(r"rm -f /etc/sudoers\.d/\*", dockerfile) and re.search(r"sed -i '/NOPASSWD/d' /etc/sudoers",
+                                                                           dockerfile), (
+        "the Ray image must remove the base image's passwordless sudo"
+    )  # fmt: skip
+    users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.M)
+    assert users and users[-1] == "ray", users
+
+
+def _ray_containers(docs: list[dict]) -> list[dict]:
+    return [c for d in docs if d["apiVersion"].startswith("ray.io/") for c in _containers(d)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ray_mlflow_and_serve_need_credentials(overlay):
+    """Ray's token authentication (GCS, dashboard, Jobs API), MLflow's basic-auth app, the Serve API token, and
+    object-store keys scoped to the project's buckets: MinIO's root keys reach no Ray pod."""
+    values = render.load_values(overlay)
+    docs = _docs(overlay)
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    config = by_name[("ConfigMap", "vssflow-config")]["data"]
+    assert config["RAY_AUTH_MODE"] == "token"
+    containers = _ray_containers(docs)
+    assert len(containers) >= 4  # RayCluster head + 2 groups, RayService head + 2 groups
+    for c in containers:
+        env = {e["name"]: e for e in c.get("env", [])}
+        refs = {n: e["valueFrom"]["secretKeyRef"]["name"] for n, e in env.items() if "valueFrom" in e}
+        assert refs["RAY_AUTH_TOKEN"] == values["cluster"]["ray_token_secret"], c["name"]
+        auth = values["mlflow"]["auth"]["secret"]
+        assert refs["MLFLOW_TRACKING_USERNAME"] == refs["MLFLOW_TRACKING_PASSWORD"] == auth, c["name"]
+        from_secrets = {r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r}
+        assert from_secrets == {values["storage"]["credentials_secret"]}, c["name"]
+        assert {"name": "api-token", "mountPath": "/etc/vssflow/api-token", "readOnly": True} in c["volumeMounts"]
+    (svc,) = [d for d in docs if d["kind"] == "RayService"]
+    app = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["api_token_file"] == "/etc/vssflow/api-token/token" == values["serve"]["api_token_file"]
+
+    mlflow = by_name[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in mlflow["args"]
+    script = " ".join(mlflow["command"])
+    assert "admin_password" in script and "$MLFLOW_TRACKING_PASSWORD" in script and "exec mlflow server" in script
+
+    root = values["mlflow"]["minio"]["root_secret"]
+    holders = set()
+    for d in docs:
+        for _, node in _walk(d):
+            ref = (node.get("secretKeyRef") or node.get("secretRef")) if isinstance(node, dict) else None
+            if isinstance(ref, dict) and ref.get("name") == root:
+                holders.add(d["metadata"]["name"])
+    assert holders == {"minio", "minio-buckets"}, holders
+    job = by_name[("Job", "minio-buckets")]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "mc admin user add" in job and "mc admin policy attach store vssflow-buckets" in job
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present = e["key"] in labels
+        if (e["operator"] == "Exists" and not present) or (e["operator"] == "DoesNotExist" and present):
+            return False
+        if e["operator"] == "In" and labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def _admitted(policies: list[dict], ns: str, target: dict, port: int, source: tuple[str, dict]) -> bool:
+    """Whether NetworkPolicies let a pod (``source``: its namespace and labels) reach ``target``:``port``."""
+    src_ns, src_labels = source
+    applying = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+    if not applying:
+        return True
+    for p in applying:
+        for rule in p["spec"].get("ingress", []):
+            ports = [x["port"] for x in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("from", []):
+                ns_ok = (_selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": src_ns})
+                         if "namespaceSelector" in peer else src_ns == ns)  # fmt: skip
+                pod_ok = _selects(peer["podSelector"], src_labels) if "podSelector" in peer else True
+                if ns_ok and pod_ok:
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_admit_only_the_ingress_the_operator_and_the_ray_pods(overlay):
+    values = render.load_values(overlay)
+    docs = _docs(overlay)
+    ns = values["namespace"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    labels = {}
+    for d in docs:
+        for t in _pod_templates(d):
+            tl = t["metadata"]["labels"]
+            labels[tl.get("app.kubernetes.io/component") or tl["app.kubernetes.io/name"]] = tl
+    head, ray, mlflow, pg, minio = (labels[k] for k in ("ray-head", "ray-worker-cpu", "mlflow", "postgres", "minio"))
+    stranger = (ns, {"app": "someone-else"})
+    outside = ("default", {"app": "anything"})
+    ingress = (values["network"]["ingress_namespace"], {"app.kubernetes.io/name": "ingress-nginx"})
+    operator = (values["network"]["operator_namespace"], {"app.kubernetes.io/name": "kuberay-operator"})
+    serve, m = values["serve"]["http_port"], values["mlflow"]
+    ports = {"head": (head, [6379, 8265, 10001, serve, 52365]), "worker": (ray, [8265, serve, 52365, 10002]),
+             "mlflow": (mlflow, [m["port"]]), "postgres": (pg, [m["postgres"]["port"]]),
+             "minio": (minio, [m["minio"]["port"], m["minio"]["console_port"]])}  # fmt: skip
+    for name, (target, target_ports) in ports.items():  # nothing in the open
+        for port in target_ports:
+            for source in (stranger, outside):
+                assert not _admitted(policies, ns, target, port, source), (name, port, source)
+    assert _admitted(policies, ns, head, serve, ingress) and not _admitted(policies, ns, head, 8265, ingress)
+    assert not _admitted(policies, ns, head, 6379, ingress)
+    assert _admitted(policies, ns, head, 8265, operator) and not _admitted(policies, ns, head, 6379, operator)
+    assert _admitted(policies, ns, head, 6379, (ns, ray)) and _admitted(policies, ns, ray, 10002, (ns, head))
+    submitter = (ns, {"ray.io/originated-from-crd": "RayJob"})
+    assert _admitted(policies, ns, head, 8265, submitter) and not _admitted(policies, ns, head, 6379, submitter)
+    assert _admitted(policies, ns, mlflow, m["port"], (ns, ray))
+    assert not _admitted(policies, ns, pg, m["postgres"]["port"], (ns, ray))
+    assert _admitted(policies, ns, pg, m["postgres"]["port"], (ns, mlflow))
+    assert _admitted(policies, ns, minio, m["minio"]["port"], (ns, ray))
+    assert not _admitted(policies, ns, minio, m["minio"]["console_port"], (ns, ray))

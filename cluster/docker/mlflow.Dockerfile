@@ -11,7 +11,7 @@ ARG PSYCOPG2_VERSION=2.9.13
 ARG BOTO3_VERSION=1.44.8
 
 RUN pip install --no-cache-dir --disable-pip-version-check \
-        "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" "boto3==${BOTO3_VERSION}" \
+        "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" "boto3==${BOTO3_VERSION}" \
  && useradd --create-home --uid 1000 mlflow
 
 USER mlflow

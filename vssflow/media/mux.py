@@ -20,6 +20,7 @@ import numpy as np
 
 from vssflow.constants import SAMPLE_RATE
 from vssflow.errors import AssetError, BadVideoError, InputError
+from vssflow.media.video import PROTOCOLS
 
 __all__ = ["mux_audio", "ffmpeg_exe", "check_writable"]
 
@@ -103,7 +104,9 @@ def mux_audio(
             audio_path = wav_tmp
         else:
             audio_path = str(audio)
-        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-i", audio_path]
+        # an upload opens only local files and pipes (a playlist naming http:// is refused, not followed)
+        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *PROTOCOLS, "-i", str(video)]
+        cmd += [*PROTOCOLS, "-i", audio_path]
         cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:a", codec, "-b:a", audio_bitrate]
         if out.suffix.lower() in (".mp4", ".m4v", ".mov"):
             cmd += ["-movflags", "+faststart"]
