@@ -158,9 +158,9 @@ def test_tracking_server_on_postgres_with_project_logging(mlflow_server, postgre
     logger.set_tags({"data.version": "abc123"})
     logger.end()
 
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"preset": "tiny", "depth": 2}))
+    from conftest_data import make_tiny_serving_model
+
+    model_dir = make_tiny_serving_model(tmp_path / "model")  # a real model: its signature is read from its config
     model_uri = mlflow_utils.log_and_register_model(model_dir, run_id=logger.run_id, tracking_uri=url)
     assert model_uri == "models:/vssflow/1"
 
@@ -180,7 +180,7 @@ def test_tracking_server_on_postgres_with_project_logging(mlflow_server, postgre
     mlflow.set_tracking_uri(url)
     restored = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp_path / "reg")))
     configs = [p for p in restored.rglob("config.json")]
-    assert [json.loads(p.read_text()) for p in configs] == [{"preset": "tiny", "depth": 2}], configs
+    assert [json.loads(p.read_text()) for p in configs] == [json.loads((model_dir / "config.json").read_text())]
     # Runs and the model registry live in PostgreSQL.
     assert _sql(postgres_uri, "SELECT value FROM tags WHERE run_uuid = %s AND key = 'data.version'", logger.run_id) == [
         ("abc123",)
