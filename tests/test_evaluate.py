@@ -1,8 +1,8 @@
-"""`vssflow evaluate` end to end (Ray Data actor, real corpus clips, real MLflow store) and the experiment runner.
+"""`vssflow evaluate` end to end (Ray Data actor, real corpus clips, real MLflow store); the experiment runner's
+tests are in test_experiment.py.
 
 The evaluated model is untrained (random weights): the test checks the pipeline's outputs and that the metrics put
-the ground truth clearly ahead of this model. The full tiny experiment (train + evaluate, 2 seeds) is marked slow;
-its smoke variant runs one experiment on one variant pair with 2 seeds and 2 training steps.
+the ground truth clearly ahead of this model.
 """
 
 import json
@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.stats
 from conftest_media import synth_corpus
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
 from pipelines.evaluate import EvalConfig, evaluate  # noqa: E402
-from pipelines.experiment import ExperimentConfig, compare, run_experiment, seed_stats  # noqa: E402
 from pipelines.mlflow_utils import run_artifacts, run_metrics  # noqa: E402
 from vssflow.audio.codec import MelCodec  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
@@ -187,127 +185,6 @@ def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path)
     experiment = client.get_experiment_by_name(cfg.experiment or EVAL_EXPERIMENT)  # no training run in this store
     runs = client.search_runs([experiment.experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("fails", "FAILED")]
-
-
-def test_reconstruct_goes_through_the_codec_and_vocoder():
-    """Generator.reconstruct: a clip's own mel through the model's codec and vocoder, as long as the clip."""
-    import torch
-
-    from vssflow.audio.mel import log_mel
-
-    gen = Generator(ModelConfig(**EVAL_MODEL, sem_dim=32), codec=MelCodec())
-    t = np.arange(int(1.23 * 16000)) / 16000
-    wav = (0.1 * np.sin(2 * np.pi * 440 * t) * (t < 0.8)).astype(np.float32)
-    mel = np.asarray(log_mel(wav))
-    out = gen.reconstruct(mel, 1.23)
-    assert out.shape == (len(wav),) and out.dtype == np.float32
-    rec = np.asarray(log_mel(out))[: len(mel)]
-    assert np.corrcoef(rec.ravel(), mel.ravel())[0, 1] > 0.9  # the same sound, not noise
-    assert len(gen.reconstruct(mel)) == len(mel) * 160
-    # it is the codec's path: a codec that scales its latents changes the output
-    gen.codec.std = gen.codec.std * 0.0 + 2.0
-    gen.codec.mean = gen.codec.mean * 0.0 + 1.0
-    again = np.asarray(log_mel(gen.reconstruct(mel, 1.23)))[: len(mel)]  # encode/decode invert each other
-    assert np.abs(again - rec).mean() < 0.05  # (compared as mels: Griffin-Lim's phase magnifies the rounding)
-    gen.codec.decode = lambda z: torch.full((len(z), 4 * z.shape[1], 64), float(mel.min()))  # forgets everything
-    assert np.abs(gen.reconstruct(mel, 1.23)).max() < 0.1 * np.abs(out).max()
-
-
-def test_confidence_intervals_and_verdicts():
-    from vssflow.metrics.suite import mean_ci
-
-    m = seed_stats([1.0, 2.0, 3.0])
-    assert m["mean"] == 2.0 and m["ci95"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
-    # the one interval of reports and experiments is Student's t at every n (t(11) = 2.201, not z = 1.96)
-    twelve = [float(i % 4) for i in range(12)]
-    assert mean_ci(twelve) == pytest.approx((1.5, 2.201 * np.std(twelve, ddof=1) / 12**0.5, 12), rel=1e-3)
-    assert mean_ci([2.0, float("nan"), None])[1:] == (pytest.approx(float("nan"), nan_ok=True), 1)
-    assert compare([0.1, 0.12, 0.11], [0.5, 0.52, 0.49], higher_is_better=False)["verdict"] == "better"
-    assert compare([0.5, 0.52, 0.49], [0.1, 0.12, 0.11], higher_is_better=False)["verdict"] == "worse"
-    assert compare([0.1, 0.5, 0.3], [0.3, 0.1, 0.5], higher_is_better=False)["verdict"] == "no difference"
-
-
-def test_phoneme_layout_experiment_compares_each_layout_with_the_papers():
-    from pipelines.experiment import summarise, variants
-
-    assert [(v.name, v.model) for v in variants("phoneme-layout")] == [
-        ("layout-clip", {"phoneme_layout": "clip"}), ("layout-span", {"phoneme_layout": "span"}),
-        ("layout-duration", {"phoneme_layout": "duration"}),
-    ]  # fmt: skip
-    wer = {"layout-clip": [1.0, 1.1, 0.9], "layout-span": [0.98, 1.12, 0.91], "layout-duration": [0.5, 0.6, 0.4]}
-    results = {v: {s: {"eval": {"3": {"tts": {"wer": w[s], "mcd": 40.0 + s, "spk_sim": 0.5}}}} for s in range(3)}
-               for v, w in wer.items()}  # fmt: skip
-    comps = summarise("phoneme-layout", results, [3.0])["comparisons"]
-    assert comps["tts/wer: duration vs clip"]["verdict"] == "better"
-    assert comps["tts/wer: span vs clip"]["verdict"] == "no difference"
-
-
-def _toy_shards(root: Path) -> Path:
-    from conftest_data import make_toy_shards
-
-    return make_toy_shards(root / "shards", n_v2s=6, n_tts=6, n_val=2)  # 2 val clips per task: FD needs 2
-
-
-def _check_experiment(rep: dict, root: Path, n_variants: int, seeds: int) -> None:
-    assert (
-        (root / "experiment.md").is_file() and (root / "experiment.json").is_file() and (root / "curves.png").is_file()
-    )
-    assert len(rep["results"]) == n_variants and all(len(v) == seeds for v in rep["results"].values())
-    claim = rep["summary"]["claim"]
-    assert claim["verdict"] and claim["verdict"] in (root / "experiment.md").read_text()
-    from vssflow.metrics.suite import HIGHER_IS_BETTER
-
-    for key, comp in rep["summary"]["comparisons"].items():  # each verdict follows from its own interval
-        metric = key.split("/", 1)[1].split(":", 1)[0]
-        if not math.isfinite(comp["ci95"]):
-            expected = "undetermined"
-        elif abs(comp["mean"]) <= comp["ci95"]:
-            expected = "no difference"
-        else:
-            expected = "better" if (comp["mean"] > 0) == HIGHER_IS_BETTER[metric] else "worse"
-        assert comp["verdict"] == expected, (key, comp)
-    # every training run and every evaluation is in the experiment's MLflow store
-    for seeds_ in rep["results"].values():
-        for e in seeds_.values():
-            losses = run_metrics(e["train"]["run_id"], tracking_uri=rep["tracking_uri"])
-            assert any(k.startswith("loss") for k in losses)
-
-
-def test_experiment_smoke(cluster, tmp_path):
-    """joint-vs-separate restricted to V2S evaluation, 2 seeds, 2 training steps: the whole runner, quickly."""
-    data = _toy_shards(tmp_path)
-    cfg = ExperimentConfig(name="joint-vs-separate", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,
-                           only=("v2s", "joint"), eval_tasks=("v2s",), scale_overrides={
-                               "max_steps": 2, "eval_steps": 1, "model_overrides": TINY | {"sem_dim": 32}})  # fmt: skip
-    rep = run_experiment(cfg)
-    _check_experiment(rep, tmp_path / "exp", 2, 2)
-    fd = rep["summary"]["comparisons"]["v2s/fd: joint vs v2s-only"]
-    # the comparison recomputed from the per-seed results: paired differences, a t interval with 1 degree of freedom
-    joint, alone = ([rep["results"][v][s]["eval"]["3"]["v2s"]["fd"] for s in sorted(rep["results"][v])]
-                    for v in ("joint", "v2s"))  # fmt: skip
-    d = np.subtract(joint, alone)
-    half = scipy.stats.t.ppf(0.975, df=1) * d.std(ddof=1) / np.sqrt(2)
-    assert fd["n"] == 2 and fd["mean"] == pytest.approx(d.mean()) and fd["ci95"] == pytest.approx(half, rel=1e-3)
-    expected = "no difference" if abs(d.mean()) <= half else "better" if d.mean() < 0 else "worse"  # lower FD is better
-    assert fd["verdict"] == expected
-    assert not any(k.startswith("tts/") for k in rep["summary"]["comparisons"])  # TTS was not evaluated
-    assert rep["summary"]["table"]["joint"]["3"]["v2s"]["fd"]["n"] == 2
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_experiment_cfg_tiny_end_to_end(cluster, tmp_path):
-    """The CFG experiment at the tiny scale: the joint and the V2S-only model, 2 seeds, guidance 1 and 4."""
-    data = _toy_shards(tmp_path)
-    cfg = ExperimentConfig(name="cfg", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,
-                           only=("v2s", "joint"), eval_tasks=("v2s",),
-                           scale_overrides={"model_overrides": TINY | {"sem_dim": 32}})  # fmt: skip
-    rep = run_experiment(cfg)
-    _check_experiment(rep, tmp_path / "exp", 2, 2)
-    table = rep["summary"]["table"]
-    assert set(table["joint"]) == {"1", "4"} and table["joint"]["4"]["v2s"]["fd"]["n"] == 2
-    spread = rep["summary"]["comparisons"]["v2s/fd spread over cfg: joint vs v2s-only"]
-    assert spread["n"] == 2 and spread["verdict"] in ("better", "worse", "no difference")
 
 
 def test_train_and_evaluate_share_the_default_store_and_the_evaluation_is_a_child_of_the_training(

@@ -1,7 +1,9 @@
-"""The model registry (pipelines/mlflow_utils.py) on a real SQLite MLflow store: aliases and pinned requirements."""
+"""pipelines/mlflow_utils.py on a real SQLite MLflow store: the registry (aliases, pinned requirements, signature),
+artifacts beside the store, buffered metrics."""
 
 from importlib import metadata
 
+import numpy as np
 import pytest
 
 pytest.importorskip("mlflow")
@@ -9,6 +11,7 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines import mlflow_utils  # noqa: E402
+from pipelines.mlflow_utils import run_metrics  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
 from vssflow.model import ModelConfig  # noqa: E402
 
@@ -76,3 +79,32 @@ def test_the_registered_model_has_a_signature_and_generates_through_pyfunc(tmp_p
         np.testing.assert_array_equal(wav, direct.generate(clip, steps=2, seed=i))
     with pytest.raises(mlflow.exceptions.MlflowException, match="features"):
         model.predict(pd.DataFrame({"video": [b"x"]}))  # the signature is enforced
+
+
+def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
+    """Nothing lands in ./mlruns of the current directory (MLflow's default artifact root with a SQLite store)."""
+    from collections import Counter
+
+    from pipelines import mlflow_utils
+    from pipelines.preprocess import PreprocessConfig, Summary, log_to_mlflow
+    from vssflow.features.extract import ExtractConfig
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    summary = Summary(rows_in=2, skipped=0, written=2, quarantined=Counter(), shards=1, seconds=1.0)
+    summary.out_dir = str(tmp_path / "out")
+    cfg = PreprocessConfig(manifest="m.jsonl", out=str(tmp_path / "out"), mlflow_uri=uri)
+    log_to_mlflow(cfg, summary, {"extract": ExtractConfig().to_dict(), "extractors": {}})
+    logger = mlflow_utils.RunLogger(uri, run_name="t", system_metrics=False, flush_every=5)
+    for step in range(7):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.log_audio(np.zeros(1600, np.float32), 16000, "clip", step=6)
+    logger.end()
+    assert not (cwd / "mlruns").exists() and list(cwd.iterdir()) == []
+    assert any((tmp_path / "store" / "mlartifacts").rglob("preprocess_config.json"))
+    assert any((tmp_path / "store" / "mlartifacts").rglob("clip.wav"))
+    # buffered metrics: every step arrives (5 in one batch, the rest at end())
+    assert [s for s, _ in run_metrics(logger.run_id, tracking_uri=uri)["loss"]] == list(range(7))

@@ -259,24 +259,6 @@ def test_batches_fit_the_data_before_the_job():
         fit_batches_to_data(cfg, {"tts": 1})
 
 
-def test_deepspeed_config_is_bf16_on_gpu_and_fp32_on_cpu():
-    from pipelines.deepspeed_config import build_deepspeed_config
-
-    common = dict(micro_batch_per_gpu=4, grad_accum=2, world_size=2, lr=1e-3, weight_decay=0.01, grad_clip=1.0)
-    cpu = build_deepspeed_config(stage=2, use_gpu=False, **common)
-    gpu = build_deepspeed_config(stage=2, use_gpu=True, **common)
-    assert cpu["bf16"] == {"enabled": False} and cpu["fp16"] == {"enabled": False}  # fp32 on CPU
-    assert gpu["bf16"] == {"enabled": True} and gpu["fp16"] == {"enabled": False}
-    for c in (cpu, gpu):
-        assert c["train_batch_size"] == 4 * 2 * 2 and c["gradient_accumulation_steps"] == 2
-        assert c["gradient_clipping"] == 1.0 and c["zero_optimization"]["stage"] == 2
-        assert c["optimizer"]["type"] == "AdamW" and c["optimizer"]["params"]["torch_adam"]
-    # the flat gradient buffer only where it pays (GPU memory); on CPU it is one more copy per step
-    assert gpu["zero_optimization"]["contiguous_gradients"] and not cpu["zero_optimization"]["contiguous_gradients"]
-    z3 = build_deepspeed_config(stage=3, use_gpu=True, **common)["zero_optimization"]
-    assert z3["stage3_gather_16bit_weights_on_model_save"]
-
-
 def test_a_cuda_job_asks_for_the_cuda_accelerator_and_bf16_and_a_cpu_job_for_cpu_fp32(capsys):
     """What a training job hands its workers follows from its device alone (no GPU needed to check it)."""
     import argparse
@@ -323,56 +305,6 @@ def test_the_makefile_exports_the_cpu_accelerator_only_for_cpu_targets():
     assert not [x for x in lines if x.replace(" ", "").startswith("exportDS_ACCELERATOR")]  # not global
     scoped = [x for x in lines if "DS_ACCELERATOR" in x and not x.startswith("#")]
     assert scoped == ["test demo bench: export DS_ACCELERATOR := cpu"]
-
-
-def test_mlflow_artifacts_stay_beside_the_sqlite_store(tmp_path, monkeypatch):
-    """Nothing lands in ./mlruns of the current directory (MLflow's default artifact root with a SQLite store)."""
-    from collections import Counter
-
-    from pipelines import mlflow_utils
-    from pipelines.preprocess import PreprocessConfig, Summary, log_to_mlflow
-    from vssflow.features.extract import ExtractConfig
-
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
-    summary = Summary(rows_in=2, skipped=0, written=2, quarantined=Counter(), shards=1, seconds=1.0)
-    summary.out_dir = str(tmp_path / "out")
-    cfg = PreprocessConfig(manifest="m.jsonl", out=str(tmp_path / "out"), mlflow_uri=uri)
-    log_to_mlflow(cfg, summary, {"extract": ExtractConfig().to_dict(), "extractors": {}})
-    logger = mlflow_utils.RunLogger(uri, run_name="t", system_metrics=False, flush_every=5)
-    for step in range(7):
-        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
-    logger.log_audio(np.zeros(1600, np.float32), 16000, "clip", step=6)
-    logger.end()
-    assert not (cwd / "mlruns").exists() and list(cwd.iterdir()) == []
-    assert any((tmp_path / "store" / "mlartifacts").rglob("preprocess_config.json"))
-    assert any((tmp_path / "store" / "mlartifacts").rglob("clip.wav"))
-    # buffered metrics: every step arrives (5 in one batch, the rest at end())
-    assert [s for s, _ in run_metrics(logger.run_id, tracking_uri=uri)["loss"]] == list(range(7))
-
-
-@pytest.mark.parametrize("engine", ["zero2", "ddp"])
-def test_checkpoints_resume_and_refuse_a_planted_pickle(engine):
-    """Save a checkpoint with the real engine (DeepSpeed ZeRO-2, plain DDP) in a fresh one-rank process, resume
-    (position and every RNG state come back), then plant a pickled object that would run code in each file of it
-    (DeepSpeed's model and optimizer states, the EMA, the worker's RNG and data position): each is refused."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    probe = Path(__file__).with_name("checkpoint_probe.py")
-    out = subprocess.run([sys.executable, str(probe), engine, str(port)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["engine"] == engine and res["resumed"], res
-    assert len(res["files"]) >= 3 and res["refused"] == res["files"] and not res["code_ran"], res
 
 
 def test_training_names_a_corrupt_shard_before_ray_starts(data, tmp_path):
