@@ -26,16 +26,22 @@ same task, duration bucket (the shard buckets, so padding is bounded) and sampli
 generator replica starts at once; only when others are queued or generating does a batch wait (up to
 ``batch_wait_timeout_s``) to fill.
 
-Bad input never reaches a 5xx: limits on upload bytes (413), video duration and resolution (413), corrupt or
-non-video uploads, unknown fields, out-of-range steps/cfg/seed (422, one-line ``detail``). Under overload (more
-than ``max_inflight`` requests inside the ingress) the answer is 503 with ``Retry-After``. Uploads live in a fresh
-directory per request under ``upload_dir``, removed in ``finally``; no request parameter is ever used as a path.
+Bad input never reaches a 5xx: limits on upload bytes counted as they arrive, on what compressed uploads unpack to,
+on video duration, frame size and decoded pixels and on reference-voice length (413), corrupt or non-video uploads,
+non-finite features, unknown fields, out-of-range steps/cfg/seed (422, one-line ``detail``); a body that does not
+arrive in ``body_timeout_s`` is a 408, work past ``request_timeout_s`` a 504 (the generation is cancelled). A work
+slot (``max_inflight``) is taken once the body is read, ``max_queued`` more wait for one, further requests get 503
+with ``Retry-After``. With ``api_token_file`` every ``/v1/*`` route needs ``Authorization: Bearer``; without it
+cross-site posts are refused (:mod:`.auth`). Uploads live in a fresh directory per request under ``upload_dir``,
+removed in ``finally``; no request parameter is ever used as a path, and only bytes travel between deployments
+(each replica downloads an MLflow model itself). The threat model and the tests: docs/security.md.
 
 Metrics (Prometheus, through Ray's metrics agent): ``vssflow_requests_total{route,task,status}``,
 ``vssflow_request_seconds{route,task}``, ``vssflow_inflight``, ``vssflow_batch_size``, ``vssflow_group_size``,
 plus Ray Serve's own ``ray_serve_*`` series.
 
 The package, one concept a file: :mod:`.config` (what runs), :mod:`.forms` (request fields and the HTTP error),
+:mod:`.limits` (body bytes and time, work slots), :mod:`.auth` (the API token, the same-origin check),
 :mod:`.extractor` and :mod:`.generator` (the two model deployments), :mod:`.ingress` (the FastAPI front),
 :mod:`.app` (the bind graph, the application builder of a RayService, the ``serve`` command). A ``--model`` URI is
 resolved by :mod:`pipelines.model_uri`; the ``.npz``/Parquet upload of ``/v1/generate/features`` is parsed with the
