@@ -43,6 +43,7 @@ import numpy as np
 
 from pipelines.devices import actor_gpus, resolve_ray_device
 from pipelines.model_uri import resolve_model_dir
+from pipelines.progress import Progress, duration
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import LOCAL_STORE_HELP, add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.constants import TASKS
@@ -292,39 +293,6 @@ def _scalars(m: dict) -> dict:
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
-class Progress:
-    """One console line per stage; while clips are evaluated, a line per finished clip (at most one per ``every_s``,
-    the first and the last always) with the time elapsed and an ETA. The first clip also waits for the actors to load
-    their models: its line says how long that took, and the ETA is the mean time per clip after it."""
-
-    def __init__(self, n: int, log, *, every_s: float = 10.0):
-        self.n, self.log, self.every_s = n, log, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.t_first: float | None = None
-        self.done = 0
-
-    def stage(self, text: str) -> None:
-        self.log(f"vssflow evaluate: {text}")
-
-    def clip(self, task: str) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self.t_first is None:
-            self.t_first = now
-            self.stage(f"clip 1/{self.n} ({task}) after {_duration(now - self.t0)} (models loaded)")
-            return
-        if self.done != self.n and now - self.last < self.every_s:
-            return
-        self.last = now
-        eta = (now - self.t_first) / (self.done - 1) * (self.n - self.done)
-        self.stage(f"clip {self.done}/{self.n} ({task}) {_duration(now - self.t0)} elapsed, ETA {_duration(eta)}")
-
-
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _run_clips(cfg: EvalConfig, n: int, progress: Progress | None = None) -> list[dict]:
     import ray
 
@@ -346,7 +314,7 @@ def _run_clips(cfg: EvalConfig, n: int, progress: Progress | None = None) -> lis
         for row in ds.iter_rows():  # streamed, one progress line per clip as it completes
             rows.append(row)
             if progress is not None:
-                progress.clip(row["task"])
+                progress.advance(1, f" ({row['task']})")
         return sorted(rows, key=lambda r: r["idx"])
     finally:
         if started:
@@ -425,7 +393,7 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     if not len(source):
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
     log(f"vssflow evaluate: {len(source)} clips of {cfg.data} with {cfg.model} ({cfg.steps} steps, cfg {cfg.cfg})")
-    progress = Progress(len(source), log)
+    progress = Progress(len(source), log, what="vssflow evaluate", unit="clip")
     progress.stage(f"generating and scoring {len(source)} clips on {max(1, cfg.actors)} actor(s) (each loads the "
                    f"model, ASR {cfg.asr} and embedding {cfg.embedding} first)")  # fmt: skip
     rows = _run_clips(cfg, len(source), progress)
@@ -440,7 +408,7 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
         progress.stage(f"metric validation: perturbed ground truth of {cfg.validate} clip(s) per task")
     validation = _validation(cfg, source)
     if cfg.validate > 0:
-        progress.stage(f"metric validation done in {_duration(time.perf_counter() - t_val)}")
+        progress.stage(f"metric validation done in {duration(time.perf_counter() - t_val)}")
     report = {
         "config": {k: v for k, v in asdict(cfg).items()},
         "model": {

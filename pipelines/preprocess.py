@@ -35,6 +35,7 @@ import numpy as np
 
 from pipelines.devices import resolve_ray_device
 from pipelines.preprocess_plan import encoder_plan
+from pipelines.progress import Progress
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import add_mlflow_uri, mlflow_uri
@@ -327,7 +328,8 @@ def _run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
         summary.quarantined.update(e["reasons"])
         man.save()
     if todo:
-        _run_ray(cfg, todo, vdir, man, summary, sem_dim=sem_dim, described=described, chash=chash, config=hashed)
+        _run_ray(cfg, todo, vdir, man, summary, sem_dim=sem_dim, described=described, chash=chash, config=hashed,
+                 log=log)  # fmt: skip
     man.save()
     summary.total_rows = man.data["rows"]
     summary.seconds = time.perf_counter() - t0
@@ -338,13 +340,15 @@ def _run_preprocess(cfg: PreprocessConfig, *, log=print) -> Summary:
     return summary
 
 
-def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config) -> None:
+def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config, log=print) -> None:
     import ray
 
     started = start_ray(cfg.ray_address, num_cpus=cfg.num_cpus, log_to_driver=False)
     try:
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = cfg.progress
+        # Ray Data's bars on a terminal; in a log (a pipe, a file) it would print a 9-line block every 10 s instead,
+        # so there the lines of Progress below say how far it is
+        ctx.enable_progress_bars = cfg.progress and sys.stdout.isatty()
         device = resolve_ray_device(cfg.extract.device)
         plan = encoder_plan(ray.cluster_resources(), device=device, actors=cfg.actors, encoder_gpus=cfg.encoder_gpus,
                             clips_per_call=cfg.encode_batch)  # fmt: skip
@@ -380,7 +384,10 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
         )
         seen = done_clip_ids(man)
         last_save = t_exec = time.monotonic()
+        progress = Progress(len(todo), log, what="vssflow preprocess", unit="clip")
+        progress.stage(f"decoding on CPU tasks, encoding on {plan.actors} encoder actor(s) ({device})")
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            before = len(seen)
             for raw in batch["entry"]:
                 e = json.loads(raw)
                 if e["kind"] == "quarantine":
@@ -395,6 +402,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
                 seen.update(e["clip_ids"])
                 summary.written += e["rows"]
                 summary.shards += 1
+            progress.advance(len(seen) - before, f" ({summary.shards} shards written)")
             if time.monotonic() - last_save > 2.0:  # unlisted complete shards are adopted by recover() anyway
                 man.save()
                 last_save = time.monotonic()

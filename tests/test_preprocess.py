@@ -82,8 +82,15 @@ def test_stage_adapters_turn_errors_into_quarantine_fields_without_ray(corpus, t
 
 
 def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_path):
-    summary = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip, rows_per_shard=3), log=lambda *_: None)
+    console: list[str] = []
+    summary = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip, rows_per_shard=3), log=console.append)
     assert summary.written == N_CLIPS and not summary.quarantined
+    # where it is, in lines a person reads (issue 14): the stage, the first clips after the models loaded, the last
+    clips = [x for x in console if x.startswith("vssflow preprocess: clip ")]
+    assert any(x.startswith("vssflow preprocess: decoding on CPU tasks, encoding on 1 encoder actor") for x in console)
+    assert clips[0].endswith("(models loaded)")
+    assert clips[-1].startswith(f"vssflow preprocess: clip {N_CLIPS}/{N_CLIPS} (")
+    assert len(clips) == 1 or clips[-1].endswith("elapsed, ETA 0s"), clips
     ds = ShardSet(tmp_path / "out", float32=False)
     assert len(ds) == N_CLIPS
     got = {ds[i].meta["clip_id"]: ds[i] for i in range(len(ds))}
