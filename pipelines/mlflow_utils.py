@@ -303,7 +303,11 @@ def log_and_register_model(
     version (None: no alias); returns the ``models:/name/version`` URI."""
     mlflow.set_tracking_uri(tracking_uri)
     active = mlflow.active_run()
-    ctx = mlflow.start_run(run_id=run_id) if active is None or active.info.run_id != run_id else None
+    ctx = None
+    if active is None or active.info.run_id != run_id:
+        # the fluent API refuses a run outside the process's active experiment (left by any earlier set_experiment)
+        mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+        ctx = mlflow.start_run(run_id=run_id)
     try:
         info = mlflow.pyfunc.log_model(
             name="model",
