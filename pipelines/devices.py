@@ -42,3 +42,15 @@ def actor_gpus(device: Device, share: float = 1.0) -> float:
     if not share > 0:
         raise InputError(f"{share:g}: a GPU share must be > 0 (e.g. 0.25: four actors per GPU)", source="num_gpus")
     return float(share)
+
+
+def load_actor_generator(model: str, device: str, *, threads: int):
+    """The generator of one Ray actor: ``threads`` torch threads, ``device`` resolved inside the actor (there "cuda"
+    is the GPU Ray gave it) and the dtype that goes with it (bf16 on a GPU)."""
+    import torch
+
+    from vssflow.generator import Generator
+
+    torch.set_num_threads(max(1, int(threads)))
+    d = resolve_device(device)
+    return Generator.from_pretrained(model, device=d.torch, dtype=d.dtype)

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
 from pipelines.generate_batch import clip_seed, output_path
 from pipelines.quarantine import error_fields, record
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import add_mlflow_uri, add_model, mlflow_uri
-from vssflow.device import DEVICE_HELP, resolve_device
+from vssflow.device import DEVICE_HELP
 from vssflow.errors import InputError, ManifestError, MissingFileError
 
 __all__ = ["DubBatchConfig", "DubActor", "outputs", "read_dub_manifest", "run_dub_batch"]
@@ -143,14 +143,8 @@ class DubActor:
     """Ray Data actor: loads the generator once; dubs the videos of each batch one by one, each failure its own."""
 
     def __init__(self, config: DubBatchConfig):
-        import torch
-
-        from vssflow.generator import Generator
-
-        torch.set_num_threads(max(1, int(config.actor_cpus)))
         self.config = config
-        device = resolve_device(config.device)  # in the actor: "cuda" is the GPU Ray gave it
-        self.gen = Generator.from_pretrained(config.model, device=device.torch, dtype=device.dtype)
+        self.gen = load_actor_generator(config.model, config.device, threads=config.actor_cpus)
 
     def dub_one(self, job: dict) -> dict:
         """Dub one row and write its files; returns {"status": "ok"} or the error fields of its quarantine record."""

@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
 from pipelines.model_uri import resolve_model_dir
 from pipelines.progress import Progress, duration
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import LOCAL_STORE_HELP, add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.constants import TASKS
-from vssflow.device import DEVICE_HELP, resolve_device
+from vssflow.device import DEVICE_HELP
 from vssflow.errors import InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
@@ -204,15 +204,10 @@ class EvalActor:
     """Loads the generator, the clip source and the metric models once; ``__call__`` evaluates one clip."""
 
     def __init__(self, cfg: EvalConfig):
-        import torch
-
-        from vssflow.generator import Generator
         from vssflow.metrics.suite import MetricSuite
 
-        torch.set_num_threads(max(1, cfg.threads))
         self.cfg = cfg
-        device = resolve_device(cfg.device)  # in the actor: "cuda" is the GPU Ray gave it
-        self.gen = Generator.from_pretrained(cfg.model, device=device.torch, dtype=device.dtype)
+        self.gen = load_actor_generator(cfg.model, cfg.device, threads=cfg.threads)
         self.source = ClipSource(cfg, sem_dim=self.gen.config.sem_dim)
         self.suite = MetricSuite(asr=cfg.asr, embedding=cfg.embedding, classifier=cfg.classifier, threads=cfg.threads)
         self.audio_dir = Path(cfg.out) / "audio"

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, resolve_ray_device
+from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import add_mlflow_uri, add_model, add_tasks, mlflow_uri
-from vssflow.device import DEVICE_HELP, resolve_device
+from vssflow.device import DEVICE_HELP
 from vssflow.errors import InputError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -123,14 +123,8 @@ class GenerateActor:
     """Ray Data actor: loads the generator once; per batch of jobs: features -> generate (by task) -> files."""
 
     def __init__(self, config: BatchConfig):
-        import torch
-
-        from vssflow.generator import Generator
-
-        torch.set_num_threads(max(1, int(config.actor_cpus)))
         self.config = config
-        device = resolve_device(config.device)  # in the actor: "cuda" is the GPU Ray gave it
-        self.gen = Generator.from_pretrained(config.model, device=device.torch, dtype=device.dtype)
+        self.gen = load_actor_generator(config.model, config.device, threads=config.actor_cpus)
         self._table: tuple[str, object] | None = None
 
     def _features(self, job: dict):
