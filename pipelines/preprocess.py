@@ -247,6 +247,7 @@ class Summary:
     shards: int = 0
     seconds: float = 0.0
     pipeline_seconds: float = 0.0  # Ray Data execution only (no Ray start, no driver-side model check)
+    timeline: list = field(default_factory=list)  # (seconds into the execution, clips done) at each result
     total_rows: int = 0  # rows in the whole shard set after this run
     out_dir: str = ""
     recovered: dict = field(default_factory=dict)
@@ -383,6 +384,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             num_cpus=task_cpus,
         )
         seen = done_clip_ids(man)
+        done0 = set(seen)
         last_save = t_exec = time.monotonic()
         progress = Progress(len(todo), log, what="vssflow preprocess", unit="clip")
         progress.stage(f"decoding on CPU tasks, encoding on {plan.actors} encoder actor(s) ({device})")
@@ -403,6 +405,7 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
                 summary.written += e["rows"]
                 summary.shards += 1
             progress.advance(len(seen) - before, f" ({summary.shards} shards written)")
+            summary.timeline.append((time.monotonic() - t_exec, len(seen) - len(done0)))
             if time.monotonic() - last_save > 2.0:  # unlisted complete shards are adopted by recover() anyway
                 man.save()
                 last_save = time.monotonic()
