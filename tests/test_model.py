@@ -474,3 +474,29 @@ def test_a_video_seeing_prior_without_a_sync_stream_reads_the_semantics_alone():
     with torch.no_grad():
         c = model.preprocess_conditions(collate([make_clip(cfg, 0.8, task="v2s", phonemes=None)], cfg))
     assert c.prior.shape == (1, 20, cfg.latent_dim) and torch.isfinite(c.prior).all()
+
+
+def test_a_data_predicting_dit_starts_as_its_prior():
+    # ModelConfig.prediction="data": the head predicts x1 as a residual on mu, so an untrained DiT (zero head) maps
+    # any source to mu itself (the last Euler step lands on x1_hat), where a velocity DiT returns its noisy source.
+    import dataclasses
+
+    from vssflow.generator import Generator
+
+    for cfg in (SMALLEST.replace(prediction="data"), SMALLEST.replace(prediction="data", prior_layers=0)):
+        model = VSSFlowDiT(cfg).eval()
+        gen = Generator(model=model)
+        gen.sampling = dataclasses.replace(gen.sampling, noise_scale=1.0)
+        clips = [make_clip(cfg, 0.8), make_clip(cfg, 0.8, phonemes=np.array([3, 4, 5], np.int16))]
+        x1, _, _ = gen.sample_latents(clips, [1, 2], steps=4, cfg=3.0)
+        with torch.no_grad():
+            mu = model.preprocess_conditions(collate(clips, cfg)).prior
+        expected = torch.zeros_like(x1) if mu is None else mu
+        torch.testing.assert_close(x1, expected, rtol=1e-5, atol=1e-5)
+        if mu is not None:  # and mu follows the phonemes: not a constant
+            assert not torch.allclose(mu[0], mu[1])
+    with pytest.raises(ValueError, match="prediction"):
+        SMALLEST.replace(prediction="noise")
+    assert PAPER.prediction == "velocity"  # the paper predicts the velocity
+    old = ModelConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "prediction"})
+    assert old.prediction == "velocity"  # a model saved before the switch predicted the velocity

@@ -197,3 +197,33 @@ def test_the_sampling_defaults_saved_with_a_model_follow_its_preset():
     paper = TrainJobConfig(preset="paper").sampling_config()
     assert paper.noise_scale == 1.0 and paper.cfg_rescale == 0.0  # the paper: no prior, plain guidance
     assert TrainJobConfig(model_overrides={"prior_layers": 0}).sampling_config().noise_scale == 1.0
+
+
+def test_a_data_predicting_model_learns_x1_with_a_plain_mse():
+    # ModelConfig.prediction="data": the head predicts x1 (a residual on mu), the velocity is (x1_hat - x_t) / (1 - t),
+    # and the loss is the error of x1_hat itself (the velocity error times 1 - t), not one weighing t -> 1 by
+    # 1 / (1 - t)^2. Redraw the step's t, noise and dropout from the same seed and compare with x1_hat's MSE.
+    from vssflow import flow
+    from vssflow.training import sample_drop
+
+    torch.manual_seed(0)
+    model = VSSFlowDiT(CFG.replace(prediction="data"))
+    with torch.no_grad():
+        model.final.linear.weight.normal_(0, 0.2)
+    clips = [make_clip(0.8, 0, task="tts"), make_clip(0.6, 1, task="tts")]
+    batch = make_train_batch([latent(c.duration_s, i) for i, c in enumerate(clips)], clips, CFG)
+    loss, metrics = training_step(model, batch, NO_DROPOUT, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    b, n, c = batch.x1.shape
+    t = flow.sample_t(b, generator=g, schedule=NO_DROPOUT.t_schedule, mean=NO_DROPOUT.t_mean, std=NO_DROPOUT.t_std)
+    x0 = flow.sample_noise((b, max(n, 250), c), generator=g)[:, :n]
+    drop = sample_drop(b, NO_DROPOUT, g)
+    with torch.no_grad():
+        cond = model.preprocess_conditions(batch.cond, drop)
+        x0 = x0 + cond.prior * batch.frame_mask[..., None]
+        xt, _ = flow.path_sample(x0, batch.x1, t)
+        v = model.predict_flow(xt, t, cond)
+    assert (1 - t).min() > flow.T_CLAMP  # this seed's times are all above the clamp, where the identity is exact
+    x1_hat = xt + v * (1 - t)[:, None, None]
+    expected = flow.flow_loss(x1_hat, batch.x1, batch.frame_mask)
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-4)

@@ -16,6 +16,8 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 METHODS = ("euler", "midpoint", "dopri5")
 T_SCHEDULES = ("uniform", "logit_normal")
+# 1 - t below which a data-predicting model's velocity (x1_hat - x_t) / (1 - t) stops growing (ModelConfig.prediction)
+T_CLAMP = 0.05
 
 # ---- path and loss ---------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vssflow.flow import T_CLAMP
 from vssflow.model.batch import ConditionBatch, ConditionDrop
 from vssflow.model.conditions import ConditionEncoder, Conditions
 from vssflow.model.config import ModelConfig
@@ -104,6 +105,10 @@ class VSSFlowDiT(nn.Module):
         if not adaln:
             h = h[:, 1:]  # (B, N, D): drop the time token
         v = self.final(h, c_ada)  # (B, N, C)
+        if self.cfg.prediction == "data":  # the head predicts x1 (a residual on mu): v = (x1_hat - x_t) / (1 - t)
+            if conditions.prior is not None:
+                v = v + conditions.prior.detach().to(v.dtype)
+            v = (v - xt) / (1.0 - t).clamp_min(T_CLAMP).to(v.dtype)[:, None, None]
         return v * frame_mask[..., None].to(v.dtype)
 
     def forward(
