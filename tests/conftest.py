@@ -28,3 +28,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def ray_num_cpus() -> int:
+    """Logical CPUs of the module's local Ray; a module that needs more overrides this fixture (test_train: 4)."""
+    return 2
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_num_cpus):
+    """A private local Ray for the module's tests (no dashboard, workers' output not printed), shut down after them.
+
+    A Ray already running in this process (another fixture's, or a test's own cluster) is used as it is and left
+    running. Never ``ray stop``: other sessions on the machine run their own Ray. Tests that need special resources
+    (several nodes, GPUs, an environment the workers must inherit) start their own cluster instead.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=ray_num_cpus, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()

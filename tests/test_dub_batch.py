@@ -25,8 +25,7 @@ def _duration(path) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import ray
+def setup(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
 
     root = tmp_path_factory.mktemp("dubbatch")
@@ -57,12 +56,7 @@ def setup(tmp_path_factory):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]) + "{not json\n" +
                         "".join(json.dumps(r) + "\n" for r in rows[4:]))  # fmt: skip
     model = make_tiny_serving_model(root / "model")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield {"root": root, "manifest": manifest, "model": model, "video": video, "short": short}
-    if started:
-        ray.shutdown()
 
 
 def test_manifest_dubbed_bad_rows_quarantined_rerun_skips_and_resumes(setup, tmp_path):

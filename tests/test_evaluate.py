@@ -30,16 +30,6 @@ EVAL_MODEL = TINY | {"width": 256, "latent_dim": 256}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     return synth_corpus(out, clips=4, seed=5, mix="0.5,0.5,0", extra=("--real-speech", "0"), timeout=None)
@@ -52,7 +42,7 @@ def model(tmp_path_factory):
     return d
 
 
-def test_evaluate_manifest_end_to_end(cluster, corpus, model, tmp_path):
+def test_evaluate_manifest_end_to_end(local_ray, corpus, model, tmp_path):
     out = tmp_path / "report"
     cfg = EvalConfig(model=str(model), data=str(corpus), out=str(out), tasks=("v2s", "tts"), max_clips=1, steps=2,
                      validate=1, split=None)  # fmt: skip
@@ -188,7 +178,7 @@ def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path)
 
 
 def test_train_and_evaluate_share_the_default_store_and_the_evaluation_is_a_child_of_the_training(
-    cluster, tmp_path, monkeypatch
+    local_ray, tmp_path, monkeypatch
 ):
     """No --mlflow-uri and no $MLFLOW_TRACKING_URI: a real training and `vssflow evaluate --model models:/...@champion`
     both log to ./runs/mlflow.db, the evaluation as a child run of the training in its experiment (issue 14)."""

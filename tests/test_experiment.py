@@ -19,16 +19,6 @@ TINY = {"depth": 1, "width": 32, "heads": 2, "cross_dim": 32, "lip_dim": 8, "pho
         "latent_dim": 32}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def test_confidence_intervals_and_verdicts():
     from vssflow.metrics.suite import mean_ci
 
@@ -89,7 +79,7 @@ def _check_experiment(rep: dict, root: Path, n_variants: int, seeds: int) -> Non
             assert any(k.startswith("loss") for k in losses)
 
 
-def test_experiment_smoke(cluster, tmp_path):
+def test_experiment_smoke(local_ray, tmp_path):
     """joint-vs-separate restricted to V2S evaluation, 2 seeds, 2 training steps: the whole runner, quickly."""
     data = _toy_shards(tmp_path)
     cfg = ExperimentConfig(name="joint-vs-separate", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,
@@ -112,7 +102,7 @@ def test_experiment_smoke(cluster, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_experiment_cfg_tiny_end_to_end(cluster, tmp_path):
+def test_experiment_cfg_tiny_end_to_end(local_ray, tmp_path):
     """The CFG experiment at the tiny scale: the joint and the V2S-only model, 2 seeds, guidance 1 and 4."""
     data = _toy_shards(tmp_path)
     cfg = ExperimentConfig(name="cfg", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,

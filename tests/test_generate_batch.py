@@ -15,8 +15,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg n
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import ray
+def setup(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
 
     root = tmp_path_factory.mktemp("batch")
@@ -27,13 +26,8 @@ def setup(tmp_path_factory):
     lines.append(json.dumps({"clip_id": "broken", "video": "clips/broken.mp4", "task": "v2s", "split": "test"}))
     (corpus / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     model = make_tiny_serving_model(root / "model")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield {"root": root, "manifest": corpus / "manifest.jsonl", "model": model,
            "rows": [json.loads(x) for x in lines]}  # fmt: skip
-    if started:
-        ray.shutdown()
 
 
 def test_manifest_run_then_resume(setup, tmp_path):

@@ -53,13 +53,6 @@ def tiny_clip(tmp_path_factory):
     return str(d)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _cfg(manifest, out, encoder, **kw) -> PreprocessConfig:
     return PreprocessConfig(
         manifest=str(manifest), out=str(out), extract=ExtractConfig(encoder=encoder), progress=False, **kw

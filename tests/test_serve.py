@@ -35,8 +35,7 @@ def _synth(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import ray
+def server(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
     from ray import serve
 
@@ -47,9 +46,6 @@ def server(tmp_path_factory):
     clips = _synth(root / "corpus")
     model = make_tiny_serving_model(root / "model")
     uploads = root / "uploads"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(
         model=str(model), max_batch_size=8, batch_wait_timeout_s=0.3, max_inflight=MAX_INFLIGHT, max_upload_mb=2.0,
         max_queued=0, max_video_seconds=8.0, max_pixels=200 * 200, upload_dir=str(uploads),
@@ -61,8 +57,6 @@ def server(tmp_path_factory):
         yield {"url": url, "clips": clips, "root": root, "uploads": uploads, "model": model}
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
 
 
 def _post(url: str, *, video: str | bytes | None = None, name: str = "clip.mp4", ref: str | None = None,

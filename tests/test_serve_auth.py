@@ -22,8 +22,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import ray
+def server(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
     from ray import serve
 
@@ -38,9 +37,6 @@ def server(tmp_path_factory):
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:d=1",
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=True)  # fmt: skip
     model = make_tiny_serving_model(root / "model")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(model=str(model), upload_dir=str(root / "uploads"), api_token_file=str(token_file),
                          generator=Scaling(num_cpus=1), extractor=Scaling(num_cpus=1))  # fmt: skip
     url = start(config, port=free_port(), name="auth")
@@ -49,8 +45,6 @@ def server(tmp_path_factory):
         yield {"url": url, "token": token, "video": str(video)}
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
 
 
 def _v1_routes(url: str) -> list[tuple[str, str]]:

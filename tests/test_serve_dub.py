@@ -37,8 +37,7 @@ def _cut(src: Path, out: Path, *, start: float = 0.0, duration: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import ray
+def server(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
     from ray import serve
 
@@ -51,9 +50,6 @@ def server(tmp_path_factory):
     short = _cut(video["video"], root / "short.mp4", duration=4.0)
     long = make_testsrc(root / "long.mp4", fps=5, duration=41.0, size=(64, 64), acodec=None)  # over the limit
     model = make_tiny_serving_model(root / "model")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     jobs = root / "jobs"
     config = ServeConfig(
         model=str(model), max_upload_mb=20.0, max_pixels=200 * 200, upload_dir=str(root / "uploads"),
@@ -67,8 +63,6 @@ def server(tmp_path_factory):
         yield {**video, "url": url, "short": short, "long": long, "jobs": jobs, "root": root}
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
 
 
 def _post(url: str, video: Path, subtitles: bytes, *, name: str = "film.srt", speakers: dict | None = None,

@@ -29,8 +29,7 @@ APP = "limits"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import ray
+def server(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
     from ray import serve
 
@@ -40,9 +39,6 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-limits")
     # a DiT slow enough that MAX_STEPS steps take several times REQUEST_TIMEOUT_S (~9 ms a step for 8 s here)
     model = make_tiny_serving_model(root / "model", model_overrides={"depth": 3, "width": 128, "heads": 4})
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(
         model=str(model), max_upload_mb=MAX_UPLOAD_MB, max_video_seconds=8.0, max_pixels=200 * 200,
         max_decoded_pixels=MAX_DECODED_PIXELS, max_reference_seconds=30.0, upload_dir=str(root / "uploads"),
@@ -56,8 +52,6 @@ def server(tmp_path_factory):
         yield {"url": url, "root": root, "model": model}
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
 
 
 def _replica_pid(deployment: str) -> int:

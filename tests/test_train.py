@@ -34,10 +34,8 @@ TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_num_cpus() -> int:
+    return 4  # two training workers beside the driver's tasks (the local_ray fixture of conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def reference(cluster, data, tmp_path_factory):
+def reference(local_ray, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ref")
     res = run_training(_cfg(data), out=root / "model", run_dir=root / "run")
     return res
@@ -102,6 +100,8 @@ def test_training_reduces_loss_and_tracks_everything(reference):
     assert res.model_uri == "models:/vssflow/1"
     gen = load_registered_generator(res.model_uri, tracking_uri=res.tracking_uri)
     assert gen.step == STEPS and gen.config.width == TOY_MODEL["width"]
+    # the codec carries each task's global variance from the training split; the sampler matches it (small presets)
+    assert sorted(gen.codec.global_variance) == ["joint", "tts", "v2s"] and gen.sampling.gv_max_ratio == 2.0
     params = json.loads((res.run_dir / "run.json").read_text())
     assert params["data_version"].startswith(f"v{SCHEMA_VERSION}-")
 
@@ -173,7 +173,7 @@ def test_zero2_shards_optimizer_state_across_workers(reference, data, tmp_path, 
     assert 0.4 < zero2 / ddp < 0.6 and 0.4 < zero2_max / ddp < 0.6, (zero2, zero2_max, ddp)
 
 
-def test_a_16_clip_set_trains_on_2_workers_with_batches_that_shrink_or_mix(cluster, tmp_path, capsys):
+def test_a_16_clip_set_trains_on_2_workers_with_batches_that_shrink_or_mix(local_ray, tmp_path, capsys):
     # 7 V2S + 7 TTS training clips (+1 val each) over 2 workers, batch size 4: no worker can fill a batch of a task
     # (the job used to stop inside Ray with "cannot form one batch of 4 clips of a task per worker").
     small = str(make_toy_shards(tmp_path / "shards", n_v2s=7, n_tts=7, n_val=1))
@@ -215,7 +215,7 @@ def test_too_few_clips_for_the_workers_is_refused_before_ray_starts(tmp_path):
     assert "2 training clips" in out and "3 workers" in out and "--workers 2" in out
 
 
-def test_a_train_run_prints_each_line_once_and_none_of_rays_noise(cluster, data, tmp_path):
+def test_a_train_run_prints_each_line_once_and_none_of_rays_noise(local_ray, data, tmp_path):
     """`vssflow train` in a fresh process, its console captured (issue 14, "logs a person reads"): each training line
     once (Ray Train's print patch printed them twice), no line more than 3 times (the demo's check), none of the
     placement-group cleaner's once-a-second State API warnings. The module's Ray runs beside it, as other jobs do."""
@@ -324,7 +324,7 @@ def test_training_names_a_corrupt_shard_before_ray_starts(data, tmp_path):
     assert str(err.value).startswith(f"{paths[0]}: ") and "\n" not in str(err.value)
 
 
-def test_a_training_run_that_fails_ends_failed_not_running(cluster, data, tmp_path):
+def test_a_training_run_that_fails_ends_failed_not_running(local_ray, data, tmp_path):
     """The workers fail at start (the run directory's codec statistics are gone; every worker loads them) and no
     retry is allowed: the MLflow run (a real SQLite store) ends FAILED, not RUNNING."""
     from mlflow.tracking import MlflowClient

@@ -27,8 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import ray
+def server(local_ray, tmp_path_factory):
     from conftest_data import make_tiny_serving_model
     from ray import serve
 
@@ -40,9 +39,6 @@ def server(tmp_path_factory):
     corpus = root / "corpus"
     clip = json.loads(synth_corpus(corpus, clips=1, seed=8, mix="0,0,1").read_text().splitlines()[0])
     model = make_tiny_serving_model(root / "model")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = ServeConfig(model=str(model), upload_dir=str(root / "uploads"), generator=Scaling(num_cpus=1),
                          extractor=Scaling(num_cpus=1), dub=DubService(worker=Scaling(num_cpus=0)))  # fmt: skip
     url = start(config, port=free_port())
@@ -52,8 +48,6 @@ def server(tmp_path_factory):
                "transcript": clip["transcript"], "root": root}  # fmt: skip
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
 
 
 @pytest.fixture()
