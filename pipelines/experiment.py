@@ -15,9 +15,10 @@ Experiments (every variant trained with the same model size and the same number 
   span, or laid over it by duration (``ModelConfig.phoneme_layout``); our departure, measured against the paper's.
 
 Training calls :func:`pipelines.train.run_training`, evaluation :func:`pipelines.evaluate.evaluate`; everything is
-logged to one MLflow store (``--mlflow-uri``, default ``DIR/mlflow``). Means and 95 % t-intervals are over seeds;
-a difference is called significant when the paired 95 % interval excludes 0. ``DIR/experiment.json`` and
-``DIR/experiment.md`` hold the numbers and say plainly whether each claim held.
+logged to the store ``train`` and ``evaluate`` use (``--mlflow-uri``, default ``$MLFLOW_TRACKING_URI``, then
+``./runs/mlflow.db``), in the MLflow experiment ``experiment-NAME``, each evaluation a child run of its training.
+Means and 95 % t-intervals are over seeds; a difference is called significant when the paired 95 % interval excludes
+0. ``DIR/experiment.json`` and ``DIR/experiment.md`` hold the numbers and say plainly whether each claim held.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.ray_runtime import add_ray_arguments, start_ray
-from vssflow.commands.flags import add_mlflow_uri, mlflow_uri
+from vssflow.commands.flags import LOCAL_STORE_HELP, add_mlflow_uri, mlflow_uri
 from vssflow.errors import InputError
 from vssflow.files import write_text_atomic
 from vssflow.metrics.suite import mean_ci
@@ -238,12 +239,9 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
     scale = replace(SCALES[cfg.scale], **cfg.scale_overrides)
     root = Path(cfg.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    tracking = cfg.mlflow_uri
-    if tracking is None:
-        from pipelines.mlflow_utils import default_tracking_uri
+    from pipelines.mlflow_utils import store_uri
 
-        (root / "mlflow").mkdir(exist_ok=True)
-        tracking = default_tracking_uri(root / "mlflow")
+    tracking = store_uri(cfg.mlflow_uri)  # the one default of train and evaluate, not a store of its own
     t0 = time.perf_counter()
 
     start_ray(cfg.ray_address, num_cpus=max(os.cpu_count() or 1, scale.workers + 2))  # one Ray for the whole experiment
@@ -462,7 +460,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", default=None, help="experiment directory whose trained models to reuse (e.g. for cfg)")
     p.add_argument("--cfg-scales", default=None, help="comma-separated guidance scales (cfg experiment)")
     p.add_argument("--asr", default="auto", choices=("auto", "whisper", "pocketsphinx"))
-    add_mlflow_uri(p, local="a SQLite file in the experiment directory")
+    add_mlflow_uri(p, local=LOCAL_STORE_HELP)
     add_ray_arguments(p, num_cpus=False)
 
 

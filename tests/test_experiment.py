@@ -79,14 +79,31 @@ def _check_experiment(rep: dict, root: Path, n_variants: int, seeds: int) -> Non
             assert any(k.startswith("loss") for k in losses)
 
 
-def test_experiment_smoke(local_ray, tmp_path):
-    """joint-vs-separate restricted to V2S evaluation, 2 seeds, 2 training steps: the whole runner, quickly."""
+def test_experiment_smoke(local_ray, tmp_path, monkeypatch):
+    """joint-vs-separate restricted to V2S evaluation, 2 seeds, 2 training steps: the whole runner, quickly. Without
+    --mlflow-uri or $MLFLOW_TRACKING_URI it logs to ./runs/mlflow.db, the store of train and evaluate (issue 14)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.mlflow_utils import store_uri
+
     data = _toy_shards(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     cfg = ExperimentConfig(name="joint-vs-separate", data=str(data), out=str(tmp_path / "exp"), scale="tiny", seeds=2,
                            only=("v2s", "joint"), eval_tasks=("v2s",), scale_overrides={
                                "max_steps": 2, "eval_steps": 1, "model_overrides": TINY | {"sem_dim": 32}})  # fmt: skip
     rep = run_experiment(cfg)
     _check_experiment(rep, tmp_path / "exp", 2, 2)
+    # the one local store (no store of its own in the experiment directory); each evaluation a child of its training
+    assert rep["tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" == store_uri()
+    assert not (tmp_path / "exp" / "mlflow").exists()
+    client = MlflowClient(rep["tracking_uri"])
+    (experiment,) = [e for e in client.search_experiments() if e.name == "experiment-joint-vs-separate"]
+    runs = client.search_runs([experiment.experiment_id])
+    trained = {e["train"]["run_id"] for seeds in rep["results"].values() for e in seeds.values()}
+    assert {r.info.run_id for r in runs if r.data.tags.get("kind") != "evaluation"} == trained and len(trained) == 4
+    evals = [r for r in runs if r.data.tags.get("kind") == "evaluation"]
+    assert len(evals) == 4 and {r.data.tags.get("mlflow.parentRunId") for r in evals} == trained
     fd = rep["summary"]["comparisons"]["v2s/fd: joint vs v2s-only"]
     # the comparison recomputed from the per-seed results: paired differences, a t interval with 1 degree of freedom
     joint, alone = ([rep["results"][v][s]["eval"]["3"]["v2s"]["fd"] for s in sorted(rep["results"][v])]

@@ -57,6 +57,10 @@ def test_shared_flags_have_one_name_and_one_meaning(options):
         c: a.help for c, a in uri.items()
     }
     assert not any(re.search(r"tracking", s) for o in options.values() for s in o)
+    # train, evaluate and experiment share one local store (./runs/mlflow.db), so one UI shows them together
+    assert {uri[c].help for c in ("train", "evaluate", "experiment")} == {
+        flags.MLFLOW_URI_HELP.format(local=flags.LOCAL_STORE_HELP)
+    }
     # lists are comma-separated and parsed by one function each
     assert {c: a.type for c, a in having("--mix").items()} == {"synth": flags.parse_mix, "train": flags.parse_mix}
     assert {c: a.type for c, a in having("--tasks").items()} == {"evaluate": flags.parse_tasks,

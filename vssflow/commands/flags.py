@@ -31,8 +31,9 @@ __all__ = [
 
 MODEL_HELP = "model directory or MLflow URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/model)"
 MLFLOW_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {local})"
-# the local store of train and evaluate (pipelines.mlflow_utils.store_uri): one, so a model's runs are seen together
-LOCAL_STORE_HELP = "./runs/mlflow.db, shared by train and evaluate"
+# the local store of train, evaluate and experiment (pipelines.mlflow_utils.store_uri): one, so their runs are seen
+# together
+LOCAL_STORE_HELP = "./runs/mlflow.db, shared by train, evaluate and experiment"
 MIX_HELP = "{what} of v2s,tts,joint, comma-separated (default {default})"
 TASKS_HELP = "comma-separated tasks to keep, of v2s,tts,joint (default: {default})"
 
