@@ -2,7 +2,8 @@
 
 Not by an import statement, not by ``importlib.import_module`` / ``__import__`` (which no check can see through, so
 the library makes none), and not by a string naming a ``pipelines`` module (``"pipelines.serve"``,
-``"pipelines.serve:build_app"``): imports run one way, CLI and services -> pipelines/ -> vssflow/.
+``"pipelines.serve:build_app"``): imports run one way, CLI and services -> pipelines/ -> vssflow/. And no module of
+either layer imports itself through others (issue 14: circles that worked in only one import order).
 """
 
 import ast
@@ -93,3 +94,67 @@ def test_importing_the_library_loads_no_orchestration_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Every module of vssflow/ and pipelines/ -> the project modules it imports, by any import statement (at module
+    level or inside a function: a deferred import still closes a circle, it only hides it until run time)."""
+    files = {}
+    for path in sorted([*ROOT.rglob("*.py"), *(ROOT.parent / "pipelines").rglob("*.py")]):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        files[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+
+    def module_of(name: str) -> str | None:  # "vssflow.audio.codec.MelCodec" -> "vssflow.audio.codec"
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in files.items():
+        names = set()
+        for n in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(n, ast.Import):
+                names.update(a.name for a in n.names)
+            elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+                names.update([n.module, *(f"{n.module}.{a.name}" for a in n.names)])
+        # a module's own package is imported before it anyway: naming it is no circle
+        graph[module] = {m for m in map(module_of, names) if m and m != module and not module.startswith(m + ".")}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index, low, stack, out = {}, {}, [], []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_circles():
+    graph = _project_imports()
+    assert "pipelines.train_loop" in graph["pipelines.train"]  # a module-level import
+    assert "vssflow.features.span" in graph["vssflow.features.extract"]  # one inside a function
+    assert _circles(graph) == []  # were speaker <-> speaker_trainable, codec <-> vae, deepspeed_config <-> train_loop
+
+
+def test_the_circle_check_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}}
+    assert _circles(graph) == [["a", "b", "c"], ["e", "f"]]
