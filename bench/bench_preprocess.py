@@ -38,20 +38,28 @@ ROWS_PER_SHARD = 4  # results often enough for a steady rate (a shard per 4 clip
 
 # ------------------------------------------------------------------------------------------------ measuring
 class PeakMemory:
-    """Largest sum of RSS over this process and its descendants, sampled in a thread."""
+    """Largest sum of RSS over this process and its descendants, and the CPU time they used (the last reading of
+    each process, so one that ends between samples loses at most 0.25 s), sampled in a thread."""
 
     def __init__(self, every_s: float = 0.25):
         import psutil
 
         self.proc, self.every_s, self.peak = psutil.Process(), every_s, 0
+        self.cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu.values())
 
     def _sample(self) -> int:
         total = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self.cpu[p.pid] = t.user + t.system
             except Exception:  # noqa: BLE001 - a process that ended between the listing and the read
                 pass
         return total
@@ -136,6 +144,8 @@ def bare_loop(manifest: str, out: str, *, encoder: str) -> dict:
 def pipeline(manifest: str, out: str, *, encoder: str, cpus: int, nodes: int = 0) -> dict:
     """``run_preprocess`` on a local Ray of ``cpus`` CPUs, or (``nodes`` > 0) on a ``Cluster`` of ``nodes`` nodes
     of ``cpus`` CPUs each."""
+    import ray.data  # noqa: F401 - its logging config, applied at import, would drop a handler added before
+
     from pipelines.preprocess import PreprocessConfig, run_preprocess
     from vssflow.features.extract import ExtractConfig
 
@@ -176,6 +186,7 @@ def _child(spec: dict) -> None:
                          nodes=spec.get("nodes", 0))  # fmt: skip
     r["rate"] = steady_rate(r["timeline"], r["clips"])
     r["peak_mib"] = mem.peak / 2**20
+    r["cpu_s_per_clip"] = mem.cpu_s / max(1, r["clips"])  # the whole run's, start-up included
     print(json.dumps(r))
 
 
@@ -251,6 +262,8 @@ def bench_preprocess(*, clips: int = 48, scale: int = 400, encoder: str = "mobil
         "scaling_2cpu_vs_1cpu": p2 / p1,
         "scaling_2node_vs_1node": n2 / p1,
         "memory_warnings": sum(len(r["memory_warnings"]) for r in runs.values()),
+        # CPU time per clip (every process of the run, start-up included): what load on the machine disturbs least
+        **{f"cpu_s_per_clip[{k}]": r["cpu_s_per_clip"] for k, r in runs.items()},
         "plan_2cpu": runs["pipeline, 2 CPUs"].get("plan", ""),
     }
     if scale:
@@ -260,10 +273,11 @@ def bench_preprocess(*, clips: int = 48, scale: int = 400, encoder: str = "mobil
 
     log(f"{clips} clips of 2 s (synthetic corpus), encoder {encoder}; load average {load0[0]:.2f} before, "
         f"{load1[0]:.2f} after")  # fmt: skip
-    log(f"{'run':<34} {'clips':>6} {'clips/s':>8} {'start s':>8} {'total s':>8} {'peak MiB':>9}  plan")
+    log(f"{'run':<34} {'clips':>6} {'clips/s':>8} {'start s':>8} {'total s':>8} {'CPU s/clip':>10} {'peak MiB':>9}  "
+        "plan")  # fmt: skip
     for name, r in runs.items():
         log(f"{name:<34} {r['clips']:>6} {r['rate']:>8.2f} {r['start_s']:>8.1f} {r['seconds']:>8.1f} "
-            f"{r['peak_mib']:>9.0f}  {r.get('plan', '')}")  # fmt: skip
+            f"{r['cpu_s_per_clip']:>10.2f} {r['peak_mib']:>9.0f}  {r.get('plan', '')}")  # fmt: skip
         for w in r["memory_warnings"][:3]:
             log(f"    memory warning: {w}")
     log(f"pipeline / bare loop per CPU: 1 CPU {figures['pipeline_per_cpu_vs_bare']:.2f}, "

@@ -1,15 +1,19 @@
 """``vssflow preprocess``: a Ray Data pipeline from a manifest of videos to Parquet feature shards.
 
 Same code on a laptop (a local Ray started here) and on a cluster (``--ray-address``). Stages are thin adapters
-over :mod:`vssflow.features.extract`, one clip per row::
+over :mod:`vssflow.features.extract`; how they are spread over the cluster is :mod:`pipelines.preprocess_plan`::
 
     manifest rows (not yet in a complete shard)
-      -> decode   (CPU tasks: probe, frames at 10/25 fps, target audio, reference voice)  \\
-      -> phonemes (CPU tasks: transcript -> ids)                                            > one task, spread
-      -> mel      (CPU tasks: target audio -> log-mel)                                     /  over the nodes
-      -> encode   (actor pool: semantic encoder + mouth crops + speaker; models load once per actor; GPUs if cuda)
-      -> write    (CPU tasks: rows grouped by task and duration bucket -> atomic Parquet shards + quarantine)
+      -> decode   (probe, frames at 10/25 fps, target audio, reference voice)  \
+      -> phonemes (transcript -> ids)                                           > cpu_stages
+      -> mel      (target audio -> log-mel)                                    /
+      -> encode   (actor pool: semantic encoder + mouth crops + speaker; models load once per actor; the frames
+                   of several clips per call)
+      -> write    (tasks: rows grouped by task and duration bucket -> atomic Parquet shards + quarantine)
       -> driver   (lists complete shards in _manifest.json; prints the summary)
+
+On CPUs each encoder actor (one per CPU) runs cpu_stages on its own clips, so the frames never leave the process
+that decodes them; on GPUs decode tasks on the CPUs feed actors that share the GPUs.
 
 A row that fails a stage carries its error to the writer and lands in ``quarantine/``; the job goes on. Rerunning
 the same command skips clips already in a listed shard (or quarantine), so a crash or ``kill -9`` at any moment is
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipelines.devices import resolve_ray_device
-from pipelines.preprocess_plan import encoder_plan
+from pipelines.preprocess_plan import encoder_plan, parse_actors
 from pipelines.progress import Progress
 from pipelines.quarantine import ERROR_KEYS, error_fields, read_manifest_lenient, record, write_quarantine
 from pipelines.ray_runtime import add_ray_arguments, start_ray
@@ -92,9 +96,6 @@ _DECODED = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "wav",
 _MEL = ("duration_s", "bucket_s", "sem_frames", "lip_frames", "sync", "ref_audio", *_SPEECH, "mel")
 _ENCODED = ("duration_s", "bucket_s", *_SPEECH, "mel", "sem", "lip", "sync", "speaker")
 _NODE_KEYS = ("decode_node", "encode_node", *ERROR_KEYS)
-# Memory reserved by one decode task (frames of a few clips at 10 and 25 fps, their audio): a scheduling hint, and
-# what keeps Ray Data from fusing the decode tasks into the encoder actor pool (see _run_ray).
-DECODE_TASK_MEMORY = 256 * 2**20
 PREPROCESS_LOCK = ".preprocess.lock"  # in --out: one job at a time (run_preprocess)
 
 
@@ -107,9 +108,9 @@ class PreprocessConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     ray_address: str | None = None
     num_cpus: int | None = None  # local Ray only
-    actors: int | None = 1  # encode actor pool size (None: pipelines.preprocess_plan decides)
+    actors: int | tuple[int, int] | None = None  # encoder actors: N or (MIN, MAX) (None: preprocess_plan decides)
     encoder_gpus: float | None = None  # GPUs of the encoder pool in all (cuda; None: the cluster's)
-    encode_batch: int | None = None  # clips per encoder call (None: 8 on cuda, 1 on CPU)
+    encode_batch: int | None = None  # clips per encoder call (None: 8 on cuda, 4 on CPU)
     rows_per_shard: int = 64
     row_group_rows: int = 32
     clips_per_task: int = 4
@@ -166,14 +167,21 @@ def cpu_stages(row: dict, *, config: ExtractConfig) -> dict:
 
 class EncodeActor:
     """Ray actor: loads the encoders once (on its share of a GPU with ``--device cuda``), then encodes a batch of
-    clips per call, their semantic frames in one batch across clips (:func:`encode_clips`)."""
+    clips per call, their semantic frames in one batch across clips (:func:`encode_semantic`). With ``decode``
+    it first runs :func:`cpu_stages` on each row itself (the CPU plan: the frames stay in this process)."""
 
-    def __init__(self, config: ExtractConfig):
+    def __init__(self, config: ExtractConfig, decode: bool = False, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)  # its share of the CPUs: more threads than CPUs slow every actor down
         self.extractors = Extractors.load(config, parts=("visual", "mouth", "speaker"))
+        self.config, self.decode = config, decode
         self.node = _node()
 
     def __call__(self, batch: dict) -> dict:
-        rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["clip_id"]))]
+        rows = [{k: _py(v[i]) for k, v in batch.items()} for i in range(len(batch["clip_id"]))]
+        if self.decode:
+            rows = [cpu_stages(r, config=self.config) for r in rows]
         live = [i for i, r in enumerate(rows) if not r.get("error_stage")]
         sems: dict[int, np.ndarray] = {}
         try:
@@ -186,6 +194,11 @@ class EncodeActor:
         for r in out:
             r["encode_node"] = self.node
         return _to_batch(out)
+
+
+def _py(v):
+    """A numpy scalar of a batch column -> the Python value a row of ``ds.map`` would hold."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _to_batch(rows: list[dict]) -> dict:
@@ -352,28 +365,37 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
         ctx.enable_progress_bars = cfg.progress and sys.stdout.isatty()
         device = resolve_ray_device(cfg.extract.device)
         plan = encoder_plan(ray.cluster_resources(), device=device, actors=cfg.actors, encoder_gpus=cfg.encoder_gpus,
-                            clips_per_call=cfg.encode_batch)  # fmt: skip
-        task_cpus = plan.cpus_per_task
+                            clips_per_call=cfg.encode_batch).for_job(len(todo))  # fmt: skip
         todo = sorted(todo, key=lambda r: (r["task"], r["end"], r["clip_id"]))  # neighbours share a bucket
-        blocks = max(1, min(len(todo), -(-len(todo) // max(1, cfg.clips_per_task))))
+        per_block = plan.clips_per_call if plan.decode_in_actors else max(1, cfg.clips_per_task)
+        blocks = max(1, min(len(todo), -(-len(todo) // per_block)))
         ec = replace(cfg.extract, device=str(device))  # what each encoder actor loads its models on
         file_md = S.file_metadata(
             config_hash=chash, config=config, extractors=described, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
         ds = ray.data.from_items(todo, override_num_blocks=blocks)
-        # The CPU stages run as one task per block (Ray Data spreads tasks over the nodes by default) and are kept
-        # out of the encoder actors: Ray Data fuses a task stage into the next actor pool only when their resource
-        # requests are equal, and the decode tasks ask for memory the actors do not. Decoding then scales with the
-        # cluster's CPUs while the encoders stay a pool of loaded models (on GPUs when the device is cuda).
-        ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=task_cpus, memory=DECODE_TASK_MEMORY)
+        if not plan.decode_in_actors:
+            # GPU encoders: the CPU stages run as tasks on the CPUs the actors leave (Ray Data spreads them over the
+            # nodes), kept out of the actor pool (Ray Data fuses a task stage into the next actor pool only when
+            # their resource requests are equal; the memory requests differ)
+            ds = ds.map(cpu_stages, fn_kwargs={"config": ec}, num_cpus=plan.cpus_per_task, memory=plan.task_memory,
+                        concurrency=plan.decode_tasks)  # fmt: skip
+        sizes = ({"size": plan.min_actors} if plan.min_actors == plan.max_actors
+                 else {"min_size": plan.min_actors, "max_size": plan.max_actors})  # fmt: skip
+        pool = ray.data.ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=plan.batches_in_flight)
         ds = ds.map_batches(
             EncodeActor,
-            fn_constructor_kwargs={"config": ec},
-            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            fn_constructor_kwargs={
+                "config": ec,
+                "decode": plan.decode_in_actors,
+                "threads": max(1, int(plan.cpus_per_actor)),
+            },  # fmt: skip
+            compute=pool,
             batch_size=plan.clips_per_call,
             batch_format="numpy",
             num_cpus=plan.cpus_per_actor,
             num_gpus=plan.gpus_per_actor,  # a share of a GPU: several actors (fed by CPU decode tasks) per GPU
+            memory=plan.actor_memory,
         )
         wkw = {"vdir": vdir, "sem_dim": sem_dim, "lip_dim": 0, "file_md": file_md}
         ds = ds.map_batches(
@@ -381,13 +403,13 @@ def _run_ray(cfg, todo, vdir, man, summary, *, sem_dim, described, chash, config
             fn_kwargs={**wkw, "row_group_rows": cfg.row_group_rows},
             batch_size=cfg.rows_per_shard,
             batch_format="numpy",
-            num_cpus=task_cpus,
+            num_cpus=plan.writer_cpus,
         )
         seen = done_clip_ids(man)
         done0 = set(seen)
         last_save = t_exec = time.monotonic()
         progress = Progress(len(todo), log, what="vssflow preprocess", unit="clip")
-        progress.stage(f"decoding on CPU tasks, encoding on {plan.actors} encoder actor(s) ({device})")
+        progress.stage(plan.describe(device))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             before = len(seen)
             for raw in batch["entry"]:
@@ -426,7 +448,7 @@ def log_to_mlflow(cfg: PreprocessConfig, summary: Summary, config: dict) -> None
     mlflow.set_experiment(experiment_id=get_or_create_experiment(cfg.mlflow_uri, "vssflow-preprocess"))
     with mlflow.start_run(run_name=f"preprocess-{location(summary.out_dir).name}"):
         flat = {f"extract.{k}": v for k, v in config["extract"].items()}
-        mlflow.log_params({**flat, "manifest": cfg.manifest, "out": summary.out_dir, "actors": cfg.actors})
+        mlflow.log_params({**flat, "manifest": cfg.manifest, "out": summary.out_dir, "actors": str(cfg.actors)})
         metrics = {
             "rows_in": summary.rows_in,
             "rows_skipped": summary.skipped,
@@ -454,10 +476,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sync", action="store_true", help="do not extract the 25 fps sync thumbnails")
     p.add_argument("--device", default="auto", help=f"encoders: {DEVICE_HELP} (decoding stays on CPUs)")
     p.add_argument(
+        "--encoder-actors",
         "--actors",
-        type=int,
+        dest="actors",
         default=None,
-        help="encoder actors (models load once per actor; default 1 on CPU, 4 per GPU on cuda)",
+        help="encoder actors (models load once per actor): N, or MIN,MAX to autoscale (default one per CPU on "
+        "CPU, each decoding its own clips; 4 per GPU on cuda)",
     )
     p.add_argument(
         "--encoder-gpus",
@@ -469,11 +493,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encode-batch",
         type=int,
         default=None,
-        help="clips per encoder call, frames batched across them (default 8 on cuda, 1 on CPU)",
+        help="clips per encoder call, frames batched across them (default 8 on cuda, 4 on CPU)",
     )
     p.add_argument("--rows-per-shard", type=int, default=64, help="clips written together (per task and bucket)")
     p.add_argument("--row-group-rows", type=int, default=32, help="Parquet row group size (rows)")
-    p.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task")
+    p.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task (cuda)")
     add_mlflow_uri(p, local="no logging")  # counts, timings and config
     p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
 
@@ -492,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         ray_address=args.ray_address,
         num_cpus=args.num_cpus,
-        actors=args.actors,
+        actors=parse_actors(args.actors),
         encoder_gpus=args.encoder_gpus,
         encode_batch=args.encode_batch,
         rows_per_shard=args.rows_per_shard,

@@ -6,6 +6,7 @@ The corpus is the embedded synthetic one (8 clips of 2 s); the semantic encoder 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -53,6 +54,25 @@ def tiny_clip(tmp_path_factory):
     return str(d)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+class _MemoryWarnings(logging.Handler):
+    """Ray Data's warnings that a stage uses more memory than it asked for (its high-memory issue detector)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        if "memory=" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
 def _cfg(manifest, out, encoder, **kw) -> PreprocessConfig:
     return PreprocessConfig(
         manifest=str(manifest), out=str(out), extract=ExtractConfig(encoder=encoder), progress=False, **kw
@@ -76,11 +96,20 @@ def test_stage_adapters_turn_errors_into_quarantine_fields_without_ray(corpus, t
 
 def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_path):
     console: list[str] = []
-    summary = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip, rows_per_shard=3), log=console.append)
+    import ray.data  # noqa: F401 - its logging config, applied at import, would drop a handler added before
+
+    warnings = _MemoryWarnings()
+    logging.getLogger("ray.data").addHandler(warnings)
+    try:
+        summary = run_preprocess(_cfg(corpus, tmp_path / "out", tiny_clip, rows_per_shard=3), log=console.append)
+    finally:
+        logging.getLogger("ray.data").removeHandler(warnings)
     assert summary.written == N_CLIPS and not summary.quarantined
+    assert warnings.messages == []  # the stages ask Ray for the memory they use (issue 16)
     # where it is, in lines a person reads (issue 14): the stage, the first clips after the models loaded, the last
     clips = [x for x in console if x.startswith("vssflow preprocess: clip ")]
-    assert any(x.startswith("vssflow preprocess: decoding on CPU tasks, encoding on 1 encoder actor") for x in console)
+    # 2 CPUs: an encoder actor per CPU, each decoding its own clips, the frames of several per call (issue 16)
+    assert "vssflow preprocess: decoding and encoding on 2 encoder actor(s) (cpu, 4 clips per call)" in console
     assert clips[0].endswith("(models loaded)")
     assert clips[-1].startswith(f"vssflow preprocess: clip {N_CLIPS}/{N_CLIPS} (")
     assert len(clips) == 1 or clips[-1].endswith("elapsed, ETA 0s"), clips
