@@ -97,15 +97,19 @@ def open_shards(data: str | os.PathLike) -> ShardSet:
 
 
 def fit_codec(shards: ShardSet, out_dir: Path, latent_dim: int = FULL_LATENT) -> MelCodec:
-    """Fit the MelCodec's statistics on the training split's mels (one streaming pass on the driver); a latent
-    narrower than the 256 grouped mel channels is their ``latent_dim`` principal components."""
+    """Fit the MelCodec's statistics on the training split's mels (streaming passes on the driver); a latent
+    narrower than the 256 grouped mel channels is their ``latent_dim`` principal components. A second pass measures
+    each task's global variance in that latent (:meth:`MelCodec.fit_global_variance`), the target of the sampler's
+    GV compensation."""
 
-    def mels():
-        for t in shards.tables(["mel"], split="train"):
+    def mels(with_task: bool = False):
+        for t in shards.tables(["task", "mel"], split="train"):
             for row in table_to_rows(t):
-                yield np.asarray(row["mel"], np.float32)
+                mel = np.asarray(row["mel"], np.float32)
+                yield (str(row["task"]), mel) if with_task else mel
 
     codec = MelCodec.for_latent_dim(latent_dim).fit(mels())
+    codec.fit_global_variance(mels(with_task=True))
     codec.save(out_dir)
     return codec
 

@@ -68,3 +68,36 @@ def test_training_durations_follow_the_speech_timing_and_inference_uses_espeak()
     timing = [["P", 0.0, 0.5]] + [[s, 0.5 + 0.05 * k, 0.55 + 0.05 * k] for k, s in enumerate(seq.symbols[1:])]
     timed = durations_from_timing(seq.symbols, [t for t in timing if t[0] not in ("|", ".")])
     assert timed[0] == pytest.approx(0.5) and timed[sounding[1]] == pytest.approx(0.05)
+
+
+def test_global_variance_is_fitted_per_task_saved_and_matched(tmp_path):
+    from vssflow.audio.codec import match_global_variance
+
+    rng = np.random.default_rng(3)
+    loud, quiet = speech_like_mels(rng, n=3), speech_like_mels(rng, n=3)
+    quiet = [m.mean(0, keepdims=True) + 0.3 * (m - m.mean(0, keepdims=True)) for m in quiet]  # less variation
+    codec = MelCodec(components=32).fit(loud + quiet)
+    codec.fit_global_variance([("tts", m) for m in loud] + [("v2s", m) for m in quiet])
+    assert sorted(codec.global_variance) == ["tts", "v2s"]
+    z = [codec.encode(torch.from_numpy(m)[None])[0] for m in loud]
+    torch.testing.assert_close(codec.global_variance["tts"], torch.stack([x.var(0, unbiased=False) for x in z]).mean(0))
+    assert (codec.global_variance["tts"].sum() > 5 * codec.global_variance["v2s"].sum()).item()
+    codec.save(tmp_path / "c")
+    again = load_codec(tmp_path / "c")
+    assert sorted(again.global_variance) == ["tts", "v2s"]
+    torch.testing.assert_close(again.global_variance["v2s"], codec.global_variance["v2s"])
+    assert MelCodec(components=32).fit(loud).global_variance == {}  # not fitted: none (and nothing is matched)
+    # Matching: a smoothed clip's deviations from its mean are scaled up toward the target, at most by max_ratio,
+    # its mean kept; a clip as varied as the target, or ratio 1, is unchanged; nothing is ever smoothed.
+    target = codec.global_variance["tts"]
+    smooth = z[0].mean(0, keepdim=True) + 0.25 * (z[0] - z[0].mean(0, keepdim=True))
+    out = match_global_variance(smooth, target, max_ratio=10.0)
+    torch.testing.assert_close(out.mean(0), smooth.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.var(0, unbiased=False), torch.maximum(target, smooth.var(0, unbiased=False)),
+                               rtol=1e-3, atol=1e-5)  # fmt: skip
+    capped = match_global_variance(smooth, target, max_ratio=2.0)
+    ratio = (capped - smooth.mean(0)).std(0) / (smooth - smooth.mean(0)).std(0)
+    assert float(ratio.max()) == pytest.approx(2.0, rel=1e-3) and float(ratio.min()) >= 1.0 - 1e-4
+    assert torch.equal(match_global_variance(smooth, target, max_ratio=1.0), smooth)
+    varied = z[0].mean(0, keepdim=True) + 4.0 * (z[0] - z[0].mean(0, keepdim=True))
+    torch.testing.assert_close(match_global_variance(varied, target, max_ratio=2.0), varied)

@@ -80,9 +80,16 @@ def test_batched_generation_equals_one_by_one(gen):
         assert np.abs(log_mel(wav) - log_mel(alone)).mean() < 0.05
 
 
-def test_dopri5_clip_alone_and_batched_with_a_longer_clip_give_the_same_audio(gen):
+def test_dopri5_clip_alone_and_batched_with_a_longer_clip_give_the_same_audio():
     # dopri5 sizes each clip's steps on that clip's own error: a longer batch-mate (and the padding it brings) does
-    # not change the short clip's steps, so its audio matches the clip generated alone.
+    # not change the short clip's steps, so its audio matches the clip generated alone. A velocity head: a data
+    # head's velocity (x1_hat - x) / (1 - t) multiplies the float rounding of a batched matmul by up to 1 / T_CLAMP
+    # near t = 1 (6e-4 in the latent here, inaudible), which would hide what this test checks.
+    torch.manual_seed(0)
+    gen = Generator(CFG.replace(prediction="velocity"))
+    for p in gen.model.parameters():
+        if p.abs().sum() == 0 and p.ndim > 1:
+            torch.nn.init.normal_(p, std=0.02)
     short, long_ = _clip(0.8, "tts", 5), _clip(2.0, "v2s", 6)
     x_alone, _, nfe_alone = gen.sample_latents([short], [1], steps=2, cfg=3.0, method="dopri5")
     x_both, n_frames, nfe_both = gen.sample_latents([short, long_], [1, 2], steps=2, cfg=3.0, method="dopri5")
@@ -362,3 +369,27 @@ def test_reconstruct_goes_through_the_codec_and_vocoder():
     assert np.abs(again - rec).mean() < 0.05  # (compared as mels: Griffin-Lim's phase magnifies the rounding)
     gen.codec.decode = lambda z: torch.full((len(z), 4 * z.shape[1], 64), float(mel.min()))  # forgets everything
     assert np.abs(gen.reconstruct(mel, 1.23)).max() < 0.1 * np.abs(out).max()
+
+
+def test_the_sampler_matches_the_codec_global_variance_of_each_task():
+    # SamplingConfig.gv_max_ratio > 1: each clip's sampled latent has its deviations from its mean scaled toward
+    # the codec's GV for the clip's task (at most by the ratio); a task without one, or ratio 1, is left alone.
+    import dataclasses
+
+    from vssflow.audio.codec import match_global_variance
+
+    torch.manual_seed(0)
+    g = Generator(CFG.replace(prediction="data"))  # untrained: samples are its prior's mu, a smooth estimate
+    g.codec.global_variance = {"tts": torch.full((CFG.latent_dim,), 50.0)}
+    clips = [_clip(2.0, "tts", seed=1), _clip(2.0, "v2s", seed=2)]
+    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=1.0)
+    plain, n, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
+    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=2.0)
+    matched, _, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
+    k = int(n[0])
+    assert (plain[0, :k].var(0) > 0).all()
+    torch.testing.assert_close(matched[0, :k], match_global_variance(plain[0, :k], g.codec.global_variance["tts"], 2.0))
+    assert not torch.allclose(matched[0, :k], plain[0, :k])
+    torch.testing.assert_close(matched[1], plain[1])  # v2s: no GV in this codec
+    with pytest.raises(InputError, match="gv_max_ratio"):
+        dataclasses.replace(g.sampling, gv_max_ratio=0.5)

@@ -20,6 +20,7 @@ from vssflow.model import (
     collate,
 )
 from vssflow.model.conditions import sem_to_grid, spread_phonemes
+from vssflow.model.config import PREDICTIONS
 from vssflow.types import ClipFeatures
 
 torch.set_num_threads(1)
@@ -299,13 +300,15 @@ def untouched_directions(x0: torch.Tensor, x1: torch.Tensor, n_frames: torch.Ten
 
 
 def _sample_with_noise(gen, clips, seeds):
-    """The generator's own sampling, and the source it started from: the noise (drawn as it draws it: per clip, own
-    seed) plus, for a model with a phoneme prior, the prior's mean mu."""
+    """The generator's own sampling, and what the sample would be if the output head gave zero: for a velocity
+    model the source it started from, the noise (drawn as it draws it: per clip, own seed) plus, with a phoneme
+    prior, the prior's mean mu; for a data-predicting one (its x1 is mu + the head's residual) mu, or zero."""
     x1, n_frames, _ = gen.sample_latents(clips, seeds, steps=4, cfg=3.0)
     x0 = torch.zeros_like(x1)
-    for i, s in enumerate(seeds):
-        n = int(n_frames[i])
-        x0[i, :n] = torch.randn(n, gen.config.latent_dim, generator=torch.Generator().manual_seed(s))
+    if gen.config.prediction == "velocity":
+        for i, s in enumerate(seeds):
+            n = int(n_frames[i])
+            x0[i, :n] = torch.randn(n, gen.config.latent_dim, generator=torch.Generator().manual_seed(s))
     with torch.no_grad():
         prior = gen.model.preprocess_conditions(collate(clips, gen.config)).prior
     return (x0 if prior is None else x0 + prior), x1, n_frames
@@ -323,10 +326,16 @@ def test_every_latent_direction_of_a_generated_sample_moves(name):
 
 
 def test_a_bottlenecked_output_head_is_caught():
-    # What the old tiny preset did (width 128 -> 256 channels): here a rank-16 output layer on a 64-channel latent.
+    # What the old tiny preset did (width 128 -> 256 channels): here a rank-16 output layer on a 64-channel latent,
+    # whichever the head predicts (velocity: the rest stays noise; data: the rest stays the prior's mu).
+    for prediction in PREDICTIONS:
+        _check_a_rank_16_head_is_caught(TINY.replace(depth=1, width=64, heads=2, cross_dim=64, latent_dim=64,
+                                                     prediction=prediction))  # fmt: skip
+
+
+def _check_a_rank_16_head_is_caught(cfg):
     from vssflow.generator import Generator
 
-    cfg = TINY.replace(depth=1, width=64, heads=2, cross_dim=64, latent_dim=64)
     model = randomised(VSSFlowDiT(cfg))
     with torch.no_grad():
         w = model.final.linear.weight  # (C, D)
@@ -424,7 +433,8 @@ def test_the_phoneme_prior_is_a_switch_old_configs_lack():
     from vssflow.errors import InputError
     from vssflow.generator import Generator, SamplingConfig
 
-    cfg = SMALLEST.replace(prior_inputs="phonemes")  # a speech prior: V2S clips start from N(0, I)
+    # a speech prior (V2S clips start from N(0, I)); a velocity head (a data head maps any source to mu: below)
+    cfg = SMALLEST.replace(prior_inputs="phonemes", prediction="velocity")
     model = VSSFlowDiT(cfg).eval()
     gen = Generator(model=model)
     a = make_clip(cfg, 0.8)

@@ -197,6 +197,7 @@ def test_the_sampling_defaults_saved_with_a_model_follow_its_preset():
     paper = TrainJobConfig(preset="paper").sampling_config()
     assert paper.noise_scale == 1.0 and paper.cfg_rescale == 0.0  # the paper: no prior, plain guidance
     assert TrainJobConfig(model_overrides={"prior_layers": 0}).sampling_config().noise_scale == 1.0
+    assert tiny.gv_max_ratio == 2.0 and paper.gv_max_ratio == 1.0  # GV compensation: the small presets only
 
 
 def test_a_data_predicting_model_learns_x1_with_a_plain_mse():

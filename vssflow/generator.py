@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vssflow import __version__, flow
-from vssflow.audio.codec import LatentCodec, MelCodec, load_codec
+from vssflow.audio.codec import LatentCodec, MelCodec, load_codec, match_global_variance
 from vssflow.audio.vocoder import Vocoder, load_vocoder
 from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, SYNC_FPS, latent_frames
 from vssflow.errors import AssetError, InputError, MissingFileError
@@ -54,6 +54,9 @@ class SamplingConfig:
             guidance, which overshoots the level at scale 3).
         noise_scale: standard deviation of the noise the flow starts from (1 = as trained; below 1 a model with a
             phoneme prior starts nearer its estimate mu, Grad-TTS's temperature: it samples with 1 / 1.5).
+        gv_max_ratio: global-variance compensation of each generated clip's latent toward the codec's natural
+            variance for the clip's task (:func:`vssflow.audio.codec.match_global_variance`), by at most this
+            factor; 1 = off (the paper; also any codec without the statistics).
     """
 
     steps: int = 16
@@ -62,8 +65,11 @@ class SamplingConfig:
     window_overlap_s: float = 1.0
     cfg_rescale: float = 0.0
     noise_scale: float = 1.0
+    gv_max_ratio: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.gv_max_ratio) and 1.0 <= self.gv_max_ratio <= 10.0):
+            raise InputError(f"gv_max_ratio: expected a factor in [1, 10] (1 = off), got {self.gv_max_ratio}")
         if not (math.isfinite(self.noise_scale) and 0.0 <= self.noise_scale <= 2.0):
             raise InputError(f"noise_scale: expected a noise standard deviation in [0, 2], got {self.noise_scale}")
 
@@ -307,7 +313,14 @@ class Generator:
             return v
 
         x1, nfe = flow.sample(counted, x0, steps=steps, method=method, mask=cond.frame_mask)
-        return x1.float(), cond.n_frames, nfe
+        x1 = x1.float()
+        gv = getattr(self.codec, "global_variance", {})
+        if self.sampling.gv_max_ratio > 1.0 and gv:
+            for i, clip in enumerate(clips):
+                if clip.task in gv:
+                    ni = int(cond.n_frames[i])
+                    x1[i, :ni] = match_global_variance(x1[i, :ni], gv[clip.task], self.sampling.gv_max_ratio)
+        return x1, cond.n_frames, nfe
 
     def decode(self, x1: torch.Tensor, n_frames: torch.Tensor, durations: Sequence[float]) -> list[np.ndarray]:
         """Latents (B, N, C) -> waveforms, each trimmed to its clip's duration.
