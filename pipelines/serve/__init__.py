@@ -3,7 +3,7 @@
 Three deployments, each sized and scaled on its own (``autoscaling_config``, ``num_cpus``/``num_gpus``):
 
     Api (FastAPI ingress, ~0 CPU)  --bytes-->  FeatureExtractor (CPU: decoding + encoders)
-                                   --ClipFeatures-->  GeneratorServer (the DiT; @serve.batch)
+                                   --ClipFeatures-->  GeneratorServer (the DiT; batching)
 
 * ``POST /v1/generate``  multipart: ``video`` file, optional ``transcript``, optional ``reference_voice`` file,
   optional ``speech_span`` ("START,END" seconds where the words are; default: where the mouth moves, else the whole
@@ -16,15 +16,16 @@ Three deployments, each sized and scaled on its own (``autoscaling_config``, ``n
 * Every response carries ``X-Request-Id`` (Ray Serve's request id: the client's own when it sends one, which is
   also the id in the error bodies and the replica logs); generations also ``X-Seed`` (drawn when not given: send
   it back to get the same audio), ``X-Speech-Span`` ("START,END" seconds the phonemes were laid over, or "none")
-  with ``X-Speech-Span-Source`` (user, features, mouth, clip), ``X-Batch-Size`` (requests in the @serve.batch call),
+  with ``X-Speech-Span-Source`` (user, features, mouth, clip), ``X-Batch-Size`` (requests in the generation batch),
   ``X-Group-Size`` (of
   those, the ones generated together in one tensor batch) and ``Server-Timing`` (ms: ``queue`` waiting for a
   batch, ``generate`` the batch's generation, ``ingress`` everything inside the HTTP deployment).
 
-The generator batches concurrent requests with ``@serve.batch`` and splits each batch into groups of one shape:
-same task, duration bucket (the shard buckets, so padding is bounded) and sampling options. A request alone in the
-generator replica starts at once; only when others are queued or generating does a batch wait (up to
-``batch_wait_timeout_s``) to fill.
+The generator batches concurrent requests and splits each batch into groups of one shape: same task, duration
+bucket (the shard buckets, so padding is bounded) and sampling options. A batch is formed when the compute thread
+is free, from every request waiting then (up to ``max_batch_size``; Ray Serve's ``@serve.batch`` formed it when its
+first request arrived and held it, small, while the previous batch ran). A request alone in the generator replica
+starts at once; only right after a batch does the next wait (up to ``batch_wait_timeout_s``) to fill.
 
 Bad input never reaches a 5xx: limits on upload bytes counted as they arrive, on what compressed uploads unpack to,
 on video duration, frame size and decoded pixels and on reference-voice length (413), corrupt or non-video uploads,

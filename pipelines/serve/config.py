@@ -79,7 +79,7 @@ class ServeConfig:
         request_timeout_s: the work after the body (waiting for a slot, extraction, generation) must end within it:
             504 after, and the generation still running is cancelled.
         retry_after_s: the Retry-After value.
-        max_batch_size, batch_wait_timeout_s: @serve.batch settings of the generator.
+        max_batch_size, batch_wait_timeout_s: batching of the generator (:class:`.generator.GeneratorServer`).
         upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
         api_token_file: a file holding the API token every /v1/* request must send as ``Authorization: Bearer``
             (:mod:`pipelines.serve.auth`); each Api replica reads it. None: no token, cross-site posts refused.
