@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
     p.add_argument("--steps", type=int, default=16, help="solver steps (the models' default)")
     p.add_argument("--models", default="test:2,tiny:4", help="NAME:SECONDS,... of " + ", ".join(MODELS))
-    args = p.parse_args(argv or [])
+    args = p.parse_args(argv)
 
     import tempfile
 
