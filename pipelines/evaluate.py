@@ -1,7 +1,7 @@
 """``vssflow evaluate``: generate for a test set with Ray Data, measure both tasks, write a report, log to MLflow.
 
     vssflow evaluate --model MODEL_DIR --data SHARDS_OR_MANIFEST --out REPORT_DIR
-                     [--manifest MANIFEST] [--split test] [--max-clips 16] [--steps 16] [--cfg 3] [--validate 2]
+                     [--manifest MANIFEST] [--split test] [--max-clips 16] [--steps 16] [--cfg SCALE] [--validate 2]
                      [--asr auto] [--embedding whisper-base] [--mlflow-uri URI] [--actors 1] [--ray-address auto]
 
 Pipeline: clip indices -> Ray Data ``map`` over an actor pool (:class:`EvalActor`: loads the generator and the metric
@@ -67,7 +67,7 @@ class EvalConfig:
     tasks: tuple[str, ...] = TASKS
     max_clips: int = 16  # per task
     steps: int = 16
-    cfg: float = 3.0
+    cfg: float | None = None  # None: the model's own default guidance (its config.json)
     seed: int = 0
     validate: int = 2  # clips per task for the metric validation (0: skip)
     asr: str = "auto"
@@ -384,6 +384,8 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = read_model_config(cfg.model)
+    if cfg.cfg is None:  # the guidance the model was saved with (as generate and serve use)
+        cfg = replace(cfg, cfg=float(model_cfg.get("sampling", {}).get("cfg_scale", 3.0)))
     source = ClipSource(cfg, sem_dim=int(model_cfg["model"].get("sem_dim", 0)) or None)
     if not len(source):
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
@@ -675,7 +677,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_tasks(p, default=d.tasks)
     p.add_argument("--max-clips", type=int, default=d.max_clips, help="clips per task")
     p.add_argument("--steps", type=int, default=d.steps, help="ODE solver steps")
-    p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
+    p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (default: the model's own)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--speech-span", choices=SPEECH_SPANS, default=d.speech_span,
                    help="span the phonemes are laid over: the data's (manifest timing), the mouth activity of the "

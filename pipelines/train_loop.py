@@ -429,7 +429,7 @@ def _log_samples(tracker, model: VSSFlowDiT, codec, val_clips, cfg: TrainJobConf
 
     gen = Generator(model=model, codec=codec, sampling=cfg.sampling_config())
     for i, clip in enumerate(val_clips):
-        wav = gen.generate(clip, steps=cfg.validation.steps, cfg=cfg.validation.cfg_scale, seed=i)
+        wav = gen.generate(clip, steps=cfg.validation.steps, cfg=gen.sampling.cfg_scale, seed=i)
         name = f"{i:02d}_{clip.task}_{clip.meta.get('clip_id', i)}"
         tracker.log_audio(wav, SAMPLE_RATE, name, step=step)
         tracker.log_spectrogram({"generated": log_mel(wav), "target": clip.mel}, name, step=step)

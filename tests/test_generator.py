@@ -371,25 +371,45 @@ def test_reconstruct_goes_through_the_codec_and_vocoder():
     assert np.abs(gen.reconstruct(mel, 1.23)).max() < 0.1 * np.abs(out).max()
 
 
-def test_the_sampler_matches_the_codec_global_variance_of_each_task():
-    # SamplingConfig.gv_max_ratio > 1: each clip's sampled latent has its deviations from its mean scaled toward
-    # the codec's GV for the clip's task (at most by the ratio); a task without one, or ratio 1, is left alone.
+def test_the_postfilter_matches_the_codec_global_variance_of_each_task():
+    # SamplingConfig.gv_max_ratio > 1: each clip's sampled latent is compensated toward the codec's GV for the clip's
+    # task (at most by the ratio): gv_mode "latent" takes the compensated latent, "level" (the default) only its
+    # loudness, as one gain on the clip's log-mel; a task without a GV, or ratio 1, is left alone. generate applies it.
     import dataclasses
 
     from vssflow.audio.codec import match_global_variance
+    from vssflow.generator import mel_level_db
 
     torch.manual_seed(0)
     g = Generator(CFG.replace(prediction="data"))  # untrained: samples are its prior's mu, a smooth estimate
     g.codec.global_variance = {"tts": torch.full((CFG.latent_dim,), 50.0)}
     clips = [_clip(2.0, "tts", seed=1), _clip(2.0, "v2s", seed=2)]
-    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=1.0)
-    plain, n, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
-    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=2.0)
-    matched, _, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
+    tasks = [c.task for c in clips]
+    x1, n, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
     k = int(n[0])
-    assert (plain[0, :k].var(0) > 0).all()
-    torch.testing.assert_close(matched[0, :k], match_global_variance(plain[0, :k], g.codec.global_variance["tts"], 2.0))
-    assert not torch.allclose(matched[0, :k], plain[0, :k])
-    torch.testing.assert_close(matched[1], plain[1])  # v2s: no GV in this codec
+    assert (x1[0, :k].var(0) > 0).all()
+    compensated = match_global_variance(x1[0, :k], g.codec.global_variance["tts"], 2.0)
+    same, gain = g.postfilter(x1, n, tasks)  # ratio 1 (the default): off
+    assert same is x1 and (gain == 0).all()
+    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=2.0, gv_mode="latent")
+    latent, gain = g.postfilter(x1, n, tasks)
+    torch.testing.assert_close(latent[0, :k], compensated)
+    torch.testing.assert_close(latent[1], x1[1])  # v2s: no GV in this codec
+    assert (gain == 0).all()
+    g.sampling = dataclasses.replace(g.sampling, gv_mode="level")
+    kept, gain = g.postfilter(x1, n, tasks)
+    torch.testing.assert_close(kept, x1)  # the spectral shape stays the model's
+    assert gain[0] > 0.05 and gain[1] == 0  # louder by one gain on the log-mel, to the compensated level
+    louder = g.codec.decode(x1[:1, :k]) + gain[0]
+    assert mel_level_db(louder) == pytest.approx(mel_level_db(g.codec.decode(compensated[None])), abs=1e-3)
+    # generate applies it: its audio is the decode of the postfiltered latents, not of the plain ones
+    one, n1, _ = g.sample_latents(clips[:1], [0], steps=4, cfg=3.0)
+    kept1, gain1 = g.postfilter(one, n1, ["tts"])
+    filtered = g.decode(kept1, n1, [2.0], gain1)[0]
+    wav = g.generate(clips[0], steps=4, cfg=3.0, seed=0)
+    np.testing.assert_allclose(wav, filtered, atol=1e-5)
+    assert not np.allclose(wav, g.decode(one, n1, [2.0])[0], atol=1e-3)
     with pytest.raises(InputError, match="gv_max_ratio"):
         dataclasses.replace(g.sampling, gv_max_ratio=0.5)
+    with pytest.raises(InputError, match="gv_mode"):
+        dataclasses.replace(g.sampling, gv_mode="loud")

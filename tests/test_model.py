@@ -478,6 +478,27 @@ def test_a_prior_that_sees_the_video_estimates_every_clip_whatever_the_dropout()
         TINY.replace(prior_inputs="video")
 
 
+def test_a_split_prior_estimates_speech_only_clips_without_the_video():
+    # prior_inputs="split": TTS clips get the estimate of a second, video-blind prior (phonemes + speaker; with ~90
+    # talking-face clips a prior that reads their video learns the clip, not the words); V2S and joint clips the
+    # video-seeing one's. Each learns from its own clips only.
+    cfg = SMALLEST.replace(prior_inputs="split")
+    model = randomised(VSSFlowDiT(cfg))
+    other = dict(sem=np.ones((8, cfg.sem_dim), np.float32), sync=np.full((20, 32, 32), 7, np.uint8))
+    with torch.no_grad():
+        for task, follows_video in (("tts", False), ("joint", True), ("v2s", True)):
+            absent = {"phonemes": None, "speaker": None} if task == "v2s" else {}
+            a, b = make_clip(cfg, 0.8, task=task, **absent), make_clip(cfg, 0.8, task=task, **absent, **other)
+            c = model.preprocess_conditions(collate([a, b], cfg))
+            assert c.prior_keep.all() and (c.prior[0].abs().sum(-1) > 0).all()
+            assert (not torch.allclose(c.prior[0], c.prior[1])) == follows_video, task
+    clips = [make_clip(cfg, 0.8, task="tts"), make_clip(cfg, 0.8, task="joint")]
+    c = model.preprocess_conditions(collate(clips, cfg))
+    c.prior[0].sum().backward()  # the TTS clip's estimate: the speech prior's alone
+    assert model.conditions.speech_prior.out.weight.grad.abs().sum() > 0
+    assert model.conditions.prior.out.weight.grad is None or model.conditions.prior.out.weight.grad.abs().sum() == 0
+
+
 def test_a_video_seeing_prior_without_a_sync_stream_reads_the_semantics_alone():
     cfg = SMALLEST.replace(prior_inputs="all", sync_dim=0)
     model = randomised(VSSFlowDiT(cfg))

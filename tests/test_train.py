@@ -102,7 +102,7 @@ def test_training_reduces_loss_and_tracks_everything(reference):
     assert gen.step == STEPS and gen.config.width == TOY_MODEL["width"]
     # the codec carries each task's global variance from the training split; the sampler matches it (small presets)
     # (this set has no joint rows: joint clips are mixed while training, and without rows of their own none is matched)
-    assert sorted(gen.codec.global_variance) == ["tts", "v2s"] and gen.sampling.gv_max_ratio == 2.0
+    assert sorted(gen.codec.global_variance) == ["tts", "v2s"] and gen.sampling.gv_max_ratio == 3.0
     params = json.loads((res.run_dir / "run.json").read_text())
     assert params["data_version"].startswith(f"v{SCHEMA_VERSION}-")
 

@@ -193,11 +193,16 @@ def test_the_sampling_defaults_saved_with_a_model_follow_its_preset():
     from pipelines.train_loop import TrainJobConfig
 
     tiny = TrainJobConfig().sampling_config()
-    assert tiny.noise_scale == 0.5 and tiny.cfg_rescale == 1.0  # a prior: start nearer mu; rescaled guidance
+    # a data-predicting model with a prior: its trained source, no guidance, rescaling if guided
+    assert tiny.noise_scale == 1.0 and tiny.cfg_scale == 1.0 and tiny.cfg_rescale == 1.0
+    velocity = TrainJobConfig(model_overrides={"prediction": "velocity"}).sampling_config()
+    assert velocity.noise_scale == 0.5 and velocity.cfg_scale == 3.0  # a velocity prior model: nearer mu, guided
     paper = TrainJobConfig(preset="paper").sampling_config()
-    assert paper.noise_scale == 1.0 and paper.cfg_rescale == 0.0  # the paper: no prior, plain guidance
-    assert TrainJobConfig(model_overrides={"prior_layers": 0}).sampling_config().noise_scale == 1.0
-    assert tiny.gv_max_ratio == 2.0 and paper.gv_max_ratio == 1.0  # GV compensation: the small presets only
+    assert paper.noise_scale == 1.0 and paper.cfg_rescale == 0.0 and paper.cfg_scale == 3.0  # the paper
+    no_prior = TrainJobConfig(model_overrides={"prior_layers": 0, "prediction": "velocity"}).sampling_config()
+    assert no_prior.noise_scale == 1.0
+    assert TrainJobConfig.from_dict({"eval_cfg_scale": 2.0}).sampling_config().cfg_scale == 2.0  # an explicit scale
+    assert tiny.gv_max_ratio == 3.0 and paper.gv_max_ratio == 1.0  # GV compensation: the small presets only
 
 
 def test_a_data_predicting_model_learns_x1_with_a_plain_mse():

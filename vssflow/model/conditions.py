@@ -130,12 +130,13 @@ class PhonemePrior(nn.Module):
     convolution, so a clip's estimate does not depend on how far its batch was padded.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, video: bool | None = None):
         super().__init__()
         d = cfg.prior_dim
+        video = cfg.prior_inputs in ("all", "split") if video is None else video
         self.phoneme_in = nn.Linear(cfg.phoneme_dim, d)
         self.speaker_in = nn.Linear(cfg.cross_dim, d)
-        if cfg.prior_inputs == "all":
+        if video:
             self.visual_in = nn.Linear(cfg.cross_dim + cfg.sync_dim, d)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.prior_layers))
         self.convs = nn.ModuleList(
@@ -246,6 +247,8 @@ class ConditionEncoder(nn.Module):
         self.phoneme_emb = nn.Embedding(cfg.phoneme_vocab, cfg.phoneme_dim)
         if cfg.prior_layers:
             self.prior = PhonemePrior(cfg)
+            if cfg.prior_inputs == "split":  # a second prior for speech-only clips, blind to the video
+                self.speech_prior = PhonemePrior(cfg, video=False)
         if cfg.sync_dim:
             self.sync_encoder = SyncCNN(cfg.sync_dim, cfg.cnn_channels)
             self.absent_sync = nn.Parameter(torch.randn(cfg.sync_dim) * 0.02)
@@ -270,7 +273,7 @@ class ConditionEncoder(nn.Module):
         frame_mask = cond.frame_mask
         context: list[torch.Tensor] = []
         prior, prior_keep = None, None
-        prior_sees_video = cfg.prior_layers > 0 and cfg.prior_inputs == "all"
+        prior_sees_video = cfg.prior_layers > 0 and cfg.prior_inputs in ("all", "split")
         ph_all = sem_all = sync_all = None
         cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tokens (B, m, Dc), mask (B, m))
 
@@ -360,6 +363,10 @@ class ConditionEncoder(nn.Module):
                 prior_keep = has_phonemes & tts if cond.tasks else has_phonemes  # a joint latent also holds sound
             if shifted.any():
                 prior = self.prior(ph_all, spk_all, frame_mask, visual) * shifted[:, None, None].to(dtype)  # (B, N, C)
+                speech_only = torch.tensor([t == "tts" for t in cond.tasks], dtype=torch.bool, device=dev)
+                if cfg.prior_inputs == "split" and speech_only.any():  # TTS clips: the speech prior's estimate
+                    speech = self.speech_prior(ph_all, spk_all, frame_mask)
+                    prior = torch.where(speech_only[:, None, None], speech, prior)
             else:  # a batch of V2S clips under a speech prior: nothing to estimate, skip the convolutions
                 prior = frame_mask.new_zeros(b, n, cfg.latent_dim, dtype=dtype)
             # The DiT sees its source mean (as Grad-TTS's decoder does) but does not train it: mu learns from its
