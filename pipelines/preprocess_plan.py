@@ -6,8 +6,9 @@ The encoders load their models once per actor and encode the frames of several c
     CPUs:  one encoder actor per CPU of the cluster (``--encoder-actors N`` or ``MIN,MAX`` to autoscale), each
            *decoding* its clips too: on CPU the encoders are most of the work (85 % in ``bench_extract``), so a
            CPU is best spent doing one clip from file to features, and the decoded frames (tens of MB a clip)
-           never travel between processes. 4 clips per call. Writing shards takes no CPU of its own (milliseconds
-           a shard; it must not wait behind encoders that hold every CPU).
+           never travel between processes. 4 clips per call. Shards are written by long-lived writer actors
+           (one per 8 encoder actors) that take no CPU of their own (milliseconds a shard; they must not wait
+           behind encoders that hold every CPU).
     GPUs:  ``--encoder-gpus G`` (default: every GPU) shared by ``--encoder-actors N`` (default 4 per GPU): G / N
            of a GPU per actor, 8 clips per call, fed by decode tasks on the CPUs the actors leave (one CPU each;
            as many at once as fit).
@@ -59,6 +60,9 @@ class EncoderPlan:
     # batches sent to an actor at once: 1 when it decodes (its input is a few manifest rows, nothing to prefetch, and
     # a second batch queued at one actor would leave another idle at the end); None: Ray Data's default (prefetch)
     batches_in_flight: int | None = None
+    # shard-writing tasks at once: each runs in a Ray worker that imports the feature code (seconds of CPU each);
+    # one per 8 encoder actors keeps up (a 64-clip shard is written in well under a second)
+    writers: int = 1
 
     @property
     def actors(self) -> int:
@@ -138,7 +142,8 @@ def encoder_plan(
         actor_cpus = 1.0 if cpus >= lo else cpus / lo
         n = clips_per_call or CPU_CLIPS_PER_CALL
         return EncoderPlan(lo, hi, actor_cpus, 0.0, True, 0.0, 0, 0.0, n,
-                           ENCODER_ACTOR_MEMORY + n * CLIP_FRAMES_MEMORY, DECODE_TASK_MEMORY, 1)  # fmt: skip
+                           ENCODER_ACTOR_MEMORY + n * CLIP_FRAMES_MEMORY, DECODE_TASK_MEMORY, 1,
+                           _writers(hi))  # fmt: skip
     share = gpus if encoder_gpus is None else float(encoder_gpus)
     if not 0 < share <= gpus:
         raise InputError(f"{share:g}: the cluster has {gpus:g} GPUs; use a number in (0, {gpus:g}]",
@@ -153,7 +158,12 @@ def encoder_plan(
     n = clips_per_call or GPU_CLIPS_PER_CALL
     # the GPU actor holds the frames of its batch (on the host, then on the GPU); the decode task those of its block
     return EncoderPlan(lo, hi, actor_cpus, share / hi, False, task_cpus, tasks, task_cpus, n,
-                       ENCODER_ACTOR_MEMORY + n * CLIP_FRAMES_MEMORY, DECODE_TASK_MEMORY)  # fmt: skip
+                       ENCODER_ACTOR_MEMORY + n * CLIP_FRAMES_MEMORY, DECODE_TASK_MEMORY, None,
+                       _writers(hi))  # fmt: skip
+
+
+def _writers(actors: int) -> int:
+    return max(1, math.ceil(actors / 8))
 
 
 def _show(actors) -> str:

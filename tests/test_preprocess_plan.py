@@ -40,6 +40,7 @@ def test_cpu_cluster_gets_one_decoding_encoder_actor_per_cpu():
         assert (plan.min_actors, plan.max_actors, plan.cpus_per_actor, plan.gpus_per_actor) == (cpus, cpus, 1.0, 0.0)
         assert plan.decode_in_actors and plan.decode_tasks == 0
         assert plan.batches_in_flight == 1  # no actor holds a batch another could be working on
+        assert plan.writers == (1 if cpus <= 8 else 2)  # one writer actor per 8 encoders
         # the actors hold every CPU: writing a shard (milliseconds) must not wait for one
         assert plan.writer_cpus == 0.0
         assert plan.clips_per_call == CPU_CLIPS_PER_CALL > 1  # frames of several clips per encoder call
