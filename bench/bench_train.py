@@ -83,7 +83,7 @@ def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
     cfg = fit_model_to_data(cfg, shards)
     clips = shards.clips(split="train")
     with tempfile.TemporaryDirectory() as tmp:
-        codec = fit_codec(shards, Path(tmp))
+        codec = fit_codec(shards, Path(tmp), cfg.model_config().latent_dim)  # the preset's latent (tiny: 128)
     model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, eps=1e-8)
