@@ -54,13 +54,6 @@ def tiny_clip(tmp_path_factory):
     return str(d)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 class _MemoryWarnings(logging.Handler):
     """Ray Data's warnings that a stage uses more memory than it asked for (its high-memory issue detector)."""
 
