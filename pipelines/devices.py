@@ -54,3 +54,29 @@ def load_actor_generator(model: str, device: str, *, threads: int):
     torch.set_num_threads(max(1, int(threads)))
     d = resolve_device(device)
     return Generator.from_pretrained(model, device=d.torch, dtype=d.dtype)
+
+
+def map_on_actors(items: list[dict], actor, config, *, batch_size: int):
+    """Run ``items`` through a pool of ``config.actors`` model actors (``actor(config)`` each, ``config.actor_cpus``
+    CPUs and a GPU on cuda), starting a local Ray unless one is up. Returns (config with its device resolved, an
+    iterator over the result rows as plain Python values). The batch jobs (generate-batch, dub-batch) share it."""
+    from dataclasses import replace
+
+    import ray
+
+    from pipelines.ray_runtime import start_ray
+
+    start_ray()  # a local Ray, unless the caller (run, a test) has one
+    device = resolve_ray_device(config.device)
+    config = replace(config, device=str(device))
+    ds = ray.data.from_items(items).map_batches(
+        actor,
+        fn_constructor_args=(config,),
+        compute=ray.data.ActorPoolStrategy(size=config.actors),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=config.actor_cpus,
+        num_gpus=actor_gpus(device),
+    )
+    rows = ({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in ds.iter_rows())
+    return config, rows

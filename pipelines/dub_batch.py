@@ -27,12 +27,12 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
+from pipelines.devices import load_actor_generator, map_on_actors
 from pipelines.generate_batch import clip_seed, output_path
 from pipelines.quarantine import error_fields, record
 from pipelines.ray_runtime import add_ray_arguments, start_ray
@@ -204,7 +204,6 @@ def _atomic_text(path: Path, text: str) -> None:
 def run_dub_batch(config: DubBatchConfig, *, log=print) -> dict:
     """Dub every row of ``config.manifest`` not finished in ``config.out``. Ray must be initialised (or is started
     locally). Returns the summary written to ``out/_summary.json``."""
-    import ray
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,20 +214,8 @@ def run_dub_batch(config: DubBatchConfig, *, log=print) -> dict:
     t0 = time.perf_counter()
     results = []
     if todo:
-        start_ray()  # a local Ray, unless the caller (run, a test) has one
-        device = resolve_ray_device(config.device)
-        config = replace(config, device=str(device))
-        ds = ray.data.from_items(todo).map_batches(
-            DubActor,
-            fn_constructor_args=(config,),
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
-            batch_size=1,
-            batch_format="numpy",
-            num_cpus=config.actor_cpus,
-            num_gpus=actor_gpus(device),
-        )
-        for row in ds.iter_rows():
-            r = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        config, rows = map_on_actors(todo, DubActor, config, batch_size=1)
+        for r in rows:
             results.append(r)
             what = "dubbed" if r["status"] == "ok" else f"quarantined ({r['error_reason']}: {r['error_message']})"
             log(f"  {len(results)}/{len(todo)} {r['id']}: {what}")

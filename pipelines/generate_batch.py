@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
+from pipelines.devices import load_actor_generator, map_on_actors
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import add_mlflow_uri, add_model, add_tasks, mlflow_uri
 from vssflow.device import DEVICE_HELP
@@ -209,7 +209,6 @@ def _atomic_json(path: Path, obj, *, lines: bool = False) -> None:
 def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
     """Generate every clip of ``config.source`` not already in ``config.out``. Ray must be initialised (or is
     started locally). Returns the summary written to ``out/_summary.json``."""
-    import ray
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,20 +219,9 @@ def run_generate_batch(config: BatchConfig, *, log=print) -> dict:
     t0 = time.perf_counter()
     results = []
     if todo:
-        start_ray()  # a local Ray, unless the caller (run, a test) has one
-        device = resolve_ray_device(config.device)
-        config = replace(config, device=str(device))
-        ds = ray.data.from_items(todo).map_batches(
-            GenerateActor,
-            fn_constructor_args=(config,),
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            num_cpus=config.actor_cpus,
-            num_gpus=actor_gpus(device),
-        )
-        for row in ds.iter_rows():
-            results.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+        config, rows = map_on_actors(todo, GenerateActor, config, batch_size=config.batch_size)
+        for r in rows:
+            results.append(r)
             if len(results) % 10 == 0 or len(results) == len(todo):
                 log(f"  {len(results)}/{len(todo)} clips")
     failed = [r for r in results if r["status"] != "ok"]
