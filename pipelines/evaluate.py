@@ -24,9 +24,11 @@ stored with the clip's features (its manifest timing, or the voice activity of i
 activity of its lip crops (what inference without a user's span does), ``clip`` none (the whole clip); the report
 records the mode and each clip's span.
 
-``--data`` is a shard set (``vssflow preprocess`` output) or a manifest (.jsonl/.csv; features are extracted on
-the fly). With shards, the ground-truth audio comes from ``--manifest`` (matched by clip_id) when given, else from
-the shard's target mel through the Griffin-Lim vocoder (the report says which).
+``--data`` is a shard set (``vssflow preprocess`` output) or a manifest (.jsonl/.csv): each row's video then gets
+the conditions a user's request for it gets (:func:`vssflow.inference.prepare`, :func:`manifest_clip`; a silent
+video of any length), its audio is the ground truth. With shards, the ground-truth audio comes from ``--manifest``
+(matched by clip_id) when given, else from the shard's target mel through the Griffin-Lim vocoder (the report says
+which).
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ from pipelines.model_uri import resolve_model_dir
 from pipelines.progress import Progress, duration
 from pipelines.ray_runtime import add_ray_arguments, start_ray
 from vssflow.commands.flags import LOCAL_STORE_HELP, add_mlflow_uri, add_model, add_tasks, mlflow_uri
-from vssflow.constants import TASKS
+from vssflow.constants import SPEECH_TASKS, TASKS
 from vssflow.device import DEVICE_HELP
-from vssflow.errors import InputError, MissingFileError
+from vssflow.errors import AssetError, InputError, MissingFileError
 from vssflow.files import write_text_atomic
 
 SPEECH_SPANS = ("data", "mouth", "clip")
@@ -91,8 +93,9 @@ class EvalConfig:
 class ClipSource:
     """Indexable clips: ``features(i)`` -> ClipFeatures and ``reference(i)`` -> metrics.Reference."""
 
-    def __init__(self, cfg: EvalConfig, *, sem_dim: int | None = None):
+    def __init__(self, cfg: EvalConfig, *, sem_dim: int | None = None, model_info: dict | None = None):
         self.cfg = cfg
+        self._sem_dim, self._model_info = sem_dim, model_info or {}
         path = Path(cfg.data)
         if not path.exists():
             raise MissingFileError("evaluation data not found; pass a shard directory or a manifest", source=str(path))
@@ -150,12 +153,19 @@ class ClipSource:
     def task(self, i: int) -> str:
         return self.items[i].task
 
-    def _extract(self, row):
-        from vssflow.features.extract import ExtractConfig, Extractors, extract_clip
+    def _loaded_extractors(self):
+        """The feature extractors the model was trained with (its config.json info; the defaults without it)."""
+        from vssflow.features.extract import Extractors
+        from vssflow.inference import extract_config_for
 
         if self._extractors is None:
-            self._extractors = Extractors.load(ExtractConfig())
-        return extract_clip(row, self._extractors)
+            self._extractors = Extractors.load(extract_config_for(self._model_info))
+            if self._sem_dim and self._extractors.sem_dim != self._sem_dim:
+                raise AssetError(f"visual encoder {self._extractors.config.encoder!r} gives "
+                                 f"{self._extractors.sem_dim}-d features but the model expects sem_dim "
+                                 f"{self._sem_dim}; record the training encoder in config.json info['extractors']",
+                                 source=self.cfg.model)  # fmt: skip
+        return self._extractors
 
     def load(self, i: int):
         """(ClipFeatures, Reference) of item ``i``."""
@@ -163,9 +173,7 @@ class ClipSource:
 
         item = self.items[i]
         if self.is_manifest:
-            feats = self._extract(item)
-            feats.sem = np.asarray(feats.sem, np.float32)
-            return feats, reference_from_row(item, lip=feats.lip)
+            return manifest_clip(item, self._loaded_extractors())
         feats = item.ds[item.index]
         cid = str(feats.meta.get("clip_id"))
         row = (self._manifest_rows or {}).get(cid)
@@ -180,6 +188,47 @@ class ClipSource:
         if self._manifest_rows:
             return "source audio of the clips (video track / audio file)"
         return "the shards' target mel vocoded with Griffin-Lim (no --manifest given)"
+
+
+def manifest_clip(row, extractors):
+    """(ClipFeatures, Reference) of a manifest row: the conditions a user's request for the row's video gets
+    (:func:`vssflow.inference.prepare`, no audio track needed, any length), cut to the row's [start, end).
+
+    The request is what the manifest gives: the task, the transcript (speech tasks), the reference voice (the row's
+    ``reference_audio``, else its speech stem, else its own speech, as training takes it) and the speech span of
+    the data (:func:`vssflow.features.extract.data_speech_span`: the row's timing, else the voice activity of its
+    speech; none known: the whole clip). The ground truth (:func:`reference_from_row`) is the row's audio; its mel,
+    for the ground truth through the model's codec and vocoder, is :func:`ground_truth_mel` of it.
+    """
+    from vssflow.features.extract import data_speech_span, row_dict
+    from vssflow.generator import slice_features
+    from vssflow.inference import prepare
+    from vssflow.media.video import probe
+    from vssflow.metrics.references import reference_from_row
+    from vssflow.metrics.suite import Reference
+
+    ref = reference_from_row(row)  # the ground truth, cut to [start, end)
+    speech = row.task in SPEECH_TASKS
+    voice = next((w for w in (ref.speaker_ref, ref.speech_stem, ref.wav) if w is not None), None) if speech else None
+    span = data_speech_span(row_dict(row), ref.duration_s, ref.wav) if speech else None
+    info = probe(row.video)
+    feats = prepare(row.video, task=row.task, transcript=row.transcript if speech else None, reference_voice=voice,
+                    speech_span=None if span is None else (row.start + span[0], row.start + span[1]),
+                    extractors=extractors, info=info, clip_id=row.clip_id)  # fmt: skip
+    if row.start > 0 or ref.duration_s < info.duration - 1e-3:  # the row is a part of its video
+        cut = slice_features(feats, row.start, row.start + ref.duration_s)
+        feats = replace(cut, phonemes=feats.phonemes, phoneme_durations=feats.phoneme_durations, meta=feats.meta)
+    feats = replace(feats, duration_s=ref.duration_s, speech_span=span)  # None: the data knows no span
+    opening = Reference.opening_from_crops(feats.lip)  # the mouth of the lip crops, when they are there
+    return feats, ref if opening is None else replace(ref, mouth_opening=opening)
+
+
+def ground_truth_mel(feats, ref) -> np.ndarray:
+    """(T_mel, 64) log-mel of the ground truth: the shard's target mel, else (a manifest clip, whose conditions, as
+    a user's, carry none) the mel of the row's ground-truth audio."""
+    from vssflow.audio.mel import log_mel
+
+    return np.asarray(feats.mel if feats.mel is not None else log_mel(ref.wav), np.float32)
 
 
 @dataclass
@@ -208,7 +257,7 @@ class EvalActor:
 
         self.cfg = cfg
         self.gen = load_actor_generator(cfg.model, cfg.device, threads=cfg.threads)
-        self.source = ClipSource(cfg, sem_dim=self.gen.config.sem_dim)
+        self.source = ClipSource(cfg, sem_dim=self.gen.config.sem_dim, model_info=self.gen.info)
         self.suite = MetricSuite(asr=cfg.asr, embedding=cfg.embedding, classifier=cfg.classifier, threads=cfg.threads)
         self.audio_dir = Path(cfg.out) / "audio"
         self.audio_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +266,6 @@ class EvalActor:
 
     def __call__(self, row: dict) -> dict:
         from vssflow.audio.io import write_audio
-        from vssflow.audio.mel import log_mel
 
         i = int(row["idx"])
         feats, ref = self.source.load(i)
@@ -226,8 +274,7 @@ class EvalActor:
         wav = self.gen.generate(feats, steps=self.cfg.steps, cfg=self.cfg.cfg, seed=self.cfg.seed + i)
         gen_s, guarded = time.perf_counter() - t0, self.gen.peak_guarded - guarded
         # the ceiling: the ground truth's own mel through the model's codec and vocoder (the same decode path)
-        mel = feats.mel if feats.mel is not None else log_mel(ref.wav)
-        vocoded = self.gen.reconstruct(np.asarray(mel, np.float32), ref.duration_s)
+        vocoded = self.gen.reconstruct(ground_truth_mel(feats, ref), ref.duration_s)
         write_audio(self.audio_dir / f"{ref.clip_id}.wav", wav)
         write_audio(self.audio_dir / f"{ref.clip_id}.gt.wav", ref.wav)
         write_audio(self.audio_dir / f"{ref.clip_id}.gt_vocoded.wav", vocoded)
@@ -386,7 +433,8 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     model_cfg = read_model_config(cfg.model)
     if cfg.cfg is None:  # the guidance the model was saved with (as generate and serve use)
         cfg = replace(cfg, cfg=float(model_cfg.get("sampling", {}).get("cfg_scale", 3.0)))
-    source = ClipSource(cfg, sem_dim=int(model_cfg["model"].get("sem_dim", 0)) or None)
+    sem_dim = int(model_cfg["model"].get("sem_dim", 0)) or None
+    source = ClipSource(cfg, sem_dim=sem_dim, model_info=model_cfg.get("info"))
     if not len(source):
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
     log(f"vssflow evaluate: {len(source)} clips of {cfg.data} with {cfg.model} ({cfg.steps} steps, cfg {cfg.cfg})")

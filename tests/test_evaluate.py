@@ -7,6 +7,7 @@ the ground truth clearly ahead of this model.
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,49 @@ def test_evaluate_manifest_end_to_end(local_ray, corpus, model, tmp_path):
     assert "tts/wer" in metrics and "v2s/onset_f1" in metrics and "validation/failed" in metrics
     arts = run_artifacts(mf["run_id"], tracking_uri=mf["tracking_uri"])
     assert "report/report.md" in arts and any(a.startswith("plots/") for a in arts)
+
+
+def test_a_manifest_clip_gets_a_users_conditions_a_silent_video_longer_than_training_clips(
+    local_ray, corpus, model, tmp_path
+):
+    """Evaluate's manifest mode prepares a clip as a user's request (vssflow.inference.prepare, issue 14): a silent
+    video of 12 s, its soundtrack in a separate file, which the training extractor refuses (> 10 s), is evaluated
+    as a whole, generated in windows."""
+    import subprocess
+
+    from vssflow.audio.io import read_audio, write_audio
+    from vssflow.data.manifest import Event, read_manifest, write_manifest
+    from vssflow.errors import ClipTooLongError
+    from vssflow.features.extract import decode_clip, row_dict
+    from vssflow.media.video import probe, read_audio_track
+
+    clip = next(r for r in read_manifest(corpus) if r.task == "v2s")
+    step, copies = probe(clip.video).duration, 6
+    (tmp_path / "list.txt").write_text(f"file '{clip.video}'\n" * copies)
+    video = tmp_path / "long.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i",
+                    str(tmp_path / "list.txt"), "-an", "-c:v", "copy", str(video)], check=True)  # fmt: skip
+    write_audio(tmp_path / "long.wav", np.tile(read_audio_track(clip.video), copies))
+    events = tuple(Event(e.time + k * step, e.cls) for k in range(copies) for e in clip.events)
+    row = replace(clip, clip_id="long-v2s", video=str(video), audio=str(tmp_path / "long.wav"), end=None,
+                  split="test", events=events)  # fmt: skip
+    manifest = write_manifest([row], tmp_path / "manifest.jsonl")
+    long = read_manifest(manifest)[0]
+    info = probe(long.video)
+    assert not info.has_audio and info.duration >= 11.5, info
+    with pytest.raises(ClipTooLongError):  # what evaluate's manifest mode used to go through
+        decode_clip(row_dict(long))
+
+    out = tmp_path / "report"
+    cfg = EvalConfig(model=str(model), data=str(manifest), out=str(out), tasks=("v2s",), max_clips=1, steps=2,
+                     validate=0, split=None)  # fmt: skip
+    report = evaluate(cfg, log=lambda line: None)
+    [entry] = report["clips"]
+    assert entry["clip_id"] == "long-v2s" and entry["task"] == "v2s"
+    for name in ("long-v2s.wav", "long-v2s.gt.wav", "long-v2s.gt_vocoded.wav"):  # the whole clip, not 10 s of it
+        assert len(read_audio(out / "audio" / name)) == pytest.approx(info.duration * 16000, abs=400), name
+    assert math.isfinite(entry["level_db_diff"]) and math.isfinite(entry["gt_vocoded"]["level_db_diff"])
+    assert 0.0 <= entry["onset_f1"] <= 1.0 and report["metrics"]["v2s"]["onset_f1"]["n"] == 1
 
 
 def _check_three_columns(report: dict, saved: dict, out: Path) -> None:

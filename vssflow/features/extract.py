@@ -45,6 +45,7 @@ __all__ = [
     "CLIP_KEYS",
     "row_dict",
     "decode_clip",
+    "data_speech_span",
     "phonemize_clip",
     "encode_clip",
     "encode_clips",
@@ -241,6 +242,23 @@ def _slice_audio(wav: np.ndarray, start: float, duration: float) -> np.ndarray:
     return np.pad(out, (0, n - len(out))) if len(out) < n else out
 
 
+def data_speech_span(row: dict, duration: float, audio: np.ndarray) -> tuple[float, float] | None:
+    """The speech span the data gives a speech clip, in seconds from its ``start``, cut to its ``duration``: the
+    manifest's (``span_start``/``span_end`` of :func:`row_dict`: the row's speech_span or timing), else the voice
+    activity of its speech stem, else (tts only: its audio is speech alone) of ``audio`` (N,), the clip's audio cut
+    to [start, end); None: not known (joint without timing or stem)."""
+    from vssflow.audio.io import read_audio
+    from vssflow.features.span import clamp_span, span_from_voice_activity
+
+    span = (float(row.get("span_start", math.nan)), float(row.get("span_end", math.nan)))
+    if not all(math.isfinite(x) for x in span):  # no timing in the row: voice activity of the speech audio
+        start = float(row.get("start") or 0.0)
+        stem = _slice_audio(read_audio(row["speech_stem"]), start, duration) if row.get("speech_stem") else None
+        span = span_from_voice_activity(stem if stem is not None else audio) if (
+            stem is not None or row["task"] == "tts") else None  # fmt: skip
+    return clamp_span(span, duration)
+
+
 def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
     """Decode a clip: frames at 10 and 25 fps, the target audio and the reference voice, all cut to [start, end).
 
@@ -306,16 +324,7 @@ def decode_clip(row: dict, config: ExtractConfig = ExtractConfig()) -> dict:
         sync = sync_thumbnails(frames_25)  # (T_sync, 32, 32): small enough to carry through every stage
     else:
         sync = np.zeros((0, SYNC_SIZE, SYNC_SIZE), np.uint8)
-    span = None
-    if speech:
-        from vssflow.features.span import clamp_span, span_from_voice_activity
-
-        span = (float(row.get("span_start", math.nan)), float(row.get("span_end", math.nan)))
-        if not all(math.isfinite(x) for x in span):  # no timing in the row: voice activity of the speech audio
-            stem = _slice_audio(read_audio(row["speech_stem"]), start, duration) if row.get("speech_stem") else None
-            span = span_from_voice_activity(stem if stem is not None else audio) if (
-                stem is not None or row["task"] == "tts") else None  # fmt: skip
-        span = clamp_span(span, duration)
+    span = data_speech_span(row, duration, audio) if speech else None
     return {
         **row,
         "speech_span": _NO_SPAN if span is None else np.asarray(span, np.float32),
