@@ -101,7 +101,8 @@ def _init_one_process(device: torch.device) -> None:
 def check_training(sizes: Sizes, device, notes: list[str]) -> dict:
     """Forward/backward + optimizer steps of the preset on one process (DeepSpeed ZeRO-2 if it imports)."""
     from pipelines.deepspeed_config import build_engine
-    from pipelines.train_loop import TrainJobConfig, _touch, encode_batch
+    from pipelines.train_data import encode_batch
+    from pipelines.train_loop import TrainJobConfig, _touch
     from vssflow.audio.codec import MelCodec
     from vssflow.model import PRESETS, VSSFlowDiT
     from vssflow.training import FlowConfig, training_step

@@ -1,7 +1,9 @@
 """The Ray Train worker loop: shard -> batches -> DeepSpeed engine -> ``ray.train.report``.
 
-Reads top to bottom (STYLE.md rule 9); the training step itself is the pure :func:`vssflow.training.training_step`.
-Runs inside each Ray Train worker (``TorchTrainer`` sets up the gloo/NCCL process group).
+Reads top to bottom (STYLE.md rule 9); the training step itself is the pure :func:`vssflow.training.training_step`,
+the data from the shard to a batch is :mod:`pipelines.train_data`, the model built, exported and saved
+:mod:`pipelines.train_model`. Runs inside each Ray Train worker
+(``TorchTrainer`` sets up the gloo/NCCL process group).
 
 Determinism (what makes the fault and resume tests possible): the dataset is read with ``preserve_order`` so the
 per-worker split is the same in every execution; batches are a pure function of (stream, seed, epoch, rank)
@@ -26,16 +28,13 @@ import torch.distributed as dist
 from pipelines.deepspeed_config import build_engine, optimizer_state_bytes
 from pipelines.train_checkpoint import load_checkpoint, report_checkpoint, save_checkpoint
 from pipelines.train_config import RunContext, TrainJobConfig, ValidationConfig
+from pipelines.train_data import SplitCache, clip_stream, encode_batch, shared_task_chooser
+from pipelines.train_model import build_model, log_samples, models_for_export, save_final
 from vssflow.audio.codec import MelCodec
-from vssflow.data.sampler import BATCH_TASKS, BucketSampler
-from vssflow.data.schema import META, row_to_features, table_to_rows
+from vssflow.data.sampler import BucketSampler
 from vssflow.ema import EMA
 from vssflow.errors import InputError
-from vssflow.lora import LoRAConfig, apply_lora
-from vssflow.model.config import ModelConfig
-from vssflow.model.dit import VSSFlowDiT
-from vssflow.training import make_train_batch, training_step
-from vssflow.types import ClipFeatures
+from vssflow.training import training_step
 
 log = logging.getLogger("vssflow.train")
 # the config (train_config.py) and the checkpoints (train_checkpoint.py) are re-exported
@@ -43,90 +42,6 @@ __all__ = ["RunContext", "TrainJobConfig", "ValidationConfig", "load_checkpoint"
            "train_loop_per_worker"]  # fmt: skip
 
 ENGINES = ("zero0", "zero1", "zero2", "zero3", "ddp")
-
-
-# ---- data ----------------------------------------------------------------------------------------------------------
-
-
-def clip_stream(shard, *, lip_dim: int, read_batch: int = 16) -> Iterator[ClipFeatures]:
-    """One pass over a worker's dataset shard as ClipFeatures (float16 arrays widened to float32)."""
-    md = {META["lip_dim"].encode(): str(lip_dim).encode()}
-    for table in shard.iter_batches(batch_size=read_batch, batch_format="pyarrow", prefetch_batches=1):
-        for row in table_to_rows(table.replace_schema_metadata(md)):
-            clip = row_to_features(row)
-            clip.sem = None if clip.sem is None else np.asarray(clip.sem, np.float32)
-            clip.mel = np.asarray(clip.mel, np.float32)
-            yield clip
-
-
-class SplitCache:
-    """A worker's split of a small shard set, kept in memory after one complete pass.
-
-    Later epochs replay the same clips in the same order without going through Ray Data again: a new epoch of a
-    streaming split costs a round trip to the split coordinator and a new execution (~0.25 s on this machine), which
-    on a small shard set (a few batches per epoch) was a third of the step time. The split is the same in every
-    epoch (``preserve_order``, see the module docstring), so the replay is what the stream would have given.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.clips: list[ClipFeatures] | None = None
-        self._recording: Iterator[ClipFeatures] | None = None
-
-    def stream(self, make_stream) -> Iterator[ClipFeatures]:
-        """This epoch's clips: the kept split, else ``make_stream()`` (recorded when caching is enabled)."""
-        if self.clips is not None:
-            return iter(self.clips)
-        if not self.enabled:
-            return make_stream()
-        self._recording = self._record(make_stream())
-        return self._recording
-
-    def finish_epoch(self) -> None:
-        """Read what the sampler left of this epoch's stream, so the recording is the complete split."""
-        if self._recording is not None:
-            for _ in self._recording:
-                pass
-            self._recording = None
-
-    def _record(self, stream: Iterator[ClipFeatures]) -> Iterator[ClipFeatures]:
-        seen = []
-        for clip in stream:
-            seen.append(clip)
-            yield clip
-        self.clips = seen
-
-
-def encode_batch(clips: list[ClipFeatures], codec: MelCodec, cfg: ModelConfig):
-    """Clips -> TrainBatch: mel (T_mel, 64) -> codec latent (N, C) per clip, conditions collated."""
-    latents = [codec.encode(torch.from_numpy(c.mel)[None])[0] for c in clips]  # each (N, C)
-    return make_train_batch(latents, clips, cfg)
-
-
-# ---- the loop ------------------------------------------------------------------------------------------------------
-
-
-def shared_task_chooser(seed: int, epoch: int):
-    """A task chooser for :meth:`BucketSampler.batches` that every worker agrees on.
-
-    The workers exchange which tasks they can serve (one small all-reduce per batch) and draw from the common ones
-    with a random stream seeded identically everywhere. Every worker then runs the same task, hence the same
-    modules, at each step: ZeRO-3 gathers parameters module by module and needs this, and equal shapes keep the
-    workers in step. No common task left ends the epoch on every worker at once.
-    """
-    rng = np.random.default_rng([seed, epoch, 7919])
-
-    def choose(feasible: dict[str, float]) -> str | None:
-        mask = torch.tensor([1 if t in feasible else 0 for t in BATCH_TASKS], dtype=torch.int32)
-        if dist.is_initialized():
-            dist.all_reduce(mask, op=dist.ReduceOp.MIN)
-        common = [t for t, m in zip(BATCH_TASKS, mask.tolist(), strict=True) if m]
-        if not common:
-            return None
-        p = np.array([feasible[t] for t in common], dtype=np.float64)
-        return common[int(rng.choice(len(common), p=p / p.sum()))]
-
-    return choose
 
 
 def _ema_params(engine, stage: int):
@@ -141,21 +56,7 @@ def _ema_params(engine, stage: int):
     return contextlib.nullcontext(), params
 
 
-def build_model(cfg: TrainJobConfig) -> VSSFlowDiT:
-    """The DiT of the preset, initialised from ``cfg.init`` when fine-tuning, with LoRA adapters when asked."""
-    mcfg = cfg.model_config()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every worker and in every attempt
-    model = VSSFlowDiT(mcfg)
-    if cfg.init:
-        from vssflow.generator import Generator
-
-        base = Generator.from_pretrained(cfg.init).model
-        model.load_state_dict(base.state_dict())
-    if cfg.lora_rank > 0:
-        apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
-    return model
-
-
+# ---- the loop ------------------------------------------------------------------------------------------------------
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry: ``config`` = ``{"job": TrainJobConfig, "run": RunContext}`` (resolved by the driver)."""
     import ray.train
@@ -281,9 +182,9 @@ class Worker:
             self._log_metrics()
         val = cfg.validation
         if val.every and self.step % val.every == 0 and self.run.val_clips and self.step < self.stop_at:
-            _, averaged = _models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
+            _, averaged = models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
             if self.tracker is not None:
-                _log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
+                log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
         if self.step % cfg.checkpoint_every == 0 or self.step == self.stop_at:
             if self.tracker is not None:  # the metrics up to a checkpoint are in the store before it is reported
                 self.tracker.flush()
@@ -332,11 +233,11 @@ class Worker:
         if self.samples_log is not None:
             self.samples_log.close()
         if self.step >= cfg.max_steps:
-            raw, averaged = _models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
+            raw, averaged = models_for_export(self.engine, self.ema, cfg, self.stage, self.rank)
             if self.rank == 0:
-                _save_final(raw, averaged, self.codec, cfg, self.run, self.engine_name, self.step)
+                save_final(raw, averaged, self.codec, cfg, self.run, self.engine_name, self.step)
                 if self.tracker is not None and self.run.val_clips:
-                    _log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
+                    log_samples(self.tracker, averaged, self.codec, self.run.val_clips, cfg, self.step)
         if self.tracker is not None:
             self.tracker.end(status="FINISHED" if self.step >= cfg.max_steps else "KILLED")
 
@@ -367,69 +268,3 @@ def _worker_stats(engine) -> tuple[list[float], list[float]]:
 def _reduce_metrics(items: list[dict]) -> dict:
     keys = {k for m in items for k in m}
     return {k: float(np.mean([m[k] for m in items if k in m])) for k in keys}
-
-
-def _models_for_export(engine, ema: EMA | None, cfg: TrainJobConfig, stage: int, rank: int):
-    """(raw, ema) CPU models on rank 0 (None elsewhere), LoRA merged. A collective under ZeRO-3 (gathers weights)."""
-    import contextlib
-
-    from vssflow.lora import merge_lora
-
-    gather = contextlib.nullcontext()
-    if stage == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
-    with gather:
-        if rank != 0:
-            return None, None
-        state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    raw, averaged = build_model(cfg), build_model(cfg)
-    raw.load_state_dict(state)
-    averaged.load_state_dict(state)
-    if ema is not None:
-        ema.copy_to(averaged)
-    if cfg.lora_rank > 0:  # the adapter is saved (from ``averaged``) by _save_final before merging
-        return merge_lora(raw).eval(), averaged.eval()
-    return raw.eval(), averaged.eval()
-
-
-def _save_final(
-    raw, averaged, codec: MelCodec, cfg: TrainJobConfig, run: RunContext, engine_name: str, step: int
-) -> None:
-    """``save_pretrained`` (raw + EMA weights, codec, config); the LoRA adapter (EMA) apart in ``<out>/lora``."""
-    from vssflow.generator import Generator
-    from vssflow.lora import merge_lora, save_adapter
-
-    if cfg.lora_rank > 0:
-        save_adapter(averaged, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha), Path(run.out) / "lora")
-        averaged = merge_lora(averaged)
-    gen = Generator(model=raw, codec=codec, sampling=cfg.sampling_config())
-    gen.step = step
-    out = Path(run.out)
-    adapter = None
-    if out.joinpath("lora").is_dir():  # save_pretrained replaces the directory: keep the adapter across it
-        adapter = {f.name: f.read_bytes() for f in out.joinpath("lora").iterdir()}
-    info = {"engine": engine_name, "data": cfg.data, "mlflow_run_id": run.mlflow_run_id,
-            "init": cfg.init or None, "lora_rank": cfg.lora_rank, "extractors": run.extract or {}}  # fmt: skip
-    gen.save_pretrained(out, ema_state=averaged.state_dict(), **info)
-    if adapter:
-        out.joinpath("lora").mkdir(exist_ok=True)
-        for name, blob in adapter.items():
-            out.joinpath("lora", name).write_bytes(blob)
-    Path(run.run_dir, "final.json").write_text(json.dumps({"out": str(out), "engine": engine_name, "step": step}))
-
-
-@torch.no_grad()
-def _log_samples(tracker, model: VSSFlowDiT, codec, val_clips, cfg: TrainJobConfig, step: int) -> None:
-    """Generate the fixed validation clips; log .wav and generated-vs-target spectrogram PNGs."""
-    from vssflow.audio.mel import log_mel
-    from vssflow.constants import SAMPLE_RATE
-    from vssflow.generator import Generator
-
-    gen = Generator(model=model, codec=codec, sampling=cfg.sampling_config())
-    for i, clip in enumerate(val_clips):
-        wav = gen.generate(clip, steps=cfg.validation.steps, cfg=gen.sampling.cfg_scale, seed=i)
-        name = f"{i:02d}_{clip.task}_{clip.meta.get('clip_id', i)}"
-        tracker.log_audio(wav, SAMPLE_RATE, name, step=step)
-        tracker.log_spectrogram({"generated": log_mel(wav), "target": clip.mel}, name, step=step)

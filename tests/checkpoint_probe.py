@@ -15,7 +15,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from pipelines.deepspeed_config import build_engine  # noqa: E402
-from pipelines.train_loop import TrainJobConfig, build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from pipelines.train_checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pipelines.train_config import TrainJobConfig  # noqa: E402
+from pipelines.train_model import build_model  # noqa: E402
 from vssflow.ema import EMA  # noqa: E402
 
 

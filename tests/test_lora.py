@@ -157,14 +157,9 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
     from conftest_data import TOY_MODEL, tts_clip, v2s_clip
 
     from pipelines.deepspeed_config import DDPEngine
-    from pipelines.train_loop import (
-        RunContext,
-        TrainJobConfig,
-        _models_for_export,
-        _save_final,
-        build_model,
-        encode_batch,
-    )
+    from pipelines.train_config import RunContext, TrainJobConfig
+    from pipelines.train_data import encode_batch
+    from pipelines.train_model import build_model, models_for_export, save_final
     from vssflow.audio.codec import MelCodec
     from vssflow.generator import Generator
     from vssflow.training import training_step
@@ -195,12 +190,12 @@ def test_fine_tune_from_a_model_dir_with_lora_saves_the_adapter_apart(tmp_path):
         engine.backward(loss)
         engine.step()
         ema.update(model.named_parameters())
-    raw, averaged = _models_for_export(engine, ema, cfg, stage=0, rank=0)
+    raw, averaged = models_for_export(engine, ema, cfg, stage=0, rank=0)
     out = tmp_path / "tuned"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run = RunContext(run_dir=str(run_dir), codec_dir="", lip_dim=0, out=str(out))
-    _save_final(raw, averaged, codec, cfg, run, "ddp", step=6)
+    save_final(raw, averaged, codec, cfg, run, "ddp", step=6)
 
     assert (out / "lora" / ADAPTER_WEIGHTS).is_file() and (out / "config.json").is_file()
     tuned = Generator.from_pretrained(out, use_ema=False).model
