@@ -11,6 +11,8 @@ Four measurements on one device, written to one JSON file and printed as a table
    compute floor (the same number of bare ``predict_flow`` calls on the same shapes: what sampling costs beyond the
    network);
 3. generation batched 1 / 4 / 16 clips: clips/s and the throughput ratio to one clip (what Serve batching can reach);
+   then one clip at the first step count with the DiT compiled (``Generator.compile``: torch.compile at bucket
+   shapes): the compile's seconds and the speed-up over eager (a note in the JSON when it cannot build);
 4. the MobileNetV2 encoder on 10 fps frames, clips batched together vs one at a time: clips/s.
 
 The paper preset has random weights here: speed does not depend on them. ``--smoke`` runs the same code on the tiny
@@ -173,8 +175,25 @@ def _floor(gen, clip, steps: int, device) -> float:
         return _timed(calls, device.torch)
 
 
-def check_generation(sizes: Sizes, device) -> tuple[list[dict], list[dict]]:
-    """(2) one clip at each step count vs the compute floor; (3) batches of clips at the first step count."""
+def check_compiled(sizes: Sizes, gen, clip, eager_s: float, device, notes: list[str]) -> dict | None:
+    """One clip at the first step count with the DiT compiled (a second Generator on the same weights)."""
+    from vssflow.generator import Generator
+
+    steps = sizes.gen_steps[0]
+    cgen = Generator(gen.config, model=gen.model, device=device.torch, dtype=gen.dtype).compile()
+    try:  # the first call at this shape compiles
+        compile_s = _timed(lambda: cgen.generate(clip, steps=steps, cfg=3.0, method="euler"), device.torch)
+    except Exception as e:  # noqa: BLE001 - no C++ compiler / Triton here: say so, measure the rest
+        notes.append(f"compile: not measured ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        return None
+    seconds = _timed(lambda: cgen.generate(clip, steps=steps, cfg=3.0, method="euler"), device.torch)
+    return {"steps": steps, "clip_s": sizes.seconds, "seconds": seconds, "eager_s": eager_s,
+            "speedup": eager_s / seconds, "first_call_s": compile_s, "shapes": sorted(cgen._flow.shapes)}  # fmt: skip
+
+
+def check_generation(sizes: Sizes, device, notes: list[str]) -> tuple[list[dict], list[dict], dict | None]:
+    """(2) one clip at each step count vs the compute floor; (3) batches of clips at the first step count; the
+    first step count compiled."""
     from vssflow.generator import Generator
     from vssflow.model import PRESETS
 
@@ -197,7 +216,8 @@ def check_generation(sizes: Sizes, device) -> tuple[list[dict], list[dict]]:
         batched.append({"batch": b, "steps": steps, "seconds": seconds, "clips_per_s": b / seconds})
     for row in batched:
         row["throughput_ratio"] = row["clips_per_s"] / batched[0]["clips_per_s"]
-    return single, batched
+    compiled = check_compiled(sizes, gen, clip, single[0]["seconds"], device, notes)
+    return single, batched, compiled
 
 
 def check_encoder(sizes: Sizes, device, notes: list[str]) -> dict | None:
@@ -241,7 +261,7 @@ def run_check(sizes: Sizes, device_spec: str = "auto") -> dict:
     }
     t0 = time.perf_counter()
     report["train"] = check_training(sizes, device, notes)
-    report["generate"], report["batching"] = check_generation(sizes, device)
+    report["generate"], report["batching"], report["compiled"] = check_generation(sizes, device, notes)
     report["encoder"] = check_encoder(sizes, device, notes)
     report["total_s"] = time.perf_counter() - t0
     return report
@@ -259,6 +279,10 @@ def table(report: dict) -> str:
     for b in r["batching"]:
         lines.append(f"| generate batch {b['batch']}, {b['steps']} steps | {b['clips_per_s']:.2f} clips/s "
                      f"({b['throughput_ratio']:.2f}x batch 1) |")  # fmt: skip
+    c = r.get("compiled")
+    if c:
+        lines.append(f"| generate {c['clip_s']:g} s, {c['steps']} Euler steps, cfg 3, compiled | {c['seconds']:.3f} s "
+                     f"({c['speedup']:.2f}x eager; first call {c['first_call_s']:.1f} s) |")  # fmt: skip
     e = r["encoder"]
     if e:
         lines.append(f"| MobileNetV2 {e['dtype']}, {e['clips']} clips x {e['frames_per_clip']} frames "

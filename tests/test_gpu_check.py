@@ -30,8 +30,13 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_every_measurement(tmp_path):
         assert g["seconds"] > 0 and g["floor_s"] > 0
         assert g["ratio_to_floor"] == pytest.approx(g["seconds"] / g["floor_s"])
     assert [b["batch"] for b in r["batching"]] == [1, 2, 4] and r["batching"][0]["throughput_ratio"] == 1.0
+    c = r["compiled"]  # inductor builds on this CPU (a C++ compiler): the compiled DiT is measured, no note
+    assert c["steps"] == 2 and c["seconds"] > 0 and c["speedup"] == pytest.approx(c["eager_s"] / c["seconds"])
+    ((b, n, m),) = c["shapes"]  # one compiled shape: cond + uncond, 1 s (25 latent frames) padded to the 2 s bucket
+    assert (b, n) == (2, 50) and m % 32 == 0
     assert r["encoder"]["clips"] == 2 and r["encoder"]["batched_clips_per_s"] > 0
     assert r["notes"] == []  # everything importable in the test venv: nothing skipped, no fallback
     table = proc.stdout
     assert "| training, tiny preset, zero2 fp32" in table and "| generate batch 4, 2 steps |" in table
+    assert "| generate 1 s, 2 Euler steps, cfg 3, compiled |" in table
     assert "compute floor" in table and "MobileNetV2 fp32" in table

@@ -24,6 +24,7 @@ SYNC_SIZE = 32  # sync thumbnails are SYNC_SIZE x SYNC_SIZE uint8 grayscale
 SPEAKER_DIM = 256  # GE2E (Resemblyzer) speaker embedding
 
 MAX_SECONDS = 10.0  # training window; longer clips are generated in overlapping windows
+BUCKETS_S: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)  # duration buckets of the shards (and compiled shapes)
 
 TASKS = ("v2s", "tts", "joint")
 SPEECH_TASKS = ("tts", "joint")  # tasks with a face, a transcript and a reference voice

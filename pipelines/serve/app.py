@@ -60,7 +60,8 @@ def config_from_service_args(args: dict) -> ServeConfig:
         args: ``model`` (directory or MLflow URI), ``tracking_uri`` (for URIs; may be empty), ``device`` and
             ``generator_gpus`` (the generator's), ``extractor_device`` and ``extractor_gpus``, ``dub`` ("on" by
             default: ``POST /v1/dub`` with the default :class:`DubService`; "off"), ``api_token_file`` (the
-            mounted Secret holding the API token; empty: none).
+            mounted Secret holding the API token; empty: none), ``compile`` (true: the generator's DiT through
+            torch.compile).
     """
     device = str(args.get("device") or "cpu")
     extractor_device = str(args.get("extractor_device") or "cpu")
@@ -76,6 +77,7 @@ def config_from_service_args(args: dict) -> ServeConfig:
         extractor=Scaling(num_gpus=gpus("extractor_gpus", extractor_device)),
         dub=None if str(args.get("dub", "on")).lower() == "off" else DubService(),
         api_token_file=str(args.get("api_token_file") or "") or None,
+        compile=str(args.get("compile", "")).strip().lower() in ("1", "true", "yes", "on"),
     )  # fmt: skip
 
 
@@ -99,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
+    p.add_argument("--compile", action="store_true",
+                   help="generator: the DiT through torch.compile at bucket shapes (each batch size and length "
+                        "bucket compiles on its first request)")  # fmt: skip
     p.add_argument("--max-inflight", type=int, default=16, help="requests worked on at once (after their body)")
     p.add_argument("--max-queued", type=int, default=16, help="requests waiting for a slot before answering 503")
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds for a request body to arrive (408)")
@@ -156,7 +161,8 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
     elo, ehi = _replicas(args.extractor_replicas)
     return ServeConfig(
         model=model_dir, tracking_uri=mlflow_uri(args), device=str(device), max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_ms / 1000, max_inflight=args.max_inflight, max_queued=args.max_queued,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000, compile=args.compile, max_inflight=args.max_inflight,
+        max_queued=args.max_queued,
         body_timeout_s=args.body_timeout, request_timeout_s=args.request_timeout,
         max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, upload_dir=args.upload_dir,
         api_token_file=None if args.api_token_file is None else str(Path(args.api_token_file).resolve()),

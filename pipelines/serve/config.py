@@ -80,6 +80,8 @@ class ServeConfig:
             504 after, and the generation still running is cancelled.
         retry_after_s: the Retry-After value.
         max_batch_size, batch_wait_timeout_s: batching of the generator (:class:`.generator.GeneratorServer`).
+        compile: the generator's DiT through torch.compile at bucket shapes (:meth:`vssflow.Generator.compile`):
+            each (batch size, length bucket) compiles on its first request, later ones are faster on a GPU.
         upload_dir: parent of the per-request upload directories (default: a fresh temporary directory).
         api_token_file: a file holding the API token every /v1/* request must send as ``Authorization: Bearer``
             (:mod:`pipelines.serve.auth`); each Api replica reads it. None: no token, cross-site posts refused.
@@ -106,6 +108,7 @@ class ServeConfig:
     retry_after_s: int = 2
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05
+    compile: bool = False
     upload_dir: str | None = None
     api_token_file: str | None = None
     ingress: Scaling = field(default_factory=lambda: Scaling(num_cpus=0.0, max_ongoing_requests=1000))

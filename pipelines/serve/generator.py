@@ -59,6 +59,8 @@ class GeneratorServer:
         # the DiT and the vocoder on that device: a batch's group is one tensor batch (Generator.generate)
         model_dir = replica_model_dir(model, config)  # downloaded here, by this replica, for an MLflow URI
         self.gen = Generator.from_pretrained(model_dir, device=device.torch, dtype=device.dtype)
+        if config.compile:
+            self.gen.compile()
         self.config = config
         self.waiting: deque[dict] = deque()  # requests waiting for the compute thread, in arrival order
         self.arrived: asyncio.Event | None = None  # set when a request joins `waiting` (made in the event loop)

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("euler", "midpoint", "dopri5"), default=None, help="ODE solver")
     p.add_argument("--stems", action="store_true", help="joint: also write OUT.speech.wav and OUT.sound.wav")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (bf16 on a GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the DiT through torch.compile at bucket shapes (faster on a GPU after a compile of "
+                        "seconds to a minute per shape; needs a C++ compiler on the CPU)")  # fmt: skip
     p.add_argument("--out", required=True, help="output .wav, or .mp4/.mov/.mkv/.webm: the video with the new audio")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     gen = Generator.from_pretrained(args.model, device=device.torch, dtype=device.dtype)
+    if args.compile:
+        gen.compile()
     steps, cfg, method = gen.check(steps=args.steps, cfg=args.cfg, method=args.method)  # before any decoding
     features = prepare(args.video, request=request, reference_voice=args.reference_voice, extractors=gen.extractors,
                        info=info)  # fmt: skip

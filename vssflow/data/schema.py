@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from vssflow.constants import (
+    BUCKETS_S,
     HOP_LENGTH,
     LIP_FPS,
     LIP_SIZE,
@@ -73,7 +74,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "3"  # 2: the sync column; 3: phoneme_durations and speech_span
-BUCKETS_S: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
 LIP_CROP_DIM = LIP_SIZE * LIP_SIZE  # 1024: one flattened 32x32 crop
 SYNC_FRAME_DIM = SYNC_SIZE * SYNC_SIZE  # 1024: one flattened 32x32 thumbnail
 FRAME_TOLERANCE = 2  # frames a time series may differ from duration * rate (rounding of decoders)
