@@ -105,7 +105,7 @@ def check_training(sizes: Sizes, device, notes: list[str]) -> dict:
     """Forward/backward + optimizer steps of the preset on one process (DeepSpeed ZeRO-2 if it imports)."""
     from pipelines.deepspeed_config import build_engine
     from pipelines.train_data import encode_batch
-    from pipelines.train_loop import TrainJobConfig, _touch
+    from pipelines.train_loop import TrainJobConfig, _touch, engine_precision
     from vssflow.audio.codec import MelCodec
     from vssflow.model import PRESETS, VSSFlowDiT
     from vssflow.training import FlowConfig, training_step
@@ -147,6 +147,7 @@ def check_training(sizes: Sizes, device, notes: list[str]) -> dict:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "engine": engine_name,
         "dtype": "bf16" if job.device.bf16 else "fp32",
+        "worker": engine_precision(engine, job),  # as it ran: the parameters' device and dtype, bf16 on or off
         "batch": sizes.train_batch,
         "clip_s": sizes.seconds,
         "steps": sizes.train_steps,

@@ -78,6 +78,16 @@ def train_loop_per_worker(config: dict) -> None:
     w.finish()
 
 
+def engine_precision(engine, cfg: TrainJobConfig) -> dict[str, str]:
+    """What a worker trains with, as it is (MLflow tags, not what was asked): the device type and dtype of its model's
+    parameters, and bf16: DeepSpeed's bf16 mode (bf16 parameters, fp32 master weights in the optimizer) or, in the
+    DDP fallback, bf16 autocast over fp32 parameters."""
+    p = next(engine.module.parameters())
+    bf16 = engine.bfloat16_enabled() if hasattr(engine, "bfloat16_enabled") else cfg.device.bf16
+    return {"device": p.device.type, "param_dtype": str(p.dtype).removeprefix("torch."),
+            "bf16": str(bool(bf16)).lower()}  # fmt: skip
+
+
 class Worker:
     """One rank's training state and its steps; :func:`train_loop_per_worker` is the loop over it.
 
@@ -124,7 +134,8 @@ class Worker:
 
             self.tracker = RunLogger(run.tracking_uri, run_id=run.mlflow_run_id, system_metrics=True,
                                      flush_every=cfg.metrics_flush_every)  # fmt: skip
-            self.tracker.set_tags({"engine": self.engine_name, "world_size": world})
+            self.tracker.set_tags({"engine": self.engine_name, "world_size": world,
+                                   **engine_precision(self.engine, cfg)})  # fmt: skip
         self.samples_log = (open(Path(run.run_dir) / f"samples_rank{rank}.jsonl", "a")  # noqa: SIM115
                             if cfg.log_samples else None)  # fmt: skip
         # ZeRO-3 parameters are partitioned outside their module's forward; every worker runs the same modules anyway.

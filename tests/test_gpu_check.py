@@ -45,6 +45,7 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_every_measurement(tmp_path):
     assert r["smoke"] and r["device"] == "cpu" and r["sizes"]["preset"] == "tiny"
     t = r["train"]
     assert t["engine"] == "zero2" and t["dtype"] == "fp32" and t["loss_finite"]  # DeepSpeed ZeRO-2, one process
+    assert t["worker"] == {"device": "cpu", "param_dtype": "float32", "bf16": "false"}
     assert t["samples_per_s"] > 0 and t["peak_memory_mb"] > 0 and t["parameters"] > 10**6
     assert [g["steps"] for g in r["generate"]] == [2, 4]
     for g in r["generate"]:  # the ratio is of the two timings reported (no wall time is asserted)

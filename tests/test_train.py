@@ -23,6 +23,7 @@ pytest.importorskip("deepspeed")
 pytest.importorskip("mlflow")
 
 from conftest_data import TOY_MODEL, make_toy_shards  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines.mlflow_utils import load_registered_generator, run_artifacts, run_metrics  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
@@ -78,6 +79,8 @@ def reference(local_ray, data, tmp_path_factory):
 def test_training_reduces_loss_and_tracks_everything(reference):
     res = reference
     assert res.steps == STEPS and res.engine == "zero2"
+    tags = MlflowClient(res.tracking_uri).get_run(res.mlflow_run_id).data.tags  # what the worker trained with
+    assert (tags["device"], tags["param_dtype"], tags["bf16"]) == ("cpu", "float32", "false")
     m = run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)
     loss = [v for _, v in sorted(m["loss"])]
     assert len(loss) == STEPS
@@ -353,5 +356,8 @@ def test_gpu_training_runs_in_bf16_with_deepspeed(data, tmp_path):
     finally:
         ray.shutdown()
     assert res.steps == 4 and res.engine == "zero2"
+    # the worker's parameters on the GPU in bf16 (DeepSpeed's bf16 mode; its optimizer keeps fp32 master weights)
+    tags = MlflowClient(res.tracking_uri).get_run(res.mlflow_run_id).data.tags
+    assert (tags["device"], tags["param_dtype"], tags["bf16"]) == ("cuda", "bfloat16", "true")
     loss = [v for _, v in run_metrics(res.mlflow_run_id, tracking_uri=res.tracking_uri)["loss"]]
     assert len(loss) == 4 and np.isfinite(loss).all()
