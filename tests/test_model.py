@@ -507,6 +507,22 @@ def test_a_video_seeing_prior_without_a_sync_stream_reads_the_semantics_alone():
     assert c.prior.shape == (1, 20, cfg.latent_dim) and torch.isfinite(c.prior).all()
 
 
+def test_the_priors_dropout_acts_only_while_training():
+    cfg = SMALLEST.replace(prior_inputs="phonemes", prior_dropout=0.5)
+    model = randomised(VSSFlowDiT(cfg))
+    batch = collate([make_clip(cfg, 0.8)], cfg)
+    with torch.no_grad():
+        model.eval()
+        a, b = (model.preprocess_conditions(batch).prior for _ in range(2))
+        model.train()
+        c, d = (model.preprocess_conditions(batch).prior for _ in range(2))
+    torch.testing.assert_close(a, b)  # generation: deterministic
+    assert not torch.allclose(c, d) and not torch.allclose(a, c)  # training: a fresh mask each pass
+    assert VSSFlowDiT(SMALLEST.replace(prior_inputs="phonemes")).state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="prior_dropout"):
+        TINY.replace(prior_dropout=1.0)
+
+
 def test_a_data_predicting_dit_starts_as_its_prior():
     # ModelConfig.prediction="data": the head predicts x1 as a residual on mu, so an untrained DiT (zero head) maps
     # any source to mu itself (the last Euler step lands on x1_hat), where a velocity DiT returns its noisy source.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange, repeat
 from torch import nn
+from torch.nn import functional as F
 
 from vssflow.constants import LATENT_HZ, SEM_FPS
 from vssflow.model.batch import GROUPS, ConditionBatch, ConditionDrop
@@ -143,6 +144,7 @@ class PhonemePrior(nn.Module):
             nn.Sequential(nn.Conv1d(d, d, 5, padding=2), nn.SiLU(), nn.Conv1d(d, d, 1)) for _ in range(cfg.prior_layers)
         )
         self.out = nn.Linear(d, cfg.latent_dim)
+        self.dropout = cfg.prior_dropout
 
     def forward(
         self,
@@ -158,7 +160,7 @@ class PhonemePrior(nn.Module):
         if visual is not None:
             h = h + self.visual_in(visual)
         for norm, conv in zip(self.norms, self.convs, strict=True):
-            x = rearrange(norm(h) * m, "b n d -> b d n")
+            x = rearrange(F.dropout(norm(h), self.dropout, self.training) * m, "b n d -> b d n")
             h = h + rearrange(conv(x), "b d n -> b n d")
         return self.out(h) * m
 

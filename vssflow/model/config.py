@@ -81,6 +81,7 @@ class ModelConfig:
             0.73 / joint 1.21 / V2S class 0.48, against 0.73 / 0.84 / 0.50 for "all" and 0.55 / 1.33 / 0.37 for
             "phonemes": a speech-only prior generalises best to unseen sentences, and joint clips need the prior that
             also learned from speech).
+        prior_dropout: dropout on the input of each of the prior's convolution blocks while training (0 = none).
         prediction: what the output layer predicts: "velocity" (v = x1 - x0, the paper) or "data" (the clean latent
             x1, as a residual on the prior's mu when there is one; the velocity is then (x1_hat - x_t) / (1 - t), with
             1 - t clamped at ``flow.T_CLAMP``). With "data" an untrained or uncertain DiT leaves mu as it is, where a
@@ -120,6 +121,7 @@ class ModelConfig:
     prior_layers: int = 4
     prior_dim: int = 256
     prior_inputs: str = "all"
+    prior_dropout: float = 0.0
     prediction: str = "data"
     rope: float = 0.5
     time_freq_dim: int = 256
@@ -161,6 +163,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.prior_inputs={self.prior_inputs!r}; expected one of {PRIOR_INPUTS}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"ModelConfig.prediction={self.prediction!r}; expected one of {PREDICTIONS}")
+        if not 0.0 <= self.prior_dropout < 1.0:
+            raise ValueError(f"ModelConfig.prior_dropout={self.prior_dropout}; expected a probability in [0, 1)")
         if self.prior_layers < 0 or (self.prior_layers and self.prior_dim < 1):
             raise ValueError("ModelConfig: prior_layers must be >= 0 and prior_dim >= 1")
         if self.prior_layers and self.phoneme_placement != "context":
