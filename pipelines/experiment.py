@@ -211,7 +211,8 @@ def _reused(cfg: ExperimentConfig, v: Variant, seed: int) -> _Trained | None:
 
 
 def _evaluate(cfg: ExperimentConfig, scale: Scale, model: Path, tasks, seed: int, out: Path, tracking: str, cfg_scale):
-    from pipelines.evaluate import EvalConfig, evaluate
+    from pipelines.evaluate import evaluate
+    from pipelines.evaluate_config import EvalConfig
 
     ec = EvalConfig(
         model=str(model), data=cfg.eval_data or cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),

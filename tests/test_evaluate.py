@@ -1,5 +1,6 @@
 """`vssflow evaluate` end to end (Ray Data actor, real corpus clips, real MLflow store); the experiment runner's
-tests are in test_experiment.py.
+tests are in test_experiment.py, the clip source's in test_evaluate_source.py, the report's and its MLflow run's in
+test_evaluate_report.py.
 
 The evaluated model is untrained (random weights): the test checks the pipeline's outputs and that the metrics put
 the ground truth clearly ahead of this model.
@@ -17,7 +18,8 @@ from conftest_media import synth_corpus
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-from pipelines.evaluate import EvalConfig, evaluate  # noqa: E402
+from pipelines.evaluate import evaluate  # noqa: E402
+from pipelines.evaluate_config import EvalConfig  # noqa: E402
 from pipelines.mlflow_utils import run_artifacts, run_metrics  # noqa: E402
 from vssflow.audio.codec import MelCodec  # noqa: E402
 from vssflow.generator import Generator  # noqa: E402
@@ -174,7 +176,8 @@ def test_speech_span_option(corpus, tmp_path):
     the lip crops, none), recorded per clip; a bad mode fails before any work."""
     import argparse
 
-    from pipelines.evaluate import ClipSource, _span_facts, add_arguments, speech_span_for
+    from pipelines.evaluate import _span_facts, add_arguments, speech_span_for
+    from pipelines.evaluate_source import ClipSource
     from vssflow.errors import InputError
 
     cfg = EvalConfig(model="", data=str(corpus), out=str(tmp_path), tasks=("tts",), max_clips=1, split=None)
@@ -197,28 +200,6 @@ def test_speech_span_option(corpus, tmp_path):
     with pytest.raises(InputError, match="--speech-span"):
         evaluate(EvalConfig(model="", data=str(corpus), out=str(tmp_path / "x"), speech_span="lips"))
     assert not (tmp_path / "x").exists()
-
-
-def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path):
-    """A real SQLite store; the report directory cannot be created (its parent is a file): the run the failed
-    evaluation created is FAILED, not left RUNNING."""
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.evaluate import log_to_mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "file").write_text("not a directory")
-    report = {"config": {"steps": 2}, "measured_with": {}, "model": {"step": 3},
-              "metrics": {"v2s": {"onset_f1": {"mean": 0.5, "median": 0.5}}}}  # fmt: skip
-    cfg = EvalConfig(model="m", data="d", out=str(tmp_path / "file" / "report"), run_name="fails")
-    with pytest.raises(OSError):
-        log_to_mlflow(report, tmp_path / "file" / "report", cfg, uri)
-    client = MlflowClient(uri)
-    from pipelines.evaluate import EVAL_EXPERIMENT
-
-    experiment = client.get_experiment_by_name(cfg.experiment or EVAL_EXPERIMENT)  # no training run in this store
-    runs = client.search_runs([experiment.experiment_id])
-    assert [(r.info.run_name, r.info.status) for r in runs] == [("fails", "FAILED")]
 
 
 def test_train_and_evaluate_share_the_default_store_and_the_evaluation_is_a_child_of_the_training(

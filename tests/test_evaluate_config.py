@@ -1,0 +1,34 @@
+"""pipelines/evaluate_config.py: one evaluation's configuration, whose defaults are a quick CPU evaluation."""
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from pipelines.evaluate_config import SPEECH_SPANS, EvalConfig
+from vssflow.constants import TASKS
+
+
+def test_the_defaults_are_a_quick_cpu_evaluation_of_every_task_and_the_config_is_frozen():
+    cfg = EvalConfig(model="m", data="d", out="o")
+    assert (cfg.tasks, cfg.split, cfg.max_clips, cfg.steps, cfg.device) == (TASKS, "test", 16, 16, "cpu")
+    assert cfg.cfg is None and cfg.speech_span == SPEECH_SPANS[0] == "data"  # the model's guidance, the data's span
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 2
+    # the report's "config" section and the MLflow run's params: plain JSON, nothing stringified on the way
+    assert json.loads(json.dumps(dataclasses.asdict(cfg))) == {**dataclasses.asdict(cfg), "tasks": list(TASKS)}
+
+
+def test_every_flag_of_vssflow_evaluate_defaults_to_the_config_but_the_device():
+    """The defaults live in one place: ``vssflow evaluate``'s flags take EvalConfig's (--device: auto at the CLI)."""
+    from pipelines.evaluate import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = vars(p.parse_args(["--model", "m", "--data", "d", "--out", "o"]))
+    d = dataclasses.asdict(EvalConfig(model="m", data="d", out="o"))
+    shared = sorted(set(args) & set(d))
+    assert {"split", "max_clips", "steps", "cfg", "validate", "asr", "speech_span", "actors"} <= set(shared)
+    assert {k: args[k] for k in shared if k != "device"} == {k: d[k] for k in shared if k != "device"}
+    assert args["device"] == "auto" and d["device"] == "cpu"
