@@ -139,8 +139,8 @@ def _serve_and_generate(model: Path, manifest: Path, out: Path, n: int, steps: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="demo directory (recreated)")
-    parser.add_argument("--clips", type=int, default=280, help="embedded corpus size")
-    parser.add_argument("--steps", type=int, default=5000, help="training steps")
+    parser.add_argument("--clips", type=int, default=700, help="embedded corpus size")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--eval-clips", type=int, default=12, help="held-out clips per task in the evaluation")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")

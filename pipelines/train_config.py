@@ -129,8 +129,13 @@ class TrainJobConfig:
     def sampling_config(self):
         """The sampling defaults saved with the model: plain guidance for the paper preset (the paper), rescaled
         guidance (:func:`vssflow.flow.rescale_guidance`) for the small presets, whose plain CFG overshoots the level;
-        a model with a phoneme prior starts from N(mu, 0.5^2 I) (Grad-TTS's temperature; on the demo's corpus TTS
-        WER 0.91 against 1.08 at 1, V2S class accuracy and onsets unchanged, level -1.1 against -4.0 dB); and the
+        a velocity model with a phoneme prior starts from N(mu, 0.5^2 I) (Grad-TTS's temperature; on the demo's
+        corpus TTS WER 0.91 against 1.08 at 1, V2S class accuracy and onsets unchanged, level -1.1 against -4.0 dB),
+        a data-predicting one from mu itself (noise 0: the sample is then one deterministic refinement of the prior's
+        estimate, the same for every seed; on a 700-clip corpus, 2000 steps, 40 held-out clips per task, noise
+        0 / 0.5 / 1 gave TTS WER 0.65 / 0.75 / 0.91 on unseen sentences, joint 0.78 / 0.87 / 0.97, V2S class
+        accuracy 0.81 / 0.79 / 0.78 and onset F1 0.80 / 0.77 / 0.72: the DiT's own detail, drawn from the source
+        noise, is what it memorised of the training clips); and the
         small presets compensate the global variance of their samples (``GV_MAX_RATIO``), the paper preset does not.
         Guidance: the paper's 3 for a velocity model, none (1) for a data-predicting one (the small presets: on the
         demo's corpus, 10 unseen sentences, TTS WER 0.52 at 1 against 0.66 at 3 with a speech prior, 0.73 / 0.76
@@ -141,7 +146,7 @@ class TrainJobConfig:
         rescale = v.cfg_rescale if v.cfg_rescale is not None else (0.0 if self.preset == "paper" else 1.0)
         model = self.model_config()
         velocity = model.prediction == "velocity"
-        noise = 0.5 if model.prior_layers and velocity else 1.0
+        noise = (0.5 if velocity else 0.0) if model.prior_layers else 1.0
         gv = 1.0 if self.preset == "paper" else GV_MAX_RATIO
         scale = v.cfg_scale if v.cfg_scale is not None else (3.0 if velocity else 1.0)
         return SamplingConfig(cfg_scale=scale, cfg_rescale=rescale, noise_scale=noise, gv_max_ratio=gv)

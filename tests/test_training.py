@@ -193,8 +193,8 @@ def test_the_sampling_defaults_saved_with_a_model_follow_its_preset():
     from pipelines.train_loop import TrainJobConfig
 
     tiny = TrainJobConfig().sampling_config()
-    # a data-predicting model with a prior: its trained source, no guidance, rescaling if guided
-    assert tiny.noise_scale == 1.0 and tiny.cfg_scale == 1.0 and tiny.cfg_rescale == 1.0
+    # a data-predicting model with a prior: from mu itself, no guidance, rescaling if guided
+    assert tiny.noise_scale == 0.0 and tiny.cfg_scale == 1.0 and tiny.cfg_rescale == 1.0
     velocity = TrainJobConfig(model_overrides={"prediction": "velocity"}).sampling_config()
     assert velocity.noise_scale == 0.5 and velocity.cfg_scale == 3.0  # a velocity prior model: nearer mu, guided
     paper = TrainJobConfig(preset="paper").sampling_config()
