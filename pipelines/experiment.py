@@ -14,7 +14,9 @@ Experiments (every variant trained with the same model size and the same number 
 * ``phoneme-layout``: VisualTTS models with the phonemes stretched over the clip (the paper), spread over the speech
   span, or laid over it by duration (``ModelConfig.phoneme_layout``); our departure, measured against the paper's.
 
-Training calls :func:`pipelines.train.run_training`, evaluation :func:`pipelines.evaluate.evaluate`; everything is
+Every experiment but ``cfg`` evaluates each model at its own saved guidance (a data-predicting model: none; the
+paper preset: 3), the results key ``"model"``. Training calls :func:`pipelines.train.run_training`, evaluation
+:func:`pipelines.evaluate.evaluate`; everything is
 logged to the store ``train`` and ``evaluate`` use (``--mlflow-uri``, default ``$MLFLOW_TRACKING_URI``, then
 ``./runs/mlflow.db``), in the MLflow experiment ``experiment-NAME``, each evaluation a child run of its training.
 Means and 95 % t-intervals are over seeds; a difference is called significant when the paired 95 % interval excludes
@@ -217,7 +219,7 @@ def _evaluate(cfg: ExperimentConfig, scale: Scale, model: Path, tasks, seed: int
     ec = EvalConfig(
         model=str(model), data=cfg.eval_data or cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),
         split=cfg.eval_split,
-        max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=float(cfg_scale), seed=seed, validate=0,
+        max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=cfg_scale and float(cfg_scale), seed=seed, validate=0,
         asr=cfg.asr, classifier=cfg.classifier, ray_address=cfg.ray_address, mlflow_uri=tracking,
         experiment=f"experiment-{cfg.name}", run_name=f"eval-{out.name}", spectrograms=1,
         tags={"experiment": cfg.name},
@@ -249,9 +251,10 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
     vs = [v for v in variants(cfg.name) if cfg.only is None or v.name in cfg.only]
     if cfg.eval_tasks is not None:
         vs = [replace(v, tasks=tuple(t for t in v.tasks if t in cfg.eval_tasks) or v.tasks) for v in vs]
-    cfg_values = scale.cfg_scales if cfg.name == "cfg" else (3.0,)
+    # the cfg experiment sweeps the scale; the others evaluate each model at its own saved guidance (None)
+    cfg_values = scale.cfg_scales if cfg.name == "cfg" else (None,)
     log(f"vssflow experiment {cfg.name}: {len(vs)} variants x {cfg.seeds} seeds, scale {cfg.scale} "
-        f"({scale.max_steps} steps), cfg {list(cfg_values)}; out {root}")  # fmt: skip
+        f"({scale.max_steps} steps), cfg {[cfg_key(c) for c in cfg_values]}; out {root}")  # fmt: skip
     results: dict = {}  # variant -> seed -> {"train": {...}, "eval": {cfg: {task: {metric: mean}}}}
     for seed in range(cfg.seeds):
         for v in vs:
@@ -260,9 +263,10 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
                                "tracking_uri": tr.tracking_uri, "model": str(tr.out),
                                "losses": _final_losses(tr.mlflow_run_id, tr.tracking_uri)}, "eval": {}}  # fmt: skip
             for c in cfg_values:
-                rep = _evaluate(cfg, scale, tr.out, v.tasks, seed, root / "eval" / f"{v.name}-s{seed}-cfg{c:g}",
+                key = cfg_key(c)
+                rep = _evaluate(cfg, scale, tr.out, v.tasks, seed, root / "eval" / f"{v.name}-s{seed}-cfg{key}",
                                 tracking, c)  # fmt: skip
-                entry["eval"][f"{c:g}"] = {t: {k: m["mean"] for k, m in ms.items()} for t, ms in rep["metrics"].items()}
+                entry["eval"][key] = {t: {k: m["mean"] for k, m in ms.items()} for t, ms in rep["metrics"].items()}
                 entry["measured_with"] = rep["measured_with"]
             results.setdefault(v.name, {})[str(seed)] = entry
             log(f"  {v.name} seed {seed}: trained {tr.steps} steps in {tr.seconds:.0f} s, evaluated")
@@ -276,6 +280,14 @@ def run_experiment(cfg: ExperimentConfig, *, log=print) -> dict:
     return report
 
 
+MODEL_CFG = "model"  # the key of an evaluation at the model's own saved guidance
+
+
+def cfg_key(scale: float | None) -> str:
+    """The results key of a guidance scale: "3" for 3.0, ``MODEL_CFG`` for the model's own (None)."""
+    return MODEL_CFG if scale is None else f"{scale:g}"
+
+
 def _values(results: dict, variant: str, cfg: str, task: str, metric: str) -> list[float]:
     out = []
     for _seed, e in sorted(results.get(variant, {}).items()):
@@ -287,7 +299,7 @@ def summarise(name: str, results: dict, cfg_values) -> dict:
     """Per-variant means with intervals, the comparisons the claim rests on, and the verdict."""
     from vssflow.metrics.suite import HIGHER_IS_BETTER
 
-    c0 = f"{cfg_values[0]:g}" if name == "cfg" else "3"
+    c0 = cfg_key(cfg_values[0])
     table = {}
     for v, seeds in results.items():
         for c in {k for e in seeds.values() for k in e["eval"]}:
@@ -330,7 +342,7 @@ def summarise(name: str, results: dict, cfg_values) -> dict:
                 for metric in PRIMARY[task][:2]:
                     per_seed = []
                     for s in sorted(results[v]):
-                        ys = [results[v][s]["eval"].get(f"{c:g}", {}).get(task, {}).get(metric, float("nan"))
+                        ys = [results[v][s]["eval"].get(cfg_key(c), {}).get(task, {}).get(metric, float("nan"))
                               for c in cfg_values]  # fmt: skip
                         ys = [y for y in ys if math.isfinite(y)]
                         per_seed.append(max(ys) - min(ys) if ys else float("nan"))
@@ -387,7 +399,7 @@ def render(report: dict) -> str:
         lines.append(f"| {k} | {_fmt(c)} | {c['verdict']} |")
     lines += ["", "## Metrics per variant (mean ± 95 % interval over seeds)", ""]
     for v, by_cfg in s["table"].items():
-        for c, by_task in sorted(by_cfg.items(), key=lambda kv: float(kv[0])):
+        for c, by_task in sorted(by_cfg.items(), key=lambda kv: (kv[0] == MODEL_CFG, kv[0])):
             cells = [f"{t}/{m} {_fmt(d)}" for t, ms in by_task.items() for m, d in ms.items()]
             lines.append(f"- **{v}** (cfg {c}): " + "; ".join(cells))
     lines += ["", "## Training losses (final value per seed)", ""]

@@ -41,9 +41,9 @@ def test_phoneme_layout_experiment_compares_each_layout_with_the_papers():
         ("layout-duration", {"phoneme_layout": "duration"}),
     ]  # fmt: skip
     wer = {"layout-clip": [1.0, 1.1, 0.9], "layout-span": [0.98, 1.12, 0.91], "layout-duration": [0.5, 0.6, 0.4]}
-    results = {v: {s: {"eval": {"3": {"tts": {"wer": w[s], "mcd": 40.0 + s, "spk_sim": 0.5}}}} for s in range(3)}
+    results = {v: {s: {"eval": {"model": {"tts": {"wer": w[s], "mcd": 40.0 + s, "spk_sim": 0.5}}}} for s in range(3)}
                for v, w in wer.items()}  # fmt: skip
-    comps = summarise("phoneme-layout", results, [3.0])["comparisons"]
+    comps = summarise("phoneme-layout", results, [None])["comparisons"]
     assert comps["tts/wer: duration vs clip"]["verdict"] == "better"
     assert comps["tts/wer: span vs clip"]["verdict"] == "no difference"
 
@@ -106,7 +106,7 @@ def test_experiment_smoke(local_ray, tmp_path, monkeypatch):
     assert len(evals) == 4 and {r.data.tags.get("mlflow.parentRunId") for r in evals} == trained
     fd = rep["summary"]["comparisons"]["v2s/fd: joint vs v2s-only"]
     # the comparison recomputed from the per-seed results: paired differences, a t interval with 1 degree of freedom
-    joint, alone = ([rep["results"][v][s]["eval"]["3"]["v2s"]["fd"] for s in sorted(rep["results"][v])]
+    joint, alone = ([rep["results"][v][s]["eval"]["model"]["v2s"]["fd"] for s in sorted(rep["results"][v])]
                     for v in ("joint", "v2s"))  # fmt: skip
     d = np.subtract(joint, alone)
     half = scipy.stats.t.ppf(0.975, df=1) * d.std(ddof=1) / np.sqrt(2)
@@ -114,7 +114,7 @@ def test_experiment_smoke(local_ray, tmp_path, monkeypatch):
     expected = "no difference" if abs(d.mean()) <= half else "better" if d.mean() < 0 else "worse"  # lower FD is better
     assert fd["verdict"] == expected
     assert not any(k.startswith("tts/") for k in rep["summary"]["comparisons"])  # TTS was not evaluated
-    assert rep["summary"]["table"]["joint"]["3"]["v2s"]["fd"]["n"] == 2
+    assert rep["summary"]["table"]["joint"]["model"]["v2s"]["fd"]["n"] == 2
 
 
 @pytest.mark.slow
