@@ -127,11 +127,11 @@ def manifest_clip(row, extractors):
     for the ground truth through the model's codec and vocoder, is :func:`ground_truth_mel` of it.
     """
     from vssflow.features.extract import data_speech_span, row_dict
-    from vssflow.generator import slice_features
     from vssflow.inference import prepare
     from vssflow.media.video import probe
     from vssflow.metrics.references import reference_from_row
     from vssflow.metrics.suite import Reference
+    from vssflow.windows import slice_features
 
     ref = reference_from_row(row)  # the ground truth, cut to [start, end)
     speech = row.task in SPEECH_TASKS

@@ -128,8 +128,8 @@ class GenerateActor:
         self._table: tuple[str, object] | None = None
 
     def _features(self, job: dict):
-        from vssflow.generator import slice_features
         from vssflow.inference import check_speech_span, with_speech_span
+        from vssflow.windows import slice_features
 
         if job["kind"] == "shard":
             from vssflow.data.schema import row_to_features, table_to_rows

@@ -275,7 +275,8 @@ def model_signature(model_dir: str | os.PathLike):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
-    from vssflow.generator import SamplingConfig, read_model_config
+    from vssflow.generator import read_model_config
+    from vssflow.sampling import SamplingConfig
 
     sampling = SamplingConfig(**read_model_config(model_dir).get("sampling", {}))
     return ModelSignature(

@@ -140,7 +140,7 @@ class TrainJobConfig:
         Guidance: the paper's 3 for a velocity model, none (1) for a data-predicting one (the small presets: on the
         demo's corpus, 10 unseen sentences, TTS WER 0.52 at 1 against 0.66 at 3 with a speech prior, 0.73 / 0.76
         with a video-seeing one; V2S class accuracy 0.53 both, onset F1 0.71 / 0.73; and one network call a step)."""
-        from vssflow.generator import SamplingConfig
+        from vssflow.sampling import SamplingConfig
 
         v = self.validation
         rescale = v.cfg_rescale if v.cfg_rescale is not None else (0.0 if self.preset == "paper" else 1.0)

@@ -139,8 +139,9 @@ def make_tiny_serving_model(
     and recorded in ``info["extractors"]``) and a small DiT with ``sem_dim`` = 32. Returns the model directory."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from vssflow.generator import Generator, SamplingConfig
+    from vssflow.generator import Generator
     from vssflow.model import ModelConfig
+    from vssflow.sampling import SamplingConfig
 
     directory = Path(directory)
     clip_dir = directory.with_name(directory.name + "-clip")

@@ -71,8 +71,9 @@ def _wake(model) -> None:
 def model_dir(tmp_path_factory) -> Path:
     """A tiny untrained generator for MobileNetV2 features (sem_dim 1280), with a 1.2 s window so the 2 s clip is
     generated in overlapping crossfaded windows."""
-    from vssflow.generator import Generator, SamplingConfig
+    from vssflow.generator import Generator
     from vssflow.model import ModelConfig
+    from vssflow.sampling import SamplingConfig
 
     cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, max_seconds=1.2,
                       latent_dim=32)  # fmt: skip

@@ -13,7 +13,6 @@ from vssflow import Generator
 from vssflow.audio import log_mel
 from vssflow.audio.codec import MelCodec
 from vssflow.errors import AssetError, FeatureShapeError, InputError, MissingFileError
-from vssflow.generator import slice_features, window_starts
 from vssflow.model import ModelConfig
 from vssflow.types import ClipFeatures
 
@@ -210,36 +209,12 @@ def test_a_model_directory_without_checksums_still_loads(gen, tmp_path):
 
 def test_long_clip_is_generated_in_crossfaded_windows(gen):
     clip = _clip(9.3, "v2s", 3)
-    assert window_starts(9.3, 4.0, 1.0) == [0.0, 3.0, 5.3]
     wav = gen.generate(clip, steps=2, seed=0)
     assert wav.shape == (int(round(9.3 * 16000)),) and np.isfinite(wav).all()
-    part = slice_features(_clip(4.0, "tts"), 1.0, 3.0)
-    assert part.duration_s == 2.0 and part.sem.shape[0] == 20 and part.lip.shape[0] == 50
-    assert 5 <= len(part.phonemes) <= 7  # 12 phonemes spread over 4 s: about half of them
 
 
-def test_slice_features_cuts_the_speech_span_and_phoneme_durations(gen):
-    """Windows of a long clip (and clips cut from a video) keep the phonemes that fall inside them, where the model
-    lays them: over the speech span, by duration."""
-    clip = _clip(6.0, "tts")
-    clip.speech_span = (1.0, 5.0)
-    clip.phoneme_durations = np.array([1, 1, 2, 0, 1, 1, 2, 0, 1, 1, 1, 1], np.float32)  # 12 phonemes, total 12
-    # boundaries over the span: phoneme k covers 1 + 4 * cumsum / 12 seconds; a window of [2, 4) s
-    part = slice_features(clip, 2.0, 4.0, layout="duration")
-    assert part.speech_span == (0.0, 2.0)  # the part of the span inside the window, from its start
-    edges = 1.0 + 4.0 * np.concatenate([[0], np.cumsum(clip.phoneme_durations)]) / 12
-    inside = [k for k in range(12) if edges[k + 1] > 2.0 and edges[k] < 4.0]
-    np.testing.assert_array_equal(part.phonemes, clip.phonemes[inside[0] : inside[-1] + 1])
-    assert part.phoneme_durations.sum() == pytest.approx(2.0)  # seconds covered: the whole window is speech
-    # a window before the speech has no phonemes (and no span); one over its start keeps the start
-    early = slice_features(clip, 0.0, 0.9, layout="duration")
-    assert early.phonemes is None and early.speech_span is None and early.phoneme_durations is None
-    head = slice_features(clip, 0.0, 2.0, layout="span")
-    assert head.speech_span == (1.0, 2.0) and len(head.phonemes) == 3  # uniform: 12 phonemes over 4 s, 1 s of it
-    # "clip" layout: phonemes by time over the whole clip, durations cut with them
-    whole = slice_features(clip, 3.0, 6.0, layout="clip")
-    assert len(whole.phonemes) == len(whole.phoneme_durations) == 6 and whole.speech_span == (0.0, 2.0)
-    # the generator windows a long clip with its layout: every window passes the model's checks
+def test_a_long_speech_clip_is_windowed_with_the_models_phoneme_layout(gen):
+    """Each window's features (vssflow.windows.slice_features, tested in test_windows) pass the model's checks."""
     long = _clip(9.0, "tts")
     long.speech_span, long.phoneme_durations = (0.5, 8.0), np.ones(12, np.float32)
     wav = gen.generate(long, steps=2, seed=0)
@@ -314,15 +289,9 @@ def test_info_command(gen, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "zzz" in bad.stderr
 
 
-def test_peak_guard_scales_only_a_clip_over_the_limit_and_is_counted(gen):
-    from vssflow.generator import PEAK_LIMIT, peak_guard
+def test_decode_guards_the_peak_and_counts_the_clips_it_lowered(gen):
+    from vssflow.postfilter import PEAK_LIMIT
 
-    quiet = np.sin(np.linspace(0, 100, 16000)).astype(np.float32) * 0.5
-    assert peak_guard(quiet) is quiet  # within range: untouched
-    loud = quiet * 4
-    guarded = peak_guard(loud)
-    assert np.abs(guarded).max() == pytest.approx(PEAK_LIMIT)
-    assert np.allclose(guarded / guarded.max(), loud / loud.max())  # scaled as a whole, not distorted
     before = gen.peak_guarded
     latents = torch.full((1, 10, gen.config.latent_dim), 40.0)  # absurdly loud latents: the guard fires
     (wav,) = gen.decode(latents, torch.tensor([10]), [0.4])
@@ -371,48 +340,27 @@ def test_reconstruct_goes_through_the_codec_and_vocoder():
     assert np.abs(gen.reconstruct(mel, 1.23)).max() < 0.1 * np.abs(out).max()
 
 
-def test_the_postfilter_matches_the_codec_global_variance_of_each_task():
-    # SamplingConfig.gv_max_ratio > 1: each clip's sampled latent is compensated toward the codec's GV for the clip's
-    # task (at most by the ratio): gv_mode "latent" takes the compensated latent, "level" (the default) only its
-    # loudness, as one gain on the clip's log-mel; a task without a GV, or ratio 1, is left alone. generate applies it.
+def test_generate_applies_the_postfilter_with_its_sampling_options():
+    """With gv_max_ratio > 1 a clip's audio is the decode of its postfiltered latents (vssflow.postfilter, tested in
+    test_postfilter) with the generator's codec and sampling options, not of the plain ones."""
     import dataclasses
 
-    from vssflow.audio.codec import match_global_variance
-    from vssflow.generator import mel_level_db
+    from vssflow.postfilter import postfilter
 
     torch.manual_seed(0)
     g = Generator(CFG.replace(prediction="data"))  # untrained: samples are its prior's mu, a smooth estimate
     g.codec.global_variance = {"tts": torch.full((CFG.latent_dim,), 50.0)}
-    clips = [_clip(2.0, "tts", seed=1), _clip(2.0, "v2s", seed=2)]
-    tasks = [c.task for c in clips]
-    x1, n, _ = g.sample_latents(clips, [0, 1], steps=4, cfg=3.0)
-    k = int(n[0])
-    assert (x1[0, :k].var(0) > 0).all()
-    compensated = match_global_variance(x1[0, :k], g.codec.global_variance["tts"], 2.0)
-    same, gain = g.postfilter(x1, n, tasks)  # ratio 1 (the default): off
-    assert same is x1 and (gain == 0).all()
-    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=2.0, gv_mode="latent")
-    latent, gain = g.postfilter(x1, n, tasks)
-    torch.testing.assert_close(latent[0, :k], compensated)
-    torch.testing.assert_close(latent[1], x1[1])  # v2s: no GV in this codec
-    assert (gain == 0).all()
-    g.sampling = dataclasses.replace(g.sampling, gv_mode="level")
-    kept, gain = g.postfilter(x1, n, tasks)
-    torch.testing.assert_close(kept, x1)  # the spectral shape stays the model's
-    assert gain[0] > 0.05 and gain[1] == 0  # louder by one gain on the log-mel, to the compensated level
-    louder = g.codec.decode(x1[:1, :k]) + gain[0]
-    assert mel_level_db(louder) == pytest.approx(mel_level_db(g.codec.decode(compensated[None])), abs=1e-3)
-    # generate applies it: its audio is the decode of the postfiltered latents, not of the plain ones
-    one, n1, _ = g.sample_latents(clips[:1], [0], steps=4, cfg=3.0)
+    g.sampling = dataclasses.replace(g.sampling, gv_max_ratio=2.0)  # gv_mode "level", the default
+    clip = _clip(2.0, "tts", seed=1)
+    one, n1, _ = g.sample_latents([clip], [0], steps=4, cfg=3.0)
     kept1, gain1 = g.postfilter(one, n1, ["tts"])
+    kept2, gain2 = postfilter(one, n1, ["tts"], codec=g.codec, sampling=g.sampling)
+    torch.testing.assert_close((kept1, gain1), (kept2, gain2))
+    assert gain1[0] > 0.05  # the compensation reached this clip
     filtered = g.decode(kept1, n1, [2.0], gain1)[0]
-    wav = g.generate(clips[0], steps=4, cfg=3.0, seed=0)
+    wav = g.generate(clip, steps=4, cfg=3.0, seed=0)
     np.testing.assert_allclose(wav, filtered, atol=1e-5)
     assert not np.allclose(wav, g.decode(one, n1, [2.0])[0], atol=1e-3)
-    with pytest.raises(InputError, match="gv_max_ratio"):
-        dataclasses.replace(g.sampling, gv_max_ratio=0.5)
-    with pytest.raises(InputError, match="gv_mode"):
-        dataclasses.replace(g.sampling, gv_mode="loud")
 
 
 def test_bf16_generation_as_on_a_gpu_is_close_to_fp32(gen):

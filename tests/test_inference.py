@@ -38,8 +38,9 @@ def _tiny_model(directory: Path) -> Path:
     conditions, saved with the extractor it expects (MobileNetV2, 1280-d)."""
     import torch
 
-    from vssflow.generator import Generator, SamplingConfig
+    from vssflow.generator import Generator
     from vssflow.model import ModelConfig
+    from vssflow.sampling import SamplingConfig
 
     cfg = ModelConfig(depth=1, width=32, heads=2, cross_dim=32, lip_dim=8, phoneme_dim=8, latent_dim=32)
     gen = Generator(cfg, sampling=SamplingConfig(steps=2, cfg_scale=2.0))

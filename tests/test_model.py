@@ -431,7 +431,8 @@ def test_the_phoneme_prior_is_a_switch_old_configs_lack():
     # The flow starts from N(mu, I): an untrained DiT (zero output layer, v = 0) returns its source, noise + mu,
     # and mu follows the phonemes.
     from vssflow.errors import InputError
-    from vssflow.generator import Generator, SamplingConfig
+    from vssflow.generator import Generator
+    from vssflow.sampling import SamplingConfig
 
     # a speech prior (V2S clips start from N(0, I)); a velocity head (a data head maps any source to mu: below)
     cfg = SMALLEST.replace(prior_inputs="phonemes", prediction="velocity")

@@ -20,7 +20,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,60 +28,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vssflow import __version__, flow
-from vssflow.audio.codec import LatentCodec, MelCodec, load_codec, match_global_variance
+from vssflow.audio.codec import LatentCodec, MelCodec, load_codec
 from vssflow.audio.vocoder import Vocoder, load_vocoder
-from vssflow.constants import LATENT_HZ, LIP_FPS, MEL_FPS, SAMPLE_RATE, SEM_FPS, SYNC_FPS, latent_frames
+from vssflow.constants import LATENT_HZ, MEL_FPS, SAMPLE_RATE, latent_frames
 from vssflow.errors import AssetError, InputError, MissingFileError
 from vssflow.files import check_sha256, sha256_file, staged_directory
 from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
+from vssflow.postfilter import peak_guard, postfilter
+from vssflow.sampling import SamplingConfig
 from vssflow.types import ClipFeatures
+from vssflow.windows import slice_features, window_starts
 
 FORMAT = "vssflow-generator"
 FORMAT_VERSION = 1
-
-
-GV_MODES = ("level", "latent")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Defaults for :meth:`Generator.generate` (overridable per call).
-
-    Attributes:
-        steps: solver steps (Euler / midpoint) or the first step 1/steps (dopri5).
-        cfg_scale: classifier-free guidance scale (paper: 3; 1 = no guidance, one network call per step).
-        method: "euler", "midpoint" or "dopri5".
-        window_overlap_s: overlap of consecutive windows when a clip is longer than the model window.
-        cfg_rescale: weight of guidance rescaling (:func:`vssflow.flow.rescale_guidance`; 0 = the paper's plain
-            guidance, which overshoots the level at scale 3).
-        noise_scale: standard deviation of the noise the flow starts from (1 = as trained; below 1 a model with a
-            phoneme prior starts nearer its estimate mu, Grad-TTS's temperature: it samples with 1 / 1.5).
-        gv_max_ratio: global-variance compensation of each generated clip's latent toward the codec's natural
-            variance for the clip's task (:func:`vssflow.audio.codec.match_global_variance`), by at most this
-            factor; 1 = off (the paper; also any codec without the statistics).
-        gv_mode: what of the compensation reaches the sample: "level" (the default: only the loudness the
-            compensated spectrum would have, as one gain on the clip's log-mel: the spectral shape stays the model's)
-            or "latent" (the compensated latent itself). On the demo's corpus (10 unseen sentences, no guidance)
-            "latent" brought the TTS level from -3.6 to -0.5 dB but its WER from 0.52 to 0.80: it also amplifies
-            the model's spectral errors.
-    """
-
-    steps: int = 16
-    cfg_scale: float = 3.0
-    method: str = "euler"
-    window_overlap_s: float = 1.0
-    cfg_rescale: float = 0.0
-    noise_scale: float = 1.0
-    gv_max_ratio: float = 1.0
-    gv_mode: str = "level"
-
-    def __post_init__(self) -> None:
-        if self.gv_mode not in GV_MODES:
-            raise InputError(f"gv_mode: expected one of {GV_MODES}, got {self.gv_mode!r}")
-        if not (math.isfinite(self.gv_max_ratio) and 1.0 <= self.gv_max_ratio <= 10.0):
-            raise InputError(f"gv_max_ratio: expected a factor in [1, 10] (1 = off), got {self.gv_max_ratio}")
-        if not (math.isfinite(self.noise_scale) and 0.0 <= self.noise_scale <= 2.0):
-            raise InputError(f"noise_scale: expected a noise standard deviation in [0, 2], got {self.noise_scale}")
 
 
 class Generator:
@@ -348,29 +306,9 @@ class Generator:
     def postfilter(
         self, x1: torch.Tensor, n_frames: torch.Tensor, tasks: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global-variance compensation of sampled latents (B, N, C), per clip toward the codec's GV of its task
-        (``sampling.gv_max_ratio``, ``sampling.gv_mode``). Returns (latents, gain (B,)): the gain, in natural-log
-        magnitude, is what :meth:`decode` adds to each clip's log-mel ("level" mode: the loudness the compensated
-        spectrum would have; "latent" mode returns the compensated latents and gain 0). Clips of a task without a
-        GV, or ratio 1, are unchanged."""
-        gain = torch.zeros(x1.shape[0], device=x1.device)
-        gv = getattr(self.codec, "global_variance", {})
-        if self.sampling.gv_max_ratio <= 1.0 or not gv:
-            return x1, gain
-        x1 = x1.clone()
-        for i, task in enumerate(tasks):
-            if task not in gv:
-                continue
-            ni = int(n_frames[i])
-            matched = match_global_variance(x1[i, :ni], gv[task], self.sampling.gv_max_ratio)
-            if self.sampling.gv_mode == "latent":
-                x1[i, :ni] = matched
-            else:
-                louder = mel_level_db(self.codec.decode(matched[None])) - mel_level_db(
-                    self.codec.decode(x1[None, i, :ni])
-                )
-                gain[i] = louder * math.log(10.0) / 20.0
-        return x1, gain
+        """:func:`vssflow.postfilter.postfilter` with this generator's codec and sampling options: sampled latents
+        (B, N, C) -> (latents, gain (B,)), the gain being what :meth:`decode` adds to each clip's log-mel."""
+        return postfilter(x1, n_frames, tasks, codec=self.codec, sampling=self.sampling)
 
     def decode(
         self, x1: torch.Tensor, n_frames: torch.Tensor, durations: Sequence[float], gain: torch.Tensor | None = None
@@ -552,20 +490,6 @@ def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-PEAK_LIMIT = 0.98  # -0.2 dBFS
-
-
-def peak_guard(wav: np.ndarray, limit: float = PEAK_LIMIT) -> np.ndarray:
-    """The last guard against clipping: a clip whose peak exceeds ``limit`` is scaled down as a whole (no
-    distortion, no change to a clip within range). Not the level fix (that is guidance rescaling and the codec):
-    ``evaluate``'s level difference is measured on what the model makes, and a model that needs this is too loud."""
-    peak = float(np.abs(wav).max()) if wav.size else 0.0
-    return wav * np.float32(limit / peak) if peak > limit else wav
-
-
-# ---- long clips --------------------------------------------------------------------------------------------------
-
-
 def _over_the_call(progress: Callable[[int, int], None], total: int) -> Callable[[int, int], None]:
     """``progress(done, total)`` of one integration -> ``progress(done, total)`` over every integration of a call."""
     base = [0]
@@ -576,79 +500,3 @@ def _over_the_call(progress: Callable[[int, int], None], total: int) -> Callable
             base[0] += run_total
 
     return step
-
-
-def mel_level_db(log_mel: torch.Tensor, *, floor_db: float = 35.0) -> float:
-    """Active level of a (..., T, M) log-magnitude mel in dB: the mean power of the frames within ``floor_db`` of
-    the loudest, as the level metric measures the waveform (power summed over the mel bins)."""
-    power = torch.exp(2.0 * log_mel.detach().float()).sum(dim=-1).reshape(-1)  # (T,)
-    db = 10.0 * torch.log10(power + 1e-12)
-    return float(10.0 * torch.log10(power[db >= db.max() - floor_db].mean() + 1e-12))
-
-
-def window_starts(duration: float, window: float, overlap: float) -> list[float]:
-    """Start times of windows of ``window`` seconds overlapping by ``overlap`` that cover ``duration``."""
-    if duration <= window:
-        return [0.0]
-    hop = window - overlap
-    n = math.ceil((duration - window) / hop) + 1
-    starts = [min(k * hop, duration - window) for k in range(n)]
-    return sorted(set(round(s, 6) for s in starts))
-
-
-def slice_features(clip: ClipFeatures, start: float, end: float, *, layout: str = "clip") -> ClipFeatures:
-    """The features of ``clip`` between ``start`` and ``end`` seconds.
-
-    Phonemes are cut where the model lays them (``layout``, :attr:`ModelConfig.phoneme_layout`): "clip" in proportion
-    to time over the whole clip; "span"/"duration" by where each phoneme falls in the speech span (uniformly, or by
-    its duration), keeping the part of the span inside the window and, with durations, the covered share of the
-    phonemes cut at the window's edges. ``speech_span`` becomes the part of the span inside the window (None when
-    the span lies outside it), in seconds from ``start``.
-    """
-
-    def rows(a: np.ndarray | None, fps: int) -> np.ndarray | None:
-        if a is None:
-            return None
-        i, j = int(round(start * fps)), int(round(end * fps))
-        return a[i : max(j, i + 1)]
-
-    phonemes, durations, span = clip.phonemes, clip.phoneme_durations, clip.speech_span
-    if span is not None:
-        a, b = max(float(span[0]), start), min(float(span[1]), end)
-        span = (a - start, b - start) if b - a > 1e-6 else None
-    if phonemes is not None and len(phonemes):
-        p = len(phonemes)
-        if durations is not None and len(durations) != p:
-            durations = None
-        if layout == "clip":
-            i = int(math.floor(p * start / clip.duration_s))
-            j = int(math.ceil(p * end / clip.duration_s))
-            phonemes, durations = phonemes[i:j], None if durations is None else durations[i:j]
-        else:
-            s0, s1 = clip.speech_span or (0.0, clip.duration_s)
-            w = np.ones(p) if layout == "span" or durations is None else np.asarray(durations, np.float64)
-            w = w if w.sum() > 0 else np.ones(p)
-            edges = s0 + (s1 - s0) * np.concatenate([[0.0], np.cumsum(w) / w.sum()])  # (P + 1,) seconds
-            inside = np.flatnonzero((edges[1:] > start) & (edges[:-1] < end))
-            if span is None or not len(inside):  # no speech in this window: generated without phonemes
-                phonemes, durations = phonemes[:0], None
-            else:
-                i, j = int(inside[0]), int(inside[-1]) + 1
-                if durations is not None:  # the covered share of each phoneme, in seconds
-                    covered = np.minimum(edges[i + 1 : j + 1], end) - np.maximum(edges[i:j], start)
-                    durations = np.clip(covered, 0.0, None).astype(np.float32)
-                phonemes = phonemes[i:j]
-        if not len(phonemes):
-            phonemes = durations = None
-    return replace(
-        clip,
-        duration_s=end - start,
-        sem=rows(clip.sem, SEM_FPS),
-        lip=rows(clip.lip, LIP_FPS),
-        sync=rows(clip.sync, SYNC_FPS),
-        mel=rows(clip.mel, MEL_FPS),
-        phonemes=phonemes,
-        phoneme_durations=durations,
-        speech_span=span,
-        meta={**clip.meta, "window": [start, end]},
-    )

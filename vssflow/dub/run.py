@@ -108,7 +108,7 @@ def _video_streams(gen, video, cue: Cue, info) -> ClipFeatures:
 
 
 def _cue_features(streams: ClipFeatures, cw: CueWindow, phonemes, durations, speaker) -> ClipFeatures:
-    from vssflow.generator import slice_features
+    from vssflow.windows import slice_features
 
     bare = dataclasses.replace(streams, phonemes=None, phoneme_durations=None, speech_span=None, speaker=None)
     part = slice_features(bare, cw.window[0], cw.window[1])
@@ -175,8 +175,8 @@ def dub(
     from vssflow.audio.io import read_audio
     from vssflow.features.extract import phonemize_clip
     from vssflow.features.speaker_base import check_reference_voice
-    from vssflow.generator import peak_guard
     from vssflow.media.video import probe
+    from vssflow.postfilter import peak_guard
 
     t0 = time.perf_counter()
     steps, cfg, method = gen.check(steps=config.steps, cfg=config.cfg, method=config.method)
