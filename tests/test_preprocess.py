@@ -1,4 +1,5 @@
-"""`vssflow preprocess` on real files with real Ray: columns vs the library, kill -9 + rerun, quarantine, two nodes.
+"""`vssflow preprocess` on real files with real Ray: columns vs the library, kill -9 + rerun, quarantine, two nodes
+(the stages alone, without Ray: tests/test_preprocess_stages.py).
 
 One local Ray (2 CPUs) is shared by the module; the two-node test runs last on its own ray.cluster_utils.Cluster.
 The corpus is the embedded synthetic one (8 clips of 2 s); the semantic encoder is a tiny CLIP built here.
@@ -21,12 +22,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipelines.preprocess import PreprocessConfig, cpu_stages, run_preprocess  # noqa: E402
+from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 from vssflow.data.manifest import read_manifest  # noqa: E402
 from vssflow.data.schema import SCHEMA_VERSION  # noqa: E402
 from vssflow.data.shard_set import ShardSet  # noqa: E402
 from vssflow.data.shards import ShardManifest, resolve_shard_dir  # noqa: E402
-from vssflow.features.extract import ExtractConfig, Extractors, extract_clip, row_dict  # noqa: E402
+from vssflow.features.extract import ExtractConfig, Extractors, extract_clip  # noqa: E402
 
 N_CLIPS = 8
 
@@ -70,21 +71,6 @@ def _cfg(manifest, out, encoder, **kw) -> PreprocessConfig:
     return PreprocessConfig(
         manifest=str(manifest), out=str(out), extract=ExtractConfig(encoder=encoder), progress=False, **kw
     )
-
-
-def test_stage_adapters_turn_errors_into_quarantine_fields_without_ray(corpus, tmp_path):
-    """The stages are plain functions on dicts: a bad row gets error columns, not an exception."""
-    good = row_dict(read_manifest(corpus)[0])
-    out = cpu_stages(good, config=ExtractConfig())
-    assert out["error_stage"] == "" and out["mel"].shape == (200, 64) and out["sem_frames"].shape[0] == 20
-    missing = {**good, "clip_id": "gone", "video": str(tmp_path / "gone.mp4")}
-    out = cpu_stages(missing, config=ExtractConfig())
-    assert (out["error_stage"], out["error_reason"], out["error_type"]) == (
-        "decode",
-        "missing_file",
-        "MissingFileError",
-    )
-    assert out["mel"].shape == (0, 64)  # every key present, empty: the row still fits the block
 
 
 def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_path):

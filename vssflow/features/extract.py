@@ -1,7 +1,7 @@
 """Per-clip feature extraction: manifest row -> :class:`~vssflow.types.ClipFeatures`, in small pure stages.
 
 Each stage takes and returns a plain dict of numpy arrays and strings (a "clip dict"), so the same code runs in a
-notebook (:func:`extract_clip`), in tests, and inside Ray Data operators (``pipelines/preprocess.py`` wraps each
+notebook (:func:`extract_clip`), in tests, and inside Ray Data operators (``pipelines/preprocess_stages.py`` wraps each
 stage in a thin adapter). Models load once, in :class:`Extractors`.
 
 Stages and the keys they add (an absent condition is an empty array: zero rows):
