@@ -72,9 +72,9 @@ def bare_loop(cfg, *, steps: int, warmup: int, threads: int) -> dict:
     import torch
 
     from pipelines.deepspeed_config import lr_lambda
-    from pipelines.train import fit_codec, fit_model_to_data, open_shards
     from pipelines.train_data import encode_batch
     from pipelines.train_model import build_model
+    from pipelines.train_shards import fit_codec, fit_model_to_data, open_shards
     from vssflow.data.sampler import BucketSampler
     from vssflow.ema import EMA
     from vssflow.training import training_step

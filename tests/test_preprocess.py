@@ -121,7 +121,7 @@ def test_pipeline_columns_match_the_library(local_ray, corpus, tiny_clip, tmp_pa
         assert have.meta["decode_node"] and have.meta["encode_node"]
 
     # the Ray Data path of Ray Train reads the same rows: the training split of the same files
-    from pipelines.train import build_dataset
+    from pipelines.train_shards import build_dataset
 
     rds = build_dataset(ds, seed=0)
     train = sorted(cid for cid, f in got.items() if f.meta["split"] == "train")

@@ -1,4 +1,5 @@
-"""Ray Train + DeepSpeed training (pipelines/train.py, pipelines/train_loop.py) on real toy shards, 2 Ray workers.
+"""Ray Train + DeepSpeed training (pipelines/train.py, pipelines/train_loop.py) on real toy shards, 2 Ray workers
+(the shard set opened and fitted to, without Ray: tests/test_train_shards.py).
 
 One Ray cluster for the module. The reference run (ZeRO-2, 24 steps) is shared: the fault test and the resume test
 must end with the same step count, the same data order and the same final weights as this uninterrupted run.
@@ -11,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,22 +247,6 @@ def test_a_train_run_prints_each_line_once_and_none_of_rays_noise(local_ray, dat
 # ---- no Ray needed ----------------------------------------------------------------------------------------------
 
 
-def test_batches_fit_the_data_before_the_job():
-    from pipelines.train import fit_batches_to_data
-    from vssflow.errors import InputError
-
-    cfg = TrainJobConfig.from_dict(dict(data="d", workers=2, batch_size=4))
-    assert not fit_batches_to_data(cfg, {"v2s": 40, "tts": 40}).sampler.keep_tail  # enough for full batches
-    assert fit_batches_to_data(cfg, {"v2s": 7, "tts": 7}).sampler.keep_tail
-    assert fit_batches_to_data(cfg, {"v2s": 40, "tts": 3}).sampler.keep_tail  # one task short is enough to shrink
-    speech_off = replace(cfg, sampler=replace(cfg.sampler, tts_weight=0, joint_weight=0))
-    assert not fit_batches_to_data(speech_off, {"v2s": 40, "tts": 3}).sampler.keep_tail
-    with pytest.raises(InputError, match="0 training clips"):  # speech only asked for, none there
-        fit_batches_to_data(replace(cfg, sampler=replace(cfg.sampler, v2s_weight=0, joint_weight=0)), {"v2s": 40})
-    with pytest.raises(InputError, match="--workers 1"):
-        fit_batches_to_data(cfg, {"tts": 1})
-
-
 def test_a_cuda_job_asks_for_the_cuda_accelerator_and_bf16_and_a_cpu_job_for_cpu_fp32(capsys):
     """What a training job hands its workers follows from its device alone (no GPU needed to check it)."""
     import argparse
@@ -309,23 +293,6 @@ def test_the_makefile_exports_the_cpu_accelerator_only_for_cpu_targets():
     assert not [x for x in lines if x.replace(" ", "").startswith("exportDS_ACCELERATOR")]  # not global
     scoped = [x for x in lines if "DS_ACCELERATOR" in x and not x.startswith("#")]
     assert scoped == ["test demo bench: export DS_ACCELERATOR := cpu"]
-
-
-def test_training_names_a_corrupt_shard_before_ray_starts(data, tmp_path):
-    import shutil
-
-    from pipelines.train import open_shards
-    from vssflow.errors import InputError
-
-    copy = tmp_path / "shards"
-    shutil.copytree(data, copy, symlinks=True)
-    paths = open_shards(copy).files
-    raw = bytearray(Path(paths[0]).read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    Path(paths[0]).write_bytes(bytes(raw))
-    with pytest.raises(InputError, match="corrupt shard") as err:
-        open_shards(copy)
-    assert str(err.value).startswith(f"{paths[0]}: ") and "\n" not in str(err.value)
 
 
 def test_a_training_run_that_fails_ends_failed_not_running(local_ray, data, tmp_path):
