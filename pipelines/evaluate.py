@@ -234,8 +234,8 @@ def _clip_entry(r: dict) -> dict:
 def evaluate(cfg: EvalConfig, *, log=print) -> dict:
     """Run one evaluation (see the module docstring); returns the report dict (also written to report.json)."""
     from pipelines.mlflow_utils import store_uri
-    from vssflow.generator import read_model_config
     from vssflow.metrics.held_out import sentence_key, speech_breakdown
+    from vssflow.model_dir import read_model_config
 
     t0 = time.perf_counter()
     if cfg.speech_span not in SPEECH_SPANS:

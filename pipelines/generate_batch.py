@@ -261,7 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from pipelines.model_uri import resolve_model_dir
-    from vssflow.generator import read_model_config
+    from vssflow.model_dir import read_model_config
 
     tasks = args.tasks
     model = resolve_model_dir(args.model, tracking_uri=mlflow_uri(args))

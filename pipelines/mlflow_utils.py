@@ -275,7 +275,7 @@ def model_signature(model_dir: str | os.PathLike):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
-    from vssflow.generator import read_model_config
+    from vssflow.model_dir import read_model_config
     from vssflow.sampling import SamplingConfig
 
     sampling = SamplingConfig(**read_model_config(model_dir).get("sampling", {}))

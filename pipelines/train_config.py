@@ -121,7 +121,7 @@ class TrainJobConfig:
     def model_config(self) -> ModelConfig:
         """The preset (or, when fine-tuning, the ``init`` model's own config) with ``model_overrides`` applied."""
         if self.init:
-            from vssflow.generator import read_model_config
+            from vssflow.model_dir import read_model_config
 
             return ModelConfig.from_dict(read_model_config(self.init)["model"]).replace(**self.model_overrides)
         return PRESETS[self.preset].replace(**self.model_overrides)

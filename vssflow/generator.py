@@ -1,22 +1,13 @@
-"""The one ``generate()`` every front end calls (CLI, Serve, batch jobs, evaluation), and self-describing checkpoints.
+"""The one ``generate()`` every front end calls (CLI, Serve, batch jobs, evaluation).
 
-A model directory holds everything needed to rebuild the generator with nothing else:
-
-    config.json            format version, ModelConfig, training step, sampling defaults, extractor names,
-                           the sha256 of every other file (checked when the file is loaded)
-    model.safetensors      DiT weights
-    ema.safetensors        EMA of the weights (optional; used for generation by default when present)
-    codec/                 the latent codec (MelCodec statistics, or an AutoencoderKL copy)
-
-It is a symlink to a hidden version beside it (``.tiny.v-<time>-<id>`` for ``tiny``), so that saving over it is
-one atomic step (:func:`vssflow.files.staged_directory`); a plain directory loads the same.
+A generator is saved to and loaded from a self-describing model directory (:mod:`vssflow.model_dir`:
+:meth:`Generator.save_pretrained`, :meth:`Generator.from_pretrained`).
 
 Shape legend: B batch, N latent frames (25 Hz), C latent channels, T_mel mel frames (100 fps), L samples (16 kHz).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -25,22 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from vssflow import __version__, flow
-from vssflow.audio.codec import LatentCodec, MelCodec, load_codec
+from vssflow import flow
+from vssflow.audio.codec import LatentCodec, MelCodec
 from vssflow.audio.vocoder import Vocoder, load_vocoder
 from vssflow.constants import LATENT_HZ, MEL_FPS, SAMPLE_RATE, latent_frames
-from vssflow.errors import AssetError, InputError, MissingFileError
-from vssflow.files import check_sha256, sha256_file, staged_directory
+from vssflow.errors import AssetError, InputError
 from vssflow.model import ConditionDrop, Conditions, ModelConfig, VSSFlowDiT, collate
+from vssflow.model_dir import load_model_dir, save_model_dir
 from vssflow.postfilter import peak_guard, postfilter
 from vssflow.sampling import SamplingConfig
 from vssflow.types import ClipFeatures
 from vssflow.windows import slice_features, window_starts
-
-FORMAT = "vssflow-generator"
-FORMAT_VERSION = 1
 
 
 class Generator:
@@ -386,7 +373,7 @@ class Generator:
     def save_pretrained(
         self, directory: str | os.PathLike, *, ema_state: dict[str, torch.Tensor] | None = None, **info: Any
     ) -> Path:
-        """Write the model directory in one atomic step (:func:`vssflow.files.staged_directory`): ``directory``
+        """Write the model directory in one atomic step (:func:`vssflow.model_dir.save_model_dir`): ``directory``
         becomes a symlink to a new hidden version beside it, fsynced before the switch; a kill at any moment leaves
         the previous model or the new one. ``config.json`` records the sha256 of every other file, checked at load.
 
@@ -395,28 +382,10 @@ class Generator:
             ema_state: EMA weights to store next to the raw weights (same keys as ``model.state_dict()``).
             info: extra JSON-serialisable facts to record (e.g. data version, extractor names, MLflow run id).
         """
-        target = Path(directory)
-        with staged_directory(target) as tmp:
-            state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, tmp / "model.safetensors")
-            if ema_state is not None:
-                ema = {k: v.detach().float().cpu().contiguous() for k, v in ema_state.items()}
-                save_file(ema, tmp / "ema.safetensors")
-            self.codec.save(tmp / "codec")
-            files = sorted(f for f in tmp.rglob("*") if f.is_file())
-            config = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "vssflow_version": __version__,
-                "model": self.config.to_dict(),
-                "sampling": self.sampling.__dict__,
-                "step": self.step,
-                "num_params": self.model.num_params(),
-                "info": {**self.info, **info},
-                "sha256": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in files},
-            }
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-        return target
+        return save_model_dir(
+            directory, model=self.model, config=self.config, codec=self.codec, sampling=self.sampling,
+            step=self.step, info={**self.info, **info}, ema_state=ema_state,
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -428,66 +397,26 @@ class Generator:
         dtype: torch.dtype = torch.float32,
         vocoder: str | os.PathLike | Vocoder | None = None,
     ) -> Generator:
-        """Load a model directory written by :meth:`save_pretrained`.
+        """Load a model directory written by :meth:`save_pretrained` (:func:`vssflow.model_dir.load_model_dir`).
 
         Args:
             use_ema: load the EMA weights when the directory has them.
             vocoder: None (Griffin-Lim), a HiFi-GAN directory, or a Vocoder instance.
         """
-        directory = Path(directory)
-        config = read_model_config(directory)
-        model_cfg = ModelConfig.from_dict(config["model"])
-        weights = directory / (
-            "ema.safetensors" if use_ema and (directory / "ema.safetensors").exists() else "model.safetensors"
-        )
-        sums = config.get("sha256", {})  # absent in directories written before checksums were recorded
-        fix = "the model directory is corrupt; copy it again or re-run `vssflow train`"
-        for path in [weights, *sorted(p for p in (directory / "codec").rglob("*") if p.is_file())]:
-            check_sha256(path, sums.get(path.relative_to(directory).as_posix()), fix=fix)
-        model = VSSFlowDiT(model_cfg)
-        state = load_file(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise AssetError(
-                f"{weights}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                "the directory is corrupt or from another version"
-            )
+        saved = load_model_dir(directory, use_ema=use_ema)
         voc = vocoder if isinstance(vocoder, Vocoder) else load_vocoder(vocoder)
-        sampling = SamplingConfig(**config.get("sampling", {}))
         gen = cls(
-            model_cfg,
-            codec=load_codec(directory / "codec"),
+            saved.config,
+            codec=saved.codec,
             vocoder=voc,
             device=device,
             dtype=dtype,
-            sampling=sampling,
-            model=model,
+            sampling=saved.sampling,
+            model=saved.model,
         )
-        gen.step = int(config.get("step", 0))
-        gen.info = dict(config.get("info", {}))
-        gen.info["weights"] = weights.name
+        gen.step = saved.step
+        gen.info = dict(saved.info)
         return gen
-
-
-def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``config.json`` of a model directory (one-line errors naming the directory)."""
-    directory = Path(directory)
-    path = directory / "config.json"
-    if not directory.is_dir():
-        raise MissingFileError(
-            "model directory not found; pass the --out directory of `vssflow train`", source=str(directory)
-        )
-    if not path.exists():
-        raise AssetError(f"{directory}: no config.json; this is not a vssflow model directory")
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise AssetError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise AssetError(
-            f"{path}: format version {config['format_version']} is newer than this vssflow "
-            f"({FORMAT_VERSION}); upgrade vssflow"
-        )
-    return config
 
 
 def _over_the_call(progress: Callable[[int, int], None], total: int) -> Callable[[int, int], None]:

@@ -180,7 +180,7 @@ def config_from_args(args: argparse.Namespace, model_dir: str) -> ServeConfig:
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from vssflow.generator import read_model_config
+    from vssflow.model_dir import read_model_config
 
     if is_model_uri(args.model):  # downloaded by each replica where it runs (a cluster's pods do not see ours)
         model_dir = args.model

@@ -29,8 +29,8 @@ class FeatureExtractor:
         import torch
 
         from vssflow.features.extract import Extractors
-        from vssflow.generator import read_model_config
         from vssflow.inference import extract_config_for
+        from vssflow.model_dir import read_model_config
 
         torch.set_num_threads(max(1, int(config.extractor.num_cpus)))
         self.config = config

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vssflow.generator import read_model_config
+from vssflow.model_dir import read_model_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
