@@ -95,6 +95,26 @@ def test_loading_errors_name_the_directory(tmp_path):
         load_model_dir(tmp_path / "m")
 
 
+@pytest.mark.parametrize("gone", ["model.safetensors", "codec"])
+def test_a_file_missing_from_a_model_directory_is_a_one_line_error_naming_it(tmp_path, gone):
+    import shutil
+
+    model = VSSFlowDiT(CFG)
+    _save(tmp_path / "m", model, ema_state=model.state_dict())
+    target = tmp_path / "m" / gone
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(MissingFileError) as e:
+        load_model_dir(tmp_path / "m")
+    assert "\n" not in str(e.value) and str(tmp_path / "m") in str(e.value) and "missing" in str(e.value)
+
+
+def test_a_model_directory_without_its_optional_ema_loads_the_raw_weights(tmp_path):
+    model = VSSFlowDiT(CFG)
+    _save(tmp_path / "m", model, ema_state=model.state_dict())
+    (tmp_path / "m" / "ema.safetensors").unlink()
+    assert load_model_dir(tmp_path / "m").info["weights"] == "model.safetensors"
+
+
 def _weights_of(directory) -> str:
     """Which of the two test models ("old"/"new") a directory loads as, by a weight only they differ in."""
     w = load_model_dir(directory, use_ema=False).model.state_dict()

@@ -116,6 +116,11 @@ def load_model_dir(directory: str | os.PathLike, *, use_ema: bool = True) -> Sav
     )
     sums = config.get("sha256", {})  # absent in directories written before checksums were recorded
     fix = "the model directory is corrupt; copy it again or re-run `vssflow train`"
+    for name in sorted(n for n in sums if not (directory / n).is_file()):  # a file config.json says it holds
+        if name != "ema.safetensors":  # the EMA is optional: without it the raw weights are loaded
+            raise MissingFileError(f"{fix} ({name} is missing)", source=str(directory / name))
+    if not weights.is_file():
+        raise MissingFileError(f"{fix} (no {weights.name})", source=str(weights))
     for path in [weights, *sorted(p for p in (directory / "codec").rglob("*") if p.is_file())]:
         check_sha256(path, sums.get(path.relative_to(directory).as_posix()), fix=fix)
     model = VSSFlowDiT(model_cfg)
