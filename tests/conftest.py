@@ -52,3 +52,18 @@ def local_ray(ray_num_cpus):
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A local directory holding a 2-layer, 32-wide CLIP vision model (the preprocessing tests' encoder)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tinyclip")
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    CLIPVisionModel(cfg).save_pretrained(d)
+    return str(d)

@@ -41,20 +41,6 @@ def corpus(tmp_path_factory):
     return report.manifest
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tinyclip")
-    cfg = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPVisionModel(cfg).save_pretrained(d)
-    return str(d)
-
-
 class _MemoryWarnings(logging.Handler):
     """Ray Data's warnings that a stage uses more memory than it asked for (its high-memory issue detector)."""
 

@@ -25,20 +25,6 @@ def corpus(tmp_path_factory):
     return write_corpus(CorpusConfig(out=str(out), clips=2, seed=3, duration=(2.0, 2.0), workers=1)).manifest
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tinyclip")
-    cfg = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPVisionModel(cfg).save_pretrained(d)
-    return str(d)
-
-
 def test_stage_adapters_turn_errors_into_quarantine_fields_without_ray(corpus, tmp_path):
     """The stages are plain functions on dicts: a bad row gets error columns, not an exception."""
     good = row_dict(read_manifest(corpus)[0])
