@@ -216,10 +216,11 @@ def _evaluate(cfg: ExperimentConfig, scale: Scale, model: Path, tasks, seed: int
     from pipelines.evaluate import evaluate
     from pipelines.evaluate_config import EvalConfig
 
+    guidance = None if cfg_scale is None else float(cfg_scale)  # None: the model's own saved guidance
     ec = EvalConfig(
         model=str(model), data=cfg.eval_data or cfg.data, out=str(out), manifest=cfg.manifest, tasks=tuple(tasks),
         split=cfg.eval_split,
-        max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=cfg_scale and float(cfg_scale), seed=seed, validate=0,
+        max_clips=scale.eval_clips, steps=scale.eval_steps, cfg=guidance, seed=seed, validate=0,
         asr=cfg.asr, classifier=cfg.classifier, ray_address=cfg.ray_address, mlflow_uri=tracking,
         experiment=f"experiment-{cfg.name}", run_name=f"eval-{out.name}", spectrograms=1,
         tags={"experiment": cfg.name},
