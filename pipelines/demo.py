@@ -250,10 +250,20 @@ def _quality_summary(report_json: Path) -> list[str]:
             return f"{v:.2%}" if k == "clip_fraction" else f"{v:+.1f}" if k == "level_db_diff" else f"{v:.2f}"
 
         cells = [f"{names[k]} {value(gen, k)} vs {value(voc, k)}" for k in (*keys, "level_db_diff", "clip_fraction")]
-        held = rep.get("speech", {}).get(task, {}).get("by_voice", {}).get("held_out")
+        speech = rep.get("speech", {}).get(task, {})
+        held = speech.get("by_voice", {}).get("held_out")
         if held:  # voices no training clip uses
             g, v = value(held["generated"], "wer"), value(held["gt_vocoded"], "wer")
             cells.insert(1, f"held-out voices WER {g} vs {v}")
+        words = speech.get("by_words", {})
+        if words.get("new") and words.get("known"):  # unseen sentences of training words vs those with a new word
+            for part, name in (("new", "new-word sentences"), ("known", "known-word sentences")):
+                g, v, n = (
+                    value(words[part]["generated"], "wer"),
+                    value(words[part]["gt_vocoded"], "wer"),
+                    (words[part]["generated"]["wer"]["n"]),
+                )
+                cells.insert(1, f"{name} WER {g} vs {v} ({n})")
         n = max((gen.get(k) or {}).get("n", 0) for k in keys)
         lines.append(f"{task.upper():<5} quality   " + "; ".join(cells) + f"   (generated vs ground truth through "
                      f"the model's codec + vocoder, {n} clips)")  # fmt: skip

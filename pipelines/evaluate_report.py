@@ -127,13 +127,16 @@ def _speech_lines(speech: dict) -> list[str]:
     if not speech:
         return []
     lines = ["", "## Speech: seen vs unseen", "",
-             "A test sentence is *seen* when its normalised transcript is also a training transcript of the same data. "
+             "A test sentence is *seen* when its normalised transcript is also a training transcript of the same data; "
+             "of *known words* when every word of it is in some training transcript (a sentence with a *new word* asks "
+             "the model to say a word it never heard). "
              "WER of the generated audio / the ground truth through codec + vocoder / the raw ground truth.", "",
              "| task | test sentences | seen in training | group | n | WER generated | WER GT vocoded | WER raw GT |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for task, e in speech.items():
         head = f"| {task} | {e['sentences']} | {e['seen_in_train']} ({e['fraction_seen']:.0%}) |"
         groups = [(f"{p} sentences", g) for p, g in e.get("by_sentence", {}).items()]
+        groups += [(f"{p} words", g) for p, g in e.get("by_words", {}).items()]
         groups += [(f"{p} voices", g) for p, g in e.get("by_voice", {}).items()]
         for name, g in groups:
             wer = [g[v]["wer"] for v in ("generated", "gt_vocoded", "gt_raw")]

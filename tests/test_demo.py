@@ -18,3 +18,26 @@ def test_a_line_seen_more_than_three_times_is_named_with_its_count():
 
 def test_a_console_without_repeats_passes():
     assert repeated_lines(["a\n", "a\n", "a\n", "b\n"]) == {} and repeat_check(["a\n", "b\n"]) is None
+
+
+def test_the_summary_gives_known_word_and_new_word_sentences_their_own_wer(tmp_path):
+    """A demo's TTS line splits unseen sentences into those of training words and those with a word never heard."""
+    import json
+
+    from pipelines.demo import _quality_summary
+
+    def agg(wer):
+        return {"wer": {"mean": wer, "ci95": 0.1, "n": 3, "median": wer}}
+
+    words = {"known": {"generated": agg(0.4), "gt_vocoded": agg(0.05)},
+             "new": {"generated": agg(0.9), "gt_vocoded": agg(0.1)}}  # fmt: skip
+    report = {"metrics": {"tts": {"wer": {"mean": 0.65, "n": 6}, "level_db_diff": {"median": -0.5}}},
+              "metrics_gt_vocoded": {"tts": {"wer": {"mean": 0.07}}},
+              "speech": {"tts": {"by_words": words}}}  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    [line] = _quality_summary(tmp_path / "report.json")
+    assert "WER 0.65 vs 0.07" in line
+    assert "known-word sentences WER 0.40 vs 0.05 (3)" in line and "new-word sentences WER 0.90 vs 0.10 (3)" in line
+    del words["new"]  # every test sentence of known words: no split to show
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert "known-word" not in _quality_summary(tmp_path / "report.json")[0]

@@ -156,6 +156,8 @@ def _check_three_columns(report: dict, saved: dict, out: Path) -> None:
     sp = saved["speech"]["tts"]
     assert sp["sentences"] == 1 and 0.0 <= sp["fraction_seen"] <= 1.0
     assert sp["seen_in_train"] == int(tts_clip["transcript_in_train"])
+    [(words, part)] = sp["by_words"].items()  # one clip: its sentence is of known words or has a new one
+    assert (words == "new") == (sp["new_words"] == 1) and part["generated"]["wer"]["n"] == 1
     md = (out / "report.md").read_text()
     assert ("No training transcripts" in md) == (sp["train_sentences"] == 0)
     if tts_clip["held_out_voice"] is not None:  # the corpus marks held-out voices: WER per voice group

@@ -16,7 +16,7 @@ from vssflow.data.manifest import read_manifest
 from vssflow.metrics import classifier as C
 from vssflow.metrics.audio_embed import frechet_distance, kl_paired
 from vssflow.metrics.duration import speech_span
-from vssflow.metrics.held_out import sentence_set, speech_breakdown
+from vssflow.metrics.held_out import new_words, sentence_set, speech_breakdown
 from vssflow.metrics.lipsync import lipsync_scores, mouth_opening_from_crops
 from vssflow.metrics.loudness import active_level_db, clip_fraction, loudness_metrics
 from vssflow.metrics.mcd import dtw_path, mcd
@@ -187,6 +187,24 @@ def test_speech_breakdown_seen_sentences_and_held_out_voices():
     unmarked = [{k: v for k, v in c.items() if k != "held_out_voice"} for c in clips]
     plain = speech_breakdown(unmarked, set())["tts"]
     assert "by_voice" not in plain and plain["seen_in_train"] == 0 and "seen" not in plain["by_sentence"]
+
+
+def test_speech_breakdown_tells_sentences_of_known_words_from_sentences_with_a_new_word():
+    train = sentence_set(["We saw the red ball.", "Take the cup to the school."])
+    clips = [  # unseen sentences all three; the first recombines training words, the others do not
+        {"task": "tts", "transcript": "Take the red ball to the school!", "wer": 0.2, "gt_vocoded": {"wer": 0.1}},
+        {"task": "tts", "transcript": "We saw the blue ball.", "wer": 0.6, "gt_vocoded": {"wer": 0.0}},
+        {"task": "tts", "transcript": "Change to which folder?", "wer": 1.0, "gt_vocoded": {"wer": 0.2}},
+    ]  # fmt: skip
+    assert new_words(clips[1]["transcript"], {"we", "saw", "the", "ball"}) == ["blue"]
+    tts = speech_breakdown(clips, train)["tts"]
+    assert tts["seen_in_train"] == 0 and tts["new_words"] == 2
+    assert tts["by_words"]["known"]["generated"]["wer"]["n"] == 1
+    assert tts["by_words"]["known"]["generated"]["wer"]["mean"] == pytest.approx(0.2)
+    assert tts["by_words"]["new"]["generated"]["wer"]["mean"] == pytest.approx(0.8)
+    assert tts["by_words"]["new"]["gt_vocoded"]["wer"]["mean"] == pytest.approx(0.1)
+    # no training transcripts: every word is new
+    assert "known" not in speech_breakdown(clips, set())["tts"]["by_words"]
 
 
 # ---- on real corpus clips ----------------------------------------------------------------------------------------
