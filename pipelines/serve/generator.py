@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from collections import deque
@@ -55,6 +56,7 @@ class GeneratorServer:
         # loop stays free to receive and queue the next requests while a batch is generated.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate", initializer=torch.set_num_threads,
                                        initargs=(threads,))  # fmt: skip
+        self.torch_threads = self.pool.submit(torch.get_num_threads).result()  # what the generations run with
         device = resolve_device(config.device)  # "cuda": the GPU Ray gave this replica (num_gpus); bf16 there
         # the DiT and the vocoder on that device: a batch's group is one tensor batch (Generator.generate)
         model_dir = replica_model_dir(model, config)  # downloaded here, by this replica, for an MLflow URI
@@ -80,7 +82,8 @@ class GeneratorServer:
         sizes = [b for b, _ in self.recent]
         return {"batches": len(sizes), "max_batch_size": max(sizes, default=0), "recent_batch_sizes": sizes[-64:],
                 "configured_max_batch_size": self.config.max_batch_size, "abandoned": len(self.abandoned),
-                "abandoned_at": list(self.abandoned)[-64:], "waiting": len(self.waiting)}  # fmt: skip
+                "abandoned_at": list(self.abandoned)[-64:], "waiting": len(self.waiting),
+                "torch_threads": self.torch_threads, "niceness": os.nice(0)}  # fmt: skip
 
     async def generate(self, request: dict) -> dict:
         """``{"features", "steps", "cfg", "seed"}`` -> ``{"ok", "wav" (L,) float32, "batch_size", "group_size"}``."""
