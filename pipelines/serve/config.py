@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-# Ray starts its worker processes ``worker_niceness`` (15) above the raylet's priority, so that a node's control plane
-# stays responsive under CPU-bound tasks. A Serve replica is the service itself: at +15 it gets about a twentieth of
-# the CPU share of a normal process on a machine doing other work, and a generation at concurrency 1 took up to
-# +40 ms (15 %) longer than the same generate() in the process that started Ray (bench_serve, load 4-6). The
-# replicas run at the priority of the Ray that starts them instead.
-REPLICA_ENV = {"RAY_worker_niceness": "0"}
+# The environment of every replica (the deployments' runtime_env), measured with bench_serve's tiny model at
+# concurrency 1 on a loaded 2-core machine (docs/performance.md, issue 16):
+# - Ray starts its worker processes ``worker_niceness`` (15) above the raylet's priority, so that a node's control
+#   plane stays responsive under CPU-bound tasks. A replica is the service itself: at +15 it got about a twentieth
+#   of a normal process's CPU share beside other work, and its generate() took 12-41 ms longer than the same call
+#   in the process that started Ray (-2 to +0 ms at the same priority). Replicas run at the priority of their Ray.
+# - User code on the replica's own event loop, and a handle's router on the caller's loop (what Ray Serve's
+#   RAY_SERVE_THROUGHPUT_OPTIMIZED sets): two thread hand-offs fewer per call, 3-6 ms less per request. Every
+#   deployment here keeps its loop free: generations, extraction and file work run in threads.
+REPLICA_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+               "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}  # fmt: skip
 
 
 @dataclass(frozen=True)
