@@ -258,12 +258,8 @@ def _quality_summary(report_json: Path) -> list[str]:
         words = speech.get("by_words", {})
         if words.get("new") and words.get("known"):  # unseen sentences of training words vs those with a new word
             for part, name in (("new", "new-word sentences"), ("known", "known-word sentences")):
-                g, v, n = (
-                    value(words[part]["generated"], "wer"),
-                    value(words[part]["gt_vocoded"], "wer"),
-                    (words[part]["generated"]["wer"]["n"]),
-                )
-                cells.insert(1, f"{name} WER {g} vs {v} ({n})")
+                g, v = value(words[part]["generated"], "wer"), value(words[part]["gt_vocoded"], "wer")
+                cells.insert(1, f"{name} WER {g} vs {v} ({words[part]['generated']['wer']['n']})")
         n = max((gen.get(k) or {}).get("n", 0) for k in keys)
         lines.append(f"{task.upper():<5} quality   " + "; ".join(cells) + f"   (generated vs ground truth through "
                      f"the model's codec + vocoder, {n} clips)")  # fmt: skip

@@ -195,7 +195,7 @@ REFERENCE_SENTENCES: tuple[str, ...] = (
 # voices. An accented voice says other phonemes than the model is given: with British, Scottish, Caribbean and
 # Lancashire voices 7-15 % of the G2P's phonemes had no counterpart in what the voice said (0 % for American ones),
 # those voices scored TTS WER 0.76-0.87 on unseen sentences against 0.2-0.4, and the prior's error on held-out clips
-# was 0.47 against 0.32 with these voices (docs/experiments.md, session 6).
+# was 0.42 against 0.32 with these voices (docs/experiments.md, session 6).
 SPEAKERS: tuple[Voice, ...] = (
     Voice("en-us+m3", rate=165, pitch=40),
     Voice("en-us+f2", rate=150, pitch=65),

@@ -21,7 +21,14 @@ import numpy as np
 
 from vssflow.text.vocab import PAD, PUNCTUATION, UNK, WORD_BOUNDARY, canonical_phones
 
-__all__ = ["align_durations", "durations_from_timing", "phoneme_durations", "table_durations"]
+__all__ = [
+    "align_durations",
+    "durations_from_timing",
+    "matched_share",
+    "phoneme_durations",
+    "table_durations",
+    "timed_phones",
+]
 
 _SILENT = {PAD, WORD_BOUNDARY, *PUNCTUATION}
 _VOWEL_CHARS = set("aeiouæɑɒɔəɚɛɜɝɪʊʌɐᵻɨøœyɯɤ")
@@ -68,6 +75,13 @@ def durations_from_timing(symbols: Sequence[str], timing: Sequence) -> np.ndarra
     """Relative duration of each G2P symbol from the speech's own phoneme timing (a manifest's ``phonemes``:
     ``[label, start, end]`` lists or objects with ``label/start/end``, IPA labels), aligned like
     :func:`phoneme_durations`. Training uses it when the clip has timing: the layout then follows the real speech."""
+    phones = timed_phones(timing)
+    return align_durations(symbols, phones) if phones else table_durations(symbols)
+
+
+def timed_phones(timing: Sequence) -> list[tuple[str, float]]:
+    """(canonical phone, seconds) of a speech's own phoneme timing (as :func:`durations_from_timing` takes it): IPA
+    labels, or a forced aligner's ARPAbet, split into the vocabulary's phones, each with its share of the time."""
     from vssflow.data.manifest import timed_triples
     from vssflow.text.g2p import _ARPABET
 
@@ -79,22 +93,34 @@ def durations_from_timing(symbols: Sequence[str], timing: Sequence) -> np.ndarra
         parts = canonical_phones(label)
         for part in parts:
             phones.append((part, max(end - start, 0.0) / max(len(parts), 1)))
-    return align_durations(symbols, phones) if phones else table_durations(symbols)
+    return phones
 
 
 def align_durations(symbols: Sequence[str], spoken: Sequence[tuple[str, float]]) -> np.ndarray:
     """Durations of ``spoken`` (phone, seconds) carried onto the matching G2P ``symbols`` (difflib alignment); 0
     for boundaries/punctuation, the median duration for a sounding symbol with no match (half for ``<unk>``)."""
     symbols = list(symbols)
-    sounding = [i for i, s in enumerate(symbols) if s not in _SILENT]
+    sounding, matched = _match(symbols, spoken)
     out = np.zeros(len(symbols), np.float32)
-    said = [p for p, _ in spoken]
-    matcher = difflib.SequenceMatcher(a=[symbols[i] for i in sounding], b=said, autojunk=False)
-    matched = np.full(len(sounding), np.nan)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            matched[block.a + k] = spoken[block.b + k][1]
     fill = float(np.nanmedian(matched)) if np.isfinite(matched).any() else 0.08
     for k, i in enumerate(sounding):
         out[i] = matched[k] if np.isfinite(matched[k]) else (fill if symbols[i] != UNK else 0.5 * fill)
     return out
+
+
+def matched_share(symbols: Sequence[str], spoken: Sequence[tuple[str, float]]) -> float:
+    """The share of the sounding G2P ``symbols`` that :func:`align_durations` finds in ``spoken`` (1 when a voice
+    says the phonemes the model is given; an accent that says others leaves some without a duration of their own)."""
+    _, matched = _match(list(symbols), spoken)
+    return float(np.isfinite(matched).mean()) if len(matched) else 1.0
+
+
+def _match(symbols: list[str], spoken: Sequence[tuple[str, float]]) -> tuple[list[int], np.ndarray]:
+    """(indices of the sounding symbols, the seconds of the spoken phone each is aligned with, NaN for none)."""
+    sounding = [i for i, s in enumerate(symbols) if s not in _SILENT]
+    matcher = difflib.SequenceMatcher(a=[symbols[i] for i in sounding], b=[p for p, _ in spoken], autojunk=False)
+    matched = np.full(len(sounding), np.nan)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            matched[block.a + k] = spoken[block.b + k][1]
+    return sounding, matched
