@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=700, help="embedded corpus size")
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    parser.add_argument("--eval-clips", type=int, default=16, help="held-out clips per task in the evaluation")
+    parser.add_argument("--eval-clips", type=int, default=32, help="held-out clips per task in the evaluation")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     parser.add_argument("--deepspeed", default="zero2")
     parser.add_argument("--sample-steps", type=int, default=16, help="solver steps when generating")
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_uri,
         "--max-clips",
         str(args.eval_clips),
+        "--validate",
+        "1",
     )
     timing = _timing_summary(report / "report.json")
     written = _serve_and_generate(model, corpus / "manifest.jsonl", out, n=3, steps=args.sample_steps)

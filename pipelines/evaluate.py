@@ -2,7 +2,7 @@
 
     vssflow evaluate --model MODEL_DIR --data SHARDS_OR_MANIFEST --out REPORT_DIR
                      [--manifest MANIFEST] [--split test] [--max-clips 16] [--steps 16] [--cfg SCALE] [--validate 2]
-                     [--asr auto] [--embedding whisper-base] [--mlflow-uri URI] [--actors 1] [--ray-address auto]
+                     [--asr auto] [--embedding whisper-base] [--mlflow-uri URI] [--actors 0] [--ray-address auto]
 
 Pipeline: clip indices -> Ray Data ``map`` over an actor pool (:class:`EvalActor`: loads the generator and the metric
 models once, then per clip: features + ground truth -> ``Generator.generate`` -> wav file -> metrics) -> driver:
@@ -148,20 +148,36 @@ def _scalars(m: dict) -> dict:
 
 
 # ---- driver ----------------------------------------------------------------------------------------------------------
+CLIPS_PER_ACTOR = 8  # automatic actor count: no more actors than this many clips each would keep busy
+
+
+def eval_actors(requested: int, n_clips: int, resources: dict) -> int:
+    """Evaluation actors: ``requested`` when > 0; else (0, automatic) one per CPU of the cluster (each actor runs
+    single-threaded on one CPU), but no more than one per ``CLIPS_PER_ACTOR`` clips, since every actor first loads
+    the generator and the metric models."""
+    if requested > 0:
+        return requested
+    per_cpu = max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
+    return max(1, min(per_cpu, n_clips // CLIPS_PER_ACTOR))
+
+
 def _run_clips(cfg: EvalConfig, n: int, progress: Progress | None = None) -> list[dict]:
     import ray
 
     started = start_ray(cfg.ray_address, num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 1), log_to_driver=False)
     try:
         device = resolve_ray_device(cfg.device)
-        cfg = replace(cfg, device=str(device))
+        cfg = replace(cfg, device=str(device), actors=eval_actors(cfg.actors, n, ray.cluster_resources()))
+        if progress is not None:
+            progress.stage(f"generating and scoring {n} clips on {cfg.actors} actor(s) (each loads the model, ASR "
+                           f"{cfg.asr} and embedding {cfg.embedding} first)")  # fmt: skip
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"idx": i} for i in range(n)], override_num_blocks=max(1, min(n, 4 * cfg.actors)))
         ds = ds.map(
             EvalActor,
             fn_constructor_kwargs={"cfg": cfg},
-            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             num_cpus=1,
             num_gpus=actor_gpus(device),
         )
@@ -252,8 +268,6 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
         raise InputError(f"no clip of tasks {list(cfg.tasks)} in the evaluation data", source=cfg.data)
     log(f"vssflow evaluate: {len(source)} clips of {cfg.data} with {cfg.model} ({cfg.steps} steps, cfg {cfg.cfg})")
     progress = Progress(len(source), log, what="vssflow evaluate", unit="clip")
-    progress.stage(f"generating and scoring {len(source)} clips on {max(1, cfg.actors)} actor(s) (each loads the "
-                   f"model, ASR {cfg.asr} and embedding {cfg.embedding} first)")  # fmt: skip
     rows = _run_clips(cfg, len(source), progress)
     describe = json.loads(rows[0]["describe_json"])
     clips = [_clip_entry(r) for r in rows]
@@ -314,7 +328,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asr", default=d.asr, choices=("auto", "whisper", "pocketsphinx"))
     p.add_argument("--embedding", default=d.embedding, help="'whisper-base' or 'torchscript:/path/model.pt'")
     p.add_argument("--classifier", default=None, help="saved sound classifier (.npz); default: cached/trained")
-    p.add_argument("--actors", type=int, default=d.actors, help="evaluation actors (each loads the models once)")
+    p.add_argument("--actors", type=int, default=d.actors,
+                   help="evaluation actors, each loads the models once (default 0: one per CPU, or per GPU, of the "
+                        "cluster, at most one per 8 clips)")
     add_ray_arguments(p)
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; cuda: one GPU per actor, bf16")
     add_mlflow_uri(p, local=LOCAL_STORE_HELP)

@@ -33,7 +33,7 @@ class EvalConfig:
     asr: str = "auto"
     embedding: str = "whisper-base"
     classifier: str | None = None
-    actors: int = 1
+    actors: int = 0  # 0: automatic (pipelines.evaluate.eval_actors)
     threads: int = 1
     ray_address: str | None = None
     num_cpus: int | None = None

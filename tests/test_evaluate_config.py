@@ -32,3 +32,15 @@ def test_every_flag_of_vssflow_evaluate_defaults_to_the_config_but_the_device():
     assert {"split", "max_clips", "steps", "cfg", "validate", "asr", "speech_span", "actors"} <= set(shared)
     assert {k: args[k] for k in shared if k != "device"} == {k: d[k] for k in shared if k != "device"}
     assert args["device"] == "auto" and d["device"] == "cpu"
+
+
+def test_the_automatic_actor_count_uses_every_cpu_but_not_for_a_handful_of_clips():
+    """--actors 0: one single-threaded actor per CPU (or GPU) of the cluster, no more than one per 8 clips."""
+    from pipelines.evaluate import eval_actors
+
+    assert EvalConfig(model="m", data="d", out="o").actors == 0
+    assert eval_actors(0, 48, {"CPU": 2.0}) == 2  # the demo on 2 cores: both busy
+    assert eval_actors(0, 48, {"CPU": 16.0}) == 6  # 8 clips per actor at least: each loads every model
+    assert eval_actors(0, 6, {"CPU": 16.0}) == 1
+    assert eval_actors(0, 500, {"CPU": 64.0, "GPU": 4.0}) == 4  # one per GPU
+    assert eval_actors(3, 6, {"CPU": 1.0}) == 3  # what the user asked for

@@ -251,6 +251,26 @@ def test_speech_span_and_classifier(refs, classifier):
         assert C.class_accuracy(clf, silence_like(ref.wav), ref.events) <= 0.3
 
 
+def test_fd_embedding_reuses_the_encoder_pass_of_the_transcription(refs):
+    """A speech clip's FD embedding comes from the 30 s window its transcription encoded: one encoder pass for both
+    (the costliest step of a speech clip's metrics), and the same frames as an encoding without the memory."""
+    from vssflow.metrics.asr import WhisperASR
+    from vssflow.metrics.audio_embed import WhisperBaseEmbedding
+
+    asr = WhisperASR()
+    enc, wav = asr.model.encode, refs[1][0].wav
+    before = (enc.misses, enc.hits)
+    assert normalize_for_wer(asr.transcribe(wav))  # it heard words
+    emb = WhisperBaseEmbedding(asr).embed([wav])[0]
+    assert (enc.misses - before[0], enc.hits - before[1]) == (1, 1)
+    enc._last.clear()
+    frames = asr.encode(wav)[0]
+    assert enc.misses - before[0] == 2 and frames.shape == (int(np.ceil(len(wav) / SAMPLE_RATE * 50)), 512)
+    assert np.array_equal(frames.mean(0).astype(np.float64), emb)
+    other = WhisperBaseEmbedding(asr).embed([refs[0][0].wav])[0]  # another clip: encoded, not remembered
+    assert enc.misses - before[0] == 3 and not np.allclose(other, emb)
+
+
 def test_every_metric_separates_ground_truth_from_broken_audio(refs, classifier, tmp_path):
     """The suite on ground truth vs silence / shift / wrong speaker / wrong words / wrong sound (all metrics)."""
     v2s, tts = refs

