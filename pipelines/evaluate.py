@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.devices import actor_gpus, load_actor_generator, resolve_ray_device
-from pipelines.evaluate_config import EVAL_EXPERIMENT, SPEECH_SPANS, EvalConfig
+from pipelines.evaluate_config import EVAL_EXPERIMENT, SPEECH_SPANS, EvalConfig, parse_max_clips
 from pipelines.evaluate_report import PRIMARY, log_to_mlflow, write_plots, write_report
 from pipelines.evaluate_source import ClipSource, ground_truth_mel
 from pipelines.model_uri import resolve_model_dir
@@ -309,6 +309,13 @@ def evaluate(cfg: EvalConfig, *, log=print) -> dict:
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------------
+def _max_clips_arg(text: str) -> int | dict:
+    try:
+        return parse_max_clips(text)
+    except InputError as e:  # argparse prints an ArgumentTypeError's own message (it hides a ValueError's)
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--max-clips: ")) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig(model="", data="", out="")
     add_model(p)
@@ -317,7 +324,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default=None, help="with shards: the manifest, for the ground-truth audio")
     p.add_argument("--split", default=d.split, help="split to evaluate ('' = all); falls back to all when empty")
     add_tasks(p, default=d.tasks)
-    p.add_argument("--max-clips", type=int, default=d.max_clips, help="clips per task")
+    p.add_argument("--max-clips", type=_max_clips_arg, default=d.max_clips,
+                   help="clips per task: N, or TASK=N,... (e.g. v2s=48,tts=16,joint=24; tasks not named: 16)")
     p.add_argument("--steps", type=int, default=d.steps, help="ODE solver steps")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (default: the model's own)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluate_config import EvalConfig
+from pipelines.evaluate_config import EvalConfig, clips_of
 from vssflow.constants import SPEECH_TASKS
 from vssflow.errors import AssetError, MissingFileError
 
@@ -170,5 +170,5 @@ def _select(rows, cfg: EvalConfig, key):
     for task in cfg.tasks:
         pool = sorted([r for r in rows if r.task == task], key=key)
         split = [r for r in pool if cfg.split is None or r.split == cfg.split]
-        chosen += (split or pool)[: cfg.max_clips]
+        chosen += (split or pool)[: clips_of(cfg.max_clips, task)]
     return chosen

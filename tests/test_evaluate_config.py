@@ -44,3 +44,19 @@ def test_the_automatic_actor_count_uses_every_cpu_but_not_for_a_handful_of_clips
     assert eval_actors(0, 6, {"CPU": 16.0}) == 1
     assert eval_actors(0, 500, {"CPU": 64.0, "GPU": 4.0}) == 4  # one per GPU
     assert eval_actors(3, 6, {"CPU": 1.0}) == 3  # what the user asked for
+
+
+def test_max_clips_is_one_count_or_one_per_task_and_a_bad_one_is_a_one_line_error():
+    from pipelines.evaluate import add_arguments
+    from pipelines.evaluate_config import clips_of, parse_max_clips
+    from vssflow.errors import InputError
+
+    assert parse_max_clips("24") == 24 and clips_of(24, "tts") == 24
+    per_task = parse_max_clips("v2s=48, joint=24")
+    assert per_task == {"v2s": 48, "joint": 24} and [clips_of(per_task, t) for t in TASKS] == [48, 16, 24]
+    for bad in ("0", "v2s=0", "speech=4", "v2s:4", "many"):
+        with pytest.raises(InputError, match="--max-clips: .*give N or TASK=N"):
+            parse_max_clips(bad)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(["--model", "m", "--data", "d", "--out", "o", "--max-clips", "v2s=8"]).max_clips == {"v2s": 8}

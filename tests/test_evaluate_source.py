@@ -33,6 +33,9 @@ def test_shard_clips_come_from_the_split_and_each_task_falls_back_to_every_split
     # no "test" clips: every split, up to max_clips per task, in shard order
     test = ClipSource(EvalConfig(model="m", data=str(shards), out="o", tasks=("v2s", "tts"), max_clips=2))
     assert _ids(test) == ["v2s-0000", "v2s-0001", "tts-0000", "tts-0001"]
+    per_task = ClipSource(EvalConfig(model="m", data=str(shards), out="o", tasks=("v2s", "tts"),
+                                     max_clips={"v2s": 3, "tts": 1}))  # fmt: skip
+    assert _ids(per_task) == ["v2s-0000", "v2s-0001", "v2s-0002", "tts-0000"]
     assert ClipSource(EvalConfig(model="m", data=str(shards), out="o", tasks=("tts",), split=None)).items[-1].index == 2
     assert test.train_sentences() == {SENTENCES[0], SENTENCES[1]}  # tts-0002 is a val clip
     assert "Griffin-Lim" in test.ground_truth_source and test.clip_facts("v2s-0000")["split"] is None
