@@ -57,7 +57,7 @@ class Scale:
     eval_clips: int = 4  # per task
     eval_steps: int = 8
     cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-    threads: int = 0  # torch threads per training worker; 0: this machine's CPUs shared among the workers
+    threads: int = 0  # torch threads per training worker; 0: the node's CPUs shared among its workers
 
 
 TINY_MODEL = {
@@ -198,7 +198,7 @@ def _train(cfg: ExperimentConfig, scale: Scale, v: Variant, seed: int, root: Pat
             checkpoint_every=max(1, scale.max_steps),
             eval_every=0,
             seed=seed,
-            threads=scale.threads or max(1, (os.cpu_count() or 1) // scale.workers),
+            threads=scale.threads,
         )
     )  # flat keys: TrainJobConfig.from_dict puts each in its section
     return run_training(job, out=root / "models" / tag, run_dir=root / "runs" / tag, tracking_uri=tracking,

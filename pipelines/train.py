@@ -291,6 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default="", metavar="MODEL_DIR", help="fine-tune from a trained model")
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: train LoRA adapters only (with --init)")
     parser.add_argument("--batch-size", type=int, default=d.sampler.batch_size, help="clips per worker per micro-step")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="torch threads per worker (default 0: the node's CPUs shared among its workers)")
     parser.add_argument("--grad-accum", type=int, default=d.optim.grad_accum)
     parser.add_argument("--lr", type=float, default=d.optim.lr)
     parser.add_argument("--warmup-steps", type=int, default=d.optim.warmup_steps)
@@ -362,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         init=str(Path(args.init).resolve()) if args.init else "",
         lora_rank=args.lora_rank,
+        threads=args.threads,
     )
     res = run_training(
         cfg,

@@ -85,7 +85,7 @@ class TrainJobConfig:
     init: str = ""  # fine-tune from this model directory
     lora_rank: int = 0  # > 0: train LoRA adapters on the attention projections only
     lora_alpha: float = 8.0
-    threads: int = 1  # torch intra-op threads per worker
+    threads: int = 0  # torch intra-op threads per worker; 0: the node's CPUs shared among its workers
     cache_mb: float = 1024.0  # shard sets up to this size are cached in the Ray object store (no re-read per epoch)
     worker_cache_mb: float = 128.0  # shard sets up to this size: each worker keeps its decoded split after epoch 0
     log_samples: bool = False  # write the ids of every consumed clip to <run_dir>/samples_rank<r>.jsonl

@@ -57,6 +57,14 @@ def _ema_params(engine, stage: int):
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------------
+def worker_threads(requested: int, local_workers: int, cpus: int | None = None) -> int:
+    """Torch threads of one training worker: ``requested`` when > 0, else this node's CPUs shared among the workers
+    on it (one worker on 2 cores: 2 threads; two: 1 each)."""
+    if requested > 0:
+        return requested
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, local_workers))
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry: ``config`` = ``{"job": TrainJobConfig, "run": RunContext}`` (resolved by the driver)."""
     import ray.train
@@ -101,7 +109,7 @@ class Worker:
         from ray.train import Checkpoint
 
         self.cfg, self.run, self.rank, self.world = cfg, run, rank, world
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(worker_threads(cfg.threads, ray.train.get_context().get_local_world_size()))
         Path(run.run_dir, "pids").mkdir(parents=True, exist_ok=True)
         Path(run.run_dir, "pids", f"rank{rank}.pid").write_text(str(os.getpid()))
         self.mcfg = cfg.model_config()

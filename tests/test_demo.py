@@ -41,3 +41,28 @@ def test_the_summary_gives_known_word_and_new_word_sentences_their_own_wer(tmp_p
     del words["new"]  # every test sentence of known words: no split to show
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert "known-word" not in _quality_summary(tmp_path / "report.json")[0]
+
+
+def test_the_demo_preprocesses_the_training_split_and_only_the_held_out_clips_it_evaluates(tmp_path):
+    import json
+
+    from pipelines.demo import VAL_CLIPS, _clips_used
+
+    rows = [{"clip_id": f"{split}-{task}-{i:02d}", "task": task, "split": split, "video": f"clips/{i}.mp4"}
+            for split, n in (("train", 12), ("val", 10), ("test", 30)) for task in ("v2s", "tts", "joint")
+            for i in range(n)]  # fmt: skip
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    used = _clips_used(manifest, "v2s=20,tts=4")
+    kept = [json.loads(line) for line in used.read_text().splitlines()]
+    assert used.parent == manifest.parent  # the clips' relative paths still resolve
+    count = {(s, t): sum(r["split"] == s and r["task"] == t for r in kept) for s in ("train", "val", "test")
+             for t in ("v2s", "tts", "joint")}  # fmt: skip
+    assert count == {**{("train", t): 12 for t in ("v2s", "tts", "joint")},
+                     **{("val", t): VAL_CLIPS for t in ("v2s", "tts", "joint")},
+                     ("test", "v2s"): 20, ("test", "tts"): 4, ("test", "joint"): 16}  # fmt: skip
+    # the test clips kept are the first by clip id: the ones the evaluation takes
+    assert sorted(r["clip_id"] for r in kept if r["split"] == "test" and r["task"] == "tts") == [
+        f"test-tts-{i:02d}" for i in range(4)]  # fmt: skip
+    ids = {r["clip_id"] for r in kept}
+    assert kept == [r for r in reversed(rows) if r["clip_id"] in ids]  # in the manifest's order

@@ -20,3 +20,11 @@ def test_the_worker_loop_is_a_screen_and_three_blocks_deep_at_most():
     # what one step is stays in named methods of the worker, each short too
     for name in ("epoch_batches", "train_on", "finish_step", "next_epoch", "finish"):
         assert len(inspect.getsource(getattr(train_loop.Worker, name)).splitlines()) <= 30, name
+
+
+def test_a_worker_takes_its_share_of_the_nodes_cpus_unless_told():
+    from pipelines.train_loop import worker_threads
+
+    assert worker_threads(0, 1, cpus=2) == 2 and worker_threads(0, 2, cpus=2) == 1  # the demo machine
+    assert worker_threads(0, 8, cpus=16) == 2 and worker_threads(0, 4, cpus=2) == 1
+    assert worker_threads(3, 2, cpus=2) == 3  # what the user asked for
