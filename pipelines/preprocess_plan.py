@@ -35,10 +35,11 @@ CPU_CLIPS_PER_CALL = 4
 MiB = 2**20
 # Measured (bench_preprocess, Ray Data's per-worker USS): a decode worker (decord, torch imported by the mel and
 # voice-activity code) ~600 MiB; an encoder actor with MobileNetV2, the face landmarker and the speaker encoder
-# loaded ~900 MiB; frames of a 2 s clip at the decode size (360 p short side at most) and 10 + 25 fps ~50 MiB.
+# loaded ~900 MiB, up to 1.2 GiB with its clips over the 700 clips of the demo (Ray Data's warning, 2026-12-02);
+# frames of a 2 s clip at the decode size (360 p short side at most) and 10 + 25 fps ~50 MiB.
 # Ray Data warns when 1.25x the largest USS exceeds the request, so each request is that with headroom.
 DECODE_TASK_MEMORY = 800 * MiB
-ENCODER_ACTOR_MEMORY = 1200 * MiB
+ENCODER_ACTOR_MEMORY = 1400 * MiB  # + 4 clips of frames: 1656 MiB, 1.3x the demo's 1.2 GiB
 CLIP_FRAMES_MEMORY = 64 * MiB  # per clip of a batch
 
 
